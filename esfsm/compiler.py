@@ -1,0 +1,303 @@
+"""Compile an aggregate model into a :class:`CompiledAggregate`.
+
+The compiled aggregate holds a ``transitions`` Machine (one trigger per event
+type, ``from`` → ``to``), the CEL programs and the JSON-Schema validators, and
+offers the two pure functions everything else is built on:
+
+* ``decide(state, command) → Accepted | Rejected`` — checks and emits events;
+* ``evolve(state, event) → state`` — applies one event, through the Machine.
+
+Neither does I/O, so the in-memory engine and the NATS runtime run the very
+same object.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cloudevents.core.base import BaseCloudEvent
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
+from transitions import Machine, MachineError
+
+from esfsm.errors import EvaluationError, ReplayError
+from esfsm.events import new_event
+from esfsm.expressions import Expression, Template, field_references
+from esfsm.findings import did_you_mean, one_of, pointer
+from esfsm.model import Aggregate, Command, Rule
+from esfsm.values import (
+    BAD_REQUEST,
+    CONFLICT,
+    INTERNAL,
+    NOT_FOUND,
+    UNPROCESSABLE,
+    Accepted,
+    CommandRequest,
+    Decision,
+    EntityState,
+    ErrorDetail,
+    Rejected,
+)
+
+
+def schema_validator(schema: Any) -> Draft202012Validator:
+    return Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+
+
+def schema_errors(validator: Draft202012Validator, instance: Any) -> tuple[ErrorDetail, ...]:
+    """Every schema error with the JSON pointer of the offending value."""
+    details = []
+    for error in validator.iter_errors(instance):
+        path = list(error.absolute_path)
+        if error.validator == "required" and isinstance(error.instance, Mapping):
+            missing = [p for p in error.validator_value if p not in error.instance and repr(p) in error.message]
+            path += missing[:1]
+        details.append(ErrorDetail(pointer(*path), error.message))
+    return tuple(sorted(details, key=lambda d: d.path))
+
+
+class _Cursor:
+    """The object the Machine moves: one per evolve call, so evolve stays pure."""
+
+    __slots__ = ("state",)
+
+    def __init__(self, state: str) -> None:
+        self.state = state
+
+
+@dataclass(frozen=True, eq=False)
+class CompiledRule:
+    expression: Expression
+    message: str
+    code: int
+    path: str
+
+    @classmethod
+    def of(cls, rule: Rule) -> CompiledRule:
+        path = rule.path
+        if path is None:
+            fields = [f for var, f in field_references(rule.source) if var == "cmd"]
+            path = pointer(fields[0]) if fields else ""
+        return cls(Expression(rule.source, f"{rule.where}/rule"), rule.message, rule.code, path)
+
+    def rejection(self) -> Rejected:
+        return Rejected(self.code, self.message, (ErrorDetail(self.path, self.message),))
+
+
+@dataclass(frozen=True, eq=False)
+class CompiledEmit:
+    event: str
+    data: Template
+    condition: Expression | None
+
+
+@dataclass(frozen=True, eq=False)
+class CompiledCommand:
+    model: Command
+    validator: Draft202012Validator
+    rules: tuple[CompiledRule, ...]
+    emits: tuple[CompiledEmit, ...]
+    accepted_states: frozenset[str]
+
+
+@dataclass(frozen=True, eq=False)
+class CompiledEvent:
+    name: str
+    validator: Draft202012Validator
+    apply: Template
+    merge: bool  # apply is one expression giving a map to merge
+
+
+class CompiledAggregate:
+    """An aggregate ready to run: Machine, CEL programs, validators; decide and evolve."""
+
+    def __init__(self, model: Aggregate) -> None:
+        self.model = model
+        self.name = model.name
+        self.machine = Machine(
+            model=None,
+            states=list(model.states),
+            initial=model.initial,
+            transitions=[
+                {"trigger": e.name, "source": list(model.source_states(e)), "dest": e.dest}
+                for e in model.events.values()
+            ],
+            auto_transitions=False,
+            send_event=False,
+        )
+        self.authorize = tuple(CompiledRule.of(r) for r in model.authorize)
+        self.data_validator = schema_validator(model.data_schema)
+        self.events = {
+            e.name: CompiledEvent(
+                e.name, schema_validator(e.schema), Template(e.apply, f"{e.where}/apply"), isinstance(e.apply, str)
+            )
+            for e in model.events.values()
+        }
+        self.commands = {c.name: self._compile_command(c) for c in model.commands.values()}
+
+    def _compile_command(self, command: Command) -> CompiledCommand:
+        emits = tuple(
+            CompiledEmit(
+                e.event,
+                Template(e.data, f"{e.where}/data"),
+                Expression(e.condition, f"{e.where}/if") if e.condition else None,
+            )
+            for e in command.emits
+        )
+        return CompiledCommand(
+            command,
+            schema_validator(command.schema),
+            tuple(CompiledRule.of(r) for r in command.rules),
+            emits,
+            frozenset(self.accepting_states(command)),
+        )
+
+    # -- the machine ---------------------------------------------------------
+
+    def next_state(self, state: str, event_type: str) -> str | None:
+        """Where event_type leads from state, or None if it is not a valid trigger there."""
+        transitions = self.machine.get_transitions(trigger=event_type, source=state)
+        if not transitions:
+            return None
+        return transitions[0].dest or state
+
+    def accepting_states(self, command: Command) -> list[str]:
+        """States in which some choice of the command's conditional emits is a valid path."""
+        accepted = []
+        for start in self.model.states:
+            if command.in_states is not None and start not in command.in_states:
+                continue
+            current = {start}
+            for emit in command.emits:
+                moved = {n for s in current if (n := self.next_state(s, emit.event)) is not None}
+                current = moved | current if emit.condition else moved
+            if current:
+                accepted.append(start)
+        return accepted
+
+    # -- pure functions ------------------------------------------------------
+
+    def initial_state(self, key: str) -> EntityState:
+        return EntityState(key, self.model.initial, dict(self.model.initial_data), 0)
+
+    def evolve(self, state: EntityState, event: BaseCloudEvent) -> EntityState:
+        """Apply one event: the Machine moves the state, `apply` computes the data."""
+        event_type = event.get_type()
+        compiled = self.events.get(event_type)
+        if compiled is None:
+            raise ReplayError(state.key, event_type, state.state, "unknown event type")
+        cursor = _Cursor(state.state)
+        try:
+            self.machine.events[event_type].trigger(cursor)
+        except MachineError as err:
+            raise ReplayError(state.key, event_type, state.state, "not a valid transition") from err
+        payload = event.get_data()
+        variables = {
+            "event": payload if payload is not None else {},
+            "data": state.data,
+            "state": state.state,
+            "key": state.key,
+            "version": state.version,
+        }
+        try:
+            changes = compiled.apply.evaluate(variables)
+        except EvaluationError as err:
+            raise ReplayError(state.key, event_type, state.state, str(err)) from err
+        if not isinstance(changes, Mapping):
+            raise ReplayError(state.key, event_type, state.state, f"apply gave {changes!r}, not a mapping")
+        data = {**state.data, **changes} if changes else state.data
+        return EntityState(state.key, cursor.state, data, state.version + 1)
+
+    def replay(self, key: str, events: Iterable[BaseCloudEvent]) -> EntityState:
+        state = self.initial_state(key)
+        for event in events:
+            state = self.evolve(state, event)
+        return state
+
+    def decide(
+        self,
+        state: EntityState,
+        request: CommandRequest,
+        now: dt.datetime | None = None,
+        new_id: Callable[[], str] | None = None,
+    ) -> Decision:
+        """Check a command against the entity's state and emit its events, or reject it."""
+        command = self.commands.get(request.name)
+        if command is None:
+            hint = did_you_mean(request.name, self.commands)
+            return Rejected(
+                NOT_FOUND,
+                f"unknown command {request.name!r} for aggregate {self.name!r}{hint}",
+                (ErrorDetail("", f"expected one of {one_of(self.commands)}"),),
+            )
+        now = now or dt.datetime.now(dt.timezone.utc)
+        variables = {
+            "cmd": request.payload,
+            "data": state.data,
+            "state": state.state,
+            "key": state.key,
+            "version": state.version,
+            "meta": request.headers,
+            "now": now,
+        }
+        try:
+            for rule in self.authorize:
+                if not rule.expression.test(variables):
+                    return rule.rejection()
+            if not command.validator.is_valid(request.payload):
+                errors = schema_errors(command.validator, request.payload)
+                return Rejected(BAD_REQUEST, f"invalid {request.name} payload: {errors[0].message}", errors)
+            if state.state not in command.accepted_states:
+                return self._not_accepted(request.name, state.state)
+            for rule in command.rules:
+                if not rule.expression.test(variables):
+                    return rule.rejection()
+            return self._emit(command, state, variables, now, new_id)
+        except EvaluationError as err:
+            return Rejected(INTERNAL, f"the definition failed to evaluate {err.where}: {err.reason}",
+                            (ErrorDetail("", str(err)),))
+
+    def _not_accepted(self, command: str, state: str) -> Rejected:
+        message = f"command {command!r} is not accepted in state {state!r}"
+        return Rejected(CONFLICT, message, (ErrorDetail("", message),))
+
+    def _emit(
+        self,
+        command: CompiledCommand,
+        state: EntityState,
+        variables: dict[str, Any],
+        now: dt.datetime,
+        new_id: Callable[[], str] | None,
+    ) -> Decision:
+        events = []
+        current = state
+        for emit in command.emits:
+            if emit.condition is not None and not emit.condition.test(variables):
+                continue
+            if self.next_state(current.state, emit.event) is None:
+                return self._not_accepted(command.model.name, current.state)
+            data = emit.data.evaluate(variables)
+            compiled = self.events[emit.event]
+            if not compiled.validator.is_valid(data):
+                errors = schema_errors(compiled.validator, data)
+                return Rejected(INTERNAL, f"event {emit.event!r} would carry invalid data: {errors[0].message}",
+                                errors)
+            event = new_event(self.name, emit.event, state.key, current.version + 1, data, now,
+                              new_id() if new_id else None)
+            try:
+                current = self.evolve(current, event)
+            except ReplayError as err:
+                return Rejected(INTERNAL, str(err), (ErrorDetail("", str(err)),))
+            events.append(event)
+        if events and not self.data_validator.is_valid(current.data):
+            errors = schema_errors(self.data_validator, current.data)
+            return Rejected(UNPROCESSABLE, f"the command would make the data invalid: {errors[0].message}",
+                            errors)
+        return Accepted(tuple(events), current)
+
+
+def compile_aggregate(model: Aggregate) -> CompiledAggregate:
+    return CompiledAggregate(model)

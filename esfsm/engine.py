@@ -1,0 +1,184 @@
+"""The in-memory engine: entities and their event logs in memory.
+
+It runs the same compiled aggregates as the NATS runtime, with the same
+request semantics: entity-key validation, ``x-esfsm-expected-version``
+(optimistic concurrency) and ``x-esfsm-command-id`` (idempotency). Scenario
+tests, ``esfsm test`` and most of the test suite run on it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from cloudevents.core.base import BaseCloudEvent
+
+from esfsm.compiler import CompiledAggregate
+from esfsm.findings import did_you_mean, one_of
+from esfsm.values import (
+    BAD_REQUEST,
+    COMMAND_ID_HEADER,
+    CONFLICT,
+    EXPECTED_VERSION_HEADER,
+    NOT_FOUND,
+    CommandRequest,
+    Decision,
+    EntityState,
+    ErrorDetail,
+    Rejected,
+    valid_key,
+)
+
+Clock = Callable[[], dt.datetime]
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def check_key(key: object) -> Rejected | None:
+    """400 unless key is one subject token and a valid KV key."""
+    if valid_key(key):
+        return None
+    message = f"invalid entity key {key!r}: expected 1 to 128 characters from A-Z a-z 0-9 _ = -"
+    if key is None or key == "":
+        message = "missing entity key: set the x-ergonats-entity-key header"
+    return Rejected(BAD_REQUEST, message, (ErrorDetail("", message),))
+
+
+def expected_version(headers: Mapping[str, str]) -> int | Rejected | None:
+    """The x-esfsm-expected-version header as an int, None when absent, or a 400."""
+    raw = headers.get(EXPECTED_VERSION_HEADER)
+    if raw is None:
+        return None
+    text = str(raw).strip()
+    if not text.isdigit() or len(text) > 18:
+        message = f"invalid {EXPECTED_VERSION_HEADER} {raw!r}: expected a non-negative integer"
+        return Rejected(BAD_REQUEST, message, (ErrorDetail("", message),))
+    return int(text)
+
+
+def version_conflict(expected: int, actual: int) -> Rejected:
+    message = f"expected version {expected}, but the entity is at version {actual}"
+    return Rejected(CONFLICT, message, (ErrorDetail("", message),))
+
+
+def unknown_aggregate(name: str, known: Iterable[str]) -> Rejected:
+    known = list(known)
+    message = f"unknown aggregate {name!r}{did_you_mean(name, known) or f'; expected one of {one_of(known)}'}"
+    return Rejected(NOT_FOUND, message, (ErrorDetail("", message),))
+
+
+class EventStore(Protocol):
+    """Where an entity's events live. The NATS runtime implements it on JetStream."""
+
+    def load(self, aggregate: str, key: str) -> list[BaseCloudEvent]: ...
+
+    def append(self, aggregate: str, key: str, expected_version: int, events: Iterable[BaseCloudEvent]) -> None: ...
+
+
+class ConcurrencyError(Exception):
+    def __init__(self, expected: int, actual: int) -> None:
+        super().__init__(f"expected version {expected}, found {actual}")
+        self.expected, self.actual = expected, actual
+
+
+@dataclass
+class MemoryEventStore:
+    """Event logs in a dict; append is all-or-nothing and checks the expected version."""
+
+    logs: dict[tuple[str, str], list[BaseCloudEvent]] = field(default_factory=dict)
+
+    def load(self, aggregate: str, key: str) -> list[BaseCloudEvent]:
+        return list(self.logs.get((aggregate, key), ()))
+
+    def append(self, aggregate: str, key: str, expected_version: int, events: Iterable[BaseCloudEvent]) -> None:
+        log = self.logs.setdefault((aggregate, key), [])
+        if len(log) != expected_version:
+            raise ConcurrencyError(expected_version, len(log))
+        log.extend(events)
+
+
+class MemoryEngine:
+    """Handles commands for compiled aggregates, keeping everything in memory."""
+
+    def __init__(
+        self,
+        aggregates: Iterable[CompiledAggregate],
+        clock: Clock = utcnow,
+        new_id: Callable[[], str] | None = None,
+        store: MemoryEventStore | None = None,
+    ) -> None:
+        self.aggregates = {a.name: a for a in aggregates}
+        self.clock = clock
+        self.new_id = new_id
+        self.store = store or MemoryEventStore()
+        self._states: dict[tuple[str, str], EntityState] = {}
+        self._outcomes: dict[tuple[str, str, str], Decision] = {}
+
+    def aggregate(self, name: str) -> CompiledAggregate:
+        try:
+            return self.aggregates[name]
+        except KeyError:
+            raise KeyError(unknown_aggregate(name, self.aggregates).message) from None
+
+    def state(self, aggregate: str, key: str) -> EntityState:
+        """The entity's current state (the initial state if it has no event)."""
+        compiled = self.aggregate(aggregate)
+        cached = self._states.get((aggregate, key))
+        if cached is None:
+            cached = compiled.replay(key, self.store.load(aggregate, key))
+            self._states[(aggregate, key)] = cached
+        return cached
+
+    def history(self, aggregate: str, key: str) -> list[BaseCloudEvent]:
+        return self.store.load(aggregate, key)
+
+    def handle(
+        self,
+        aggregate: str,
+        command: str,
+        key: str,
+        payload: Any = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Decision:
+        """Handle one command as the runtime would, and store its events if accepted."""
+        headers = dict(headers or {})
+        compiled = self.aggregates.get(aggregate)
+        if compiled is None:
+            return unknown_aggregate(aggregate, self.aggregates)
+        bad_key = check_key(key)
+        if bad_key:
+            return bad_key
+        command_id = headers.get(COMMAND_ID_HEADER)
+        if command_id is not None and (aggregate, key, command_id) in self._outcomes:
+            return self._outcomes[(aggregate, key, command_id)]
+        expected = expected_version(headers)
+        if isinstance(expected, Rejected):
+            return expected
+        current = self.state(aggregate, key)
+        if expected is not None and expected != current.version:
+            decision: Decision = version_conflict(expected, current.version)
+        else:
+            request = CommandRequest(command, key, {} if payload is None else payload, headers)
+            decision = compiled.decide(current, request, self.clock(), self.new_id)
+            if decision.accepted and decision.events:
+                self.store.append(aggregate, key, current.version, decision.events)
+                self._states[(aggregate, key)] = decision.state
+        if command_id is not None:
+            self._outcomes[(aggregate, key, command_id)] = decision
+        return decision
+
+    def record(self, aggregate: str, key: str, events: Iterable[BaseCloudEvent]) -> EntityState:
+        """Append events as given (scenario 'given' events); each must be a valid transition."""
+        state = self.state(aggregate, key)
+        compiled = self.aggregate(aggregate)
+        events = list(events)
+        new_state = state
+        for event in events:
+            new_state = compiled.evolve(new_state, event)
+        self.store.append(aggregate, key, state.version, events)
+        self._states[(aggregate, key)] = new_state
+        return new_state

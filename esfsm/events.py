@@ -1,0 +1,57 @@
+"""CloudEvents 1.0 for esfsm events (structured JSON mode, `entitykey` extension)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from typing import Any
+
+from cloudevents.core.base import BaseCloudEvent
+from cloudevents.core.formats.json import JSONFormat
+from cloudevents.core.v1.event import CloudEvent
+
+from esfsm.expressions import format_time
+
+CONTENT_TYPE = "application/cloudevents+json"
+_FORMAT = JSONFormat()
+
+
+def new_event(
+    aggregate: str, event_type: str, key: str, version: int, data: Any, time: dt.datetime, event_id: str | None = None
+) -> CloudEvent:
+    """A new event: `entitykey` names the entity, `aggversion` the version it produces."""
+    return CloudEvent(
+        {
+            "id": event_id or str(uuid.uuid4()),
+            "source": f"esfsm/{aggregate}",
+            "type": event_type,
+            "specversion": "1.0",
+            "subject": key,
+            "time": time,
+            "datacontenttype": "application/json",
+            "entitykey": key,
+            "aggversion": version,
+        },
+        data,
+    )
+
+
+def event_to_json(event: BaseCloudEvent) -> bytes:
+    return _FORMAT.write(event)
+
+
+def event_from_json(raw: bytes | str) -> BaseCloudEvent:
+    return _FORMAT.read(CloudEvent, raw)
+
+
+def event_to_dict(event: BaseCloudEvent) -> dict[str, Any]:
+    attributes = dict(event.get_attributes())
+    if isinstance(attributes.get("time"), dt.datetime):
+        attributes["time"] = format_time(attributes["time"])
+    attributes["data"] = event.get_data()
+    return attributes
+
+
+def event_from_dict(raw: dict[str, Any]) -> BaseCloudEvent:
+    return event_from_json(json.dumps(raw))

@@ -1,0 +1,158 @@
+"""CEL expressions and data templates.
+
+Every expression in a definition is CEL, compiled once (``cel.compile``) and
+evaluated against a dict of variables. Which variables exist depends on where
+the expression stands: ``apply`` sees the event but not ``now`` or the command,
+so that replaying events is deterministic.
+
+A *template* is how event data and ``apply`` are written: a string is a CEL
+expression, a number / boolean / null is itself, and a mapping or list is a
+template of its items.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import cel
+
+from esfsm.errors import EvaluationError
+
+DECIDE_VARIABLES = frozenset({"cmd", "data", "state", "key", "version", "meta", "now"})
+APPLY_VARIABLES = frozenset({"event", "data", "state", "key", "version"})
+
+_STRING = re.compile(r'''(?s)[rR]?(?:"""(?:\\.|.)*?"""|\'\'\'(?:\\.|.)*?\'\'\'|"(?:\\.|[^"\\])*"|'(?:\\.|[^'\\])*')''')
+_COMPREHENSION = re.compile(r"\.\s*(?:all|exists|exists_one|map|filter)\s*\(\s*([A-Za-z_][A-Za-z0-9_]*)\s*,")
+_FIELD = re.compile(r"(?<![\w.])([A-Za-z_][A-Za-z0-9_]*)\s*\.\s*([A-Za-z_][A-Za-z0-9_]*)")
+
+
+@functools.lru_cache(maxsize=4096)
+def compile_expression(source: str) -> cel.Program:
+    """Compile CEL source; raises ValueError with the parser's message."""
+    return cel.compile(source)
+
+
+def syntax_error(source: str) -> str | None:
+    """The parser's complaint about source, on one line, or None if it compiles."""
+    try:
+        compile_expression(source)
+    except (ValueError, RuntimeError) as err:
+        text = str(err)
+        match = re.search(r"ERROR: <input>:(\d+):(\d+): (.*?)(?:\n|$)", text)
+        if match:
+            return f"{match.group(3)} (at column {match.group(2)})"
+        return text.splitlines()[0]
+    return None
+
+
+def _code_only(source: str) -> str:
+    """Source with string literals blanked, so names inside strings are not references."""
+    return _STRING.sub(lambda m: '""', source)
+
+
+def free_variables(source: str) -> set[str]:
+    """Variables the expression reads, minus names bound by comprehension macros."""
+    names = set(compile_expression(source).variables())
+    bound = set(_COMPREHENSION.findall(_code_only(source)))
+    return names - bound
+
+
+def field_references(source: str) -> list[tuple[str, str]]:
+    """(variable, field) pairs for each ``variable.field`` in the expression, in order."""
+    code = _code_only(source)
+    bound = set(_COMPREHENSION.findall(code))
+    return [(var, fld) for var, fld in _FIELD.findall(code) if var not in bound]
+
+
+def to_json_value(value: Any) -> Any:
+    """CEL results as JSON values: timestamps become RFC 3339 strings, durations seconds."""
+    if isinstance(value, dict):
+        return {str(k): to_json_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json_value(v) for v in value]
+    if isinstance(value, dt.datetime):
+        return format_time(value)
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value
+
+
+def format_time(value: dt.datetime) -> str:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.timezone.utc)
+    text = value.astimezone(dt.timezone.utc).isoformat()
+    return text.replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Expression:
+    """A compiled CEL expression and where it stands in its definition."""
+
+    source: str
+    where: str
+
+    @functools.cached_property
+    def program(self) -> cel.Program:
+        return compile_expression(self.source)
+
+    def evaluate(self, variables: Mapping[str, Any]) -> Any:
+        try:
+            return self.program.execute(variables)  # type: ignore[arg-type]
+        except Exception as err:  # the CEL binding raises KeyError, TypeError, RuntimeError, ValueError ...
+            raise EvaluationError(self.where, self.source, _reason(err)) from err
+
+    def test(self, variables: Mapping[str, Any]) -> bool:
+        result = self.evaluate(variables)
+        if not isinstance(result, bool):
+            raise EvaluationError(self.where, self.source, f"expected a boolean, got {result!r}")
+        return result
+
+
+def _reason(err: Exception) -> str:
+    if isinstance(err, KeyError):
+        return f"no such key: {err.args[0]!r}"
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
+class Template:
+    """A compiled data template (see the module docstring)."""
+
+    __slots__ = ("_build",)
+
+    def __init__(self, raw: Any, where: str) -> None:
+        self._build = _compile_template(raw, where)
+
+    def evaluate(self, variables: Mapping[str, Any]) -> Any:
+        return to_json_value(self._build(variables))
+
+
+def _compile_template(raw: Any, where: str) -> Any:
+    if isinstance(raw, str):
+        expression = Expression(raw, where)
+        expression.program  # compile now, not on first use
+        return expression.evaluate
+    if isinstance(raw, Mapping):
+        parts = [(k, _compile_template(v, f"{where}/{k}")) for k, v in raw.items()]
+        return lambda variables: {k: build(variables) for k, build in parts}
+    if isinstance(raw, list):
+        items = [_compile_template(v, f"{where}/{i}") for i, v in enumerate(raw)]
+        return lambda variables: [build(variables) for build in items]
+    return lambda variables: raw
+
+
+def template_expressions(raw: Any, where: str) -> list[tuple[str, str]]:
+    """(pointer, source) of every CEL expression inside a template."""
+    if isinstance(raw, str):
+        return [(where, raw)]
+    if isinstance(raw, Mapping):
+        return [item for k, v in raw.items() for item in template_expressions(v, f"{where}/{k}")]
+    if isinstance(raw, list):
+        return [item for i, v in enumerate(raw) for item in template_expressions(v, f"{where}/{i}")]
+    return []
