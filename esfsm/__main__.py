@@ -1,0 +1,3 @@
+from esfsm.cli import main
+
+main()

@@ -1,0 +1,218 @@
+"""Scenario files: given a history, when a command arrives, then events or a rejection.
+
+A scenario file (``<name>.scenarios.yaml``) names one aggregate and lists
+scenarios; each runs on a fresh engine (the in-memory one by default), so
+scenarios prove behaviour without a server. See docs/dsl.md for the format.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from esfsm.checks import schema_findings
+from esfsm.compiler import CompiledAggregate
+from esfsm.engine import MemoryEngine
+from esfsm.errors import EsfsmError
+from esfsm.events import new_event
+from esfsm.findings import Finding, did_you_mean, one_of
+from esfsm.loader import Document
+from esfsm.project import Project
+from esfsm.values import Decision
+
+DEFAULT_KEY = "test-1"
+
+
+class StepFailed(Exception):
+    """A scenario's step or expectation did not hold; the message says how."""
+
+
+@dataclass
+class ScenarioResult:
+    file: str
+    line: int
+    name: str
+    problems: list[str] = field(default_factory=list)
+    steps: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
+
+
+@dataclass
+class Report:
+    results: list[ScenarioResult] = field(default_factory=list)
+    file_findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def passed(self) -> int:
+        return sum(r.passed for r in self.results)
+
+    @property
+    def failed(self) -> int:
+        return sum(not r.passed for r in self.results) + len({f.file for f in self.file_findings})
+
+    def lines(self, verbose: bool = False) -> Iterator[str]:
+        for finding in self.file_findings:
+            yield f"ERROR {finding}"
+        for result in self.results:
+            yield f"{'PASS' if result.passed else 'FAIL'} {result.file}:{result.line}: {result.name}"
+            if verbose or not result.passed:
+                for step in result.steps:
+                    yield f"    {step}"
+            for problem in result.problems:
+                for i, text in enumerate(problem.splitlines()):
+                    yield f"    {'- ' if i == 0 else '  '}{text}"
+
+
+# An engine factory: given the compiled aggregate and a clock, a fresh engine.
+EngineFactory = Callable[[CompiledAggregate, Callable[[], dt.datetime]], MemoryEngine]
+
+
+def memory_engine(aggregate: CompiledAggregate, clock: Callable[[], dt.datetime]) -> MemoryEngine:
+    return MemoryEngine([aggregate], clock=clock)
+
+
+def run_scenario_files(project: Project, engine_factory: EngineFactory = memory_engine) -> Report:
+    report = Report()
+    started = dt.datetime.now(dt.timezone.utc)
+    for doc in project.scenario_documents:
+        problems = schema_findings(doc, "scenarios")
+        aggregate_name = doc.data.get("aggregate")
+        if not problems and aggregate_name not in project.aggregates:
+            known = project.aggregates
+            problems = [doc.finding("/aggregate", f"unknown aggregate {aggregate_name!r}"
+                                    f"{did_you_mean(str(aggregate_name), known) or f'; expected one of {one_of(known)}'}",
+                                    "scenario-aggregate")]
+        if not problems:
+            problems = list(_time_findings(doc))
+        if problems:
+            report.file_findings.extend(problems)
+            continue
+        aggregate = project.aggregates[aggregate_name]
+        for index, scenario in enumerate(doc.data["scenarios"]):
+            report.results.append(_run(doc, index, scenario, aggregate, engine_factory, started))
+    return report
+
+
+def _time_findings(doc: Document) -> Iterator[Finding]:
+    places = [("/now", doc.data.get("now"))]
+    places += [(f"/scenarios/{i}/now", s.get("now")) for i, s in enumerate(doc.data["scenarios"])]
+    for ptr, value in places:
+        if value is not None and _parse_time(value) is None:
+            yield doc.finding(ptr, f"{value!r} is not an RFC 3339 time such as '2025-01-01T09:00:00Z'", "scenario-now")
+
+
+def _parse_time(value: str) -> dt.datetime | None:
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+
+
+def _run(doc: Document, index: int, scenario: dict[str, Any], aggregate: CompiledAggregate,
+         engine_factory: EngineFactory, started: dt.datetime) -> ScenarioResult:
+    where = f"/scenarios/{index}"
+    result = ScenarioResult(doc.path, doc.position(where).line, scenario["name"])
+    now_text = scenario.get("now", doc.data.get("now"))
+    now = _parse_time(now_text) if now_text else started
+    assert now is not None
+    engine = engine_factory(aggregate, lambda: now)
+    default_key = doc.data.get("key", DEFAULT_KEY)
+    default_headers = doc.data.get("headers", {})
+    try:
+        for i, step in enumerate(scenario.get("given", [])):
+            key = step.get("key", default_key)
+            if "event" in step:
+                result.steps.append(f"given event {step['event']} {_short(step.get('data', {}))} on {key}")
+                _record(engine, aggregate, key, step, now, f"given[{i}]")
+            else:
+                result.steps.append(f"given command {step['command']} {_short(step.get('data', {}))} on {key}")
+                decision = _send(engine, aggregate, step, default_key, default_headers)
+                if not decision.accepted:
+                    raise StepFailed(f"given[{i}]: command {step['command']!r} was rejected "
+                                     f"({decision.code}: {decision.message}); a given command must be accepted")
+        when = scenario["when"]
+        key = when.get("key", default_key)
+        result.steps.append(f"when command {when['command']} {_short(when.get('data', {}))} on {key}")
+        decision = _send(engine, aggregate, when, default_key, default_headers)
+        result.problems.extend(_compare(scenario["then"], decision, engine, aggregate.name, key))
+    except StepFailed as err:
+        result.problems.append(str(err))
+    except EsfsmError as err:
+        result.problems.append(f"error: {err}")
+    return result
+
+
+def _send(engine: MemoryEngine, aggregate: CompiledAggregate, step: dict[str, Any], default_key: str,
+          default_headers: dict[str, str]) -> Decision:
+    headers = {**default_headers, **step.get("headers", {})}
+    return engine.handle(aggregate.name, step["command"], step.get("key", default_key), step.get("data", {}), headers)
+
+
+def _record(engine: MemoryEngine, aggregate: CompiledAggregate, key: str, step: dict[str, Any],
+            now: dt.datetime, label: str) -> None:
+    name = step["event"]
+    if name not in aggregate.events:
+        raise StepFailed(f"{label}: unknown event {name!r}{did_you_mean(name, aggregate.events)}")
+    current = engine.state(aggregate.name, key)
+    event = new_event(aggregate.name, name, key, current.version + 1, step.get("data", {}), now)
+    try:
+        engine.record(aggregate.name, key, [event])
+    except EsfsmError as err:
+        raise StepFailed(f"{label}: {err}") from err
+
+
+def _compare(then: dict[str, Any], decision: Decision, engine: MemoryEngine, aggregate: str, key: str) -> Iterator[str]:
+    if "rejected" in then:
+        expected = then["rejected"]
+        if decision.accepted:
+            got = [e.get_type() for e in decision.events]
+            yield f"expected a rejection {_short(expected)}\n     got: accepted, events {got}"
+        else:
+            if "code" in expected and expected["code"] != decision.code:
+                yield f"expected rejection code {expected['code']}\n     got: {decision.code} ({decision.message})"
+            if "message" in expected and expected["message"] not in decision.message:
+                yield f"expected the message to contain {expected['message']!r}\n     got: {decision.message!r}"
+    else:
+        if not decision.accepted:
+            yield f"expected the command to be accepted\n     got: rejected {decision.code}: {decision.message}"
+        else:
+            got = [{"type": e.get_type(), "data": e.get_data()} for e in decision.events]
+            wanted = then["events"]
+            if [w["type"] for w in wanted] != [g["type"] for g in got]:
+                yield f"expected events {[w['type'] for w in wanted]}\n     got: {[g['type'] for g in got]}"
+            else:
+                for i, (w, g) in enumerate(zip(wanted, got)):
+                    if "data" in w and not is_subset(w["data"], g["data"]):
+                        yield (f"event {i} ({g['type']}) data differs\n expected: {_short(w['data'])}\n"
+                               f"      got: {_short(g['data'])}")
+    after = engine.state(aggregate, key)
+    if "state" in then and then["state"] != after.state:
+        yield f"expected state {then['state']!r}\n     got: {after.state!r}"
+    if "data" in then and not is_subset(then["data"], dict(after.data)):
+        yield f"entity data differs\n expected: {_short(then['data'])}\n      got: {_short(dict(after.data))}"
+    if "version" in then and then["version"] != after.version:
+        yield f"expected version {then['version']}\n     got: {after.version}"
+
+
+def is_subset(expected: Any, actual: Any) -> bool:
+    """Expected mappings match when each listed key matches; lists item by item; scalars by equality."""
+    if isinstance(expected, dict):
+        return isinstance(actual, dict) and all(k in actual and is_subset(v, actual[k]) for k, v in expected.items())
+    if isinstance(expected, list):
+        return isinstance(actual, list) and len(expected) == len(actual) and all(
+            is_subset(e, a) for e, a in zip(expected, actual))
+    if isinstance(expected, bool) or isinstance(actual, bool):
+        return expected is actual
+    return bool(expected == actual)
+
+
+def _short(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
