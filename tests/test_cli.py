@@ -1,0 +1,129 @@
+"""The esfsm command line: exit codes, exact output, no tracebacks."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import DEFINITIONS
+from esfsm import __version__
+from esfsm.cli import main
+
+SCENARIOS = """\
+aggregate: bankaccount
+key: acc-1
+headers: {x-username: ann}
+scenarios:
+  - name: a deposit is accepted
+    given:
+      - command: open_account
+        data: {owner: ann, initial_balance: 150}
+    when: {command: deposit, data: {amount: 5}}
+    then:
+      events: [{type: funds_deposited, data: {amount: 5}}]
+      data: {balance: 155}
+  - name: a wrong expectation fails
+    given:
+      - event: account_opened
+        data: {owner: ann, balance: 100}
+    when: {command: withdraw, data: {amount: 5}}
+    then:
+      rejected: {code: 422}
+      state: frozen
+"""
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    defs = tmp_path / "defs"
+    defs.mkdir()
+    shutil.copy(DEFINITIONS / "bankaccount.yaml", defs / "bankaccount.yaml")
+    monkeypatch.chdir(tmp_path)
+    return defs
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, list(args))
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_version() -> None:
+    assert run("--version") == (0, f"esfsm, version {__version__}\n", "")
+
+
+@pytest.mark.parametrize("command", [[], ["validate"], ["test"]])
+def test_help_explains_each_command(command: list[str]) -> None:
+    code, out, _ = run(*command, "--help")
+    assert code == 0
+    assert "Usage: " in out and ("PATHS" in out or "Commands:" in out)
+
+
+def test_validate_valid_definitions(workdir: Path) -> None:
+    assert run("validate", "defs") == (0, "1 definition(s) valid: bankaccount\n", "")
+
+
+def test_validate_defaults_to_the_definitions_folder(workdir: Path) -> None:
+    workdir.rename(workdir.parent / "definitions")
+    assert run("validate")[0] == 0
+
+
+def test_validate_missing_path_is_a_usage_error(workdir: Path) -> None:
+    code, _, err = run("validate", "nowhere")
+    assert code == 2
+    assert "Path 'nowhere' does not exist" in err
+
+
+def test_test_prints_one_line_per_scenario_a_diff_and_the_totals(workdir: Path) -> None:
+    (workdir / "bankaccount.scenarios.yaml").write_text(SCENARIOS)
+    code, out, _ = run("test", "defs")
+    assert code == 1
+    assert out == (
+        "PASS defs/bankaccount.scenarios.yaml:5: a deposit is accepted\n"
+        "FAIL defs/bankaccount.scenarios.yaml:13: a wrong expectation fails\n"
+        "    given event account_opened {\"balance\": 100, \"owner\": \"ann\"} on acc-1\n"
+        "    when command withdraw {\"amount\": 5} on acc-1\n"
+        "    - expected a rejection {\"code\": 422}\n"
+        "           got: accepted, events ['funds_withdrawn']\n"
+        "    - expected state 'frozen'\n"
+        "           got: 'open'\n"
+        "1 passed, 1 failed\n"
+    )
+
+
+def test_test_exits_0_when_every_scenario_passes(workdir: Path) -> None:
+    (workdir / "bankaccount.scenarios.yaml").write_text(SCENARIOS.split("  - name: a wrong")[0])
+    assert run("test", "defs") == (0, "PASS defs/bankaccount.scenarios.yaml:5: a deposit is accepted\n1 passed, 0 failed\n", "")
+
+
+def test_test_without_scenario_files_is_an_error(workdir: Path) -> None:
+    code, _, err = run("test", "defs")
+    assert code == 1
+    assert err == "Error: no scenario files (*.scenarios.yaml) under defs\n"
+
+
+def test_test_reports_a_malformed_scenario_file_as_a_failure(workdir: Path) -> None:
+    (workdir / "bankaccount.scenarios.yaml").write_text("aggregate: bankacount\nscenarios: []\n")
+    code, out, _ = run("test", "defs")
+    assert code == 1
+    assert "ERROR defs/bankaccount.scenarios.yaml:" in out
+    assert out.endswith("0 passed, 1 failed\n")
+
+
+def test_test_with_unknown_aggregate_suggests_the_name(workdir: Path) -> None:
+    (workdir / "bankaccount.scenarios.yaml").write_text(SCENARIOS.replace("aggregate: bankaccount", "aggregate: bankacount"))
+    code, out, _ = run("test", "defs")
+    assert code == 1
+    assert out.splitlines()[0] == ("ERROR defs/bankaccount.scenarios.yaml:1:12: error: unknown aggregate 'bankacount'; "
+                                   "did you mean 'bankaccount'? [/aggregate]")
+
+
+def test_test_refuses_invalid_definitions(workdir: Path) -> None:
+    (workdir / "bankaccount.yaml").write_text((workdir / "bankaccount.yaml").read_text().replace("to: frozen", "to: frozn"))
+    code, out, err = run("test", "defs")
+    assert code == 1
+    assert "'frozn' is not a declared state; did you mean 'frozen'?" in out
+    assert err == "Error: the definitions have errors; fix them before running scenarios\n"
