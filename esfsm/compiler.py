@@ -165,16 +165,18 @@ class CompiledAggregate:
         return transitions[0].dest or state
 
     def accepting_states(self, command: Command) -> list[str]:
-        """States in which some choice of the command's conditional emits is a valid path."""
+        """States from which some choice of the command's conditional emits is a valid path
+        that emits at least one event (a command that could only ever do nothing in a
+        state, e.g. a final one, is not accepted there)."""
         accepted = []
         for start in self.model.states:
             if command.in_states is not None and start not in command.in_states:
                 continue
-            current = {start}
+            paths = {(start, False)}  # (state reached, whether an event was emitted)
             for emit in command.emits:
-                moved = {n for s in current if (n := self.next_state(s, emit.event)) is not None}
-                current = moved | current if emit.condition else moved
-            if current:
+                moved = {(n, True) for s, _ in paths if (n := self.next_state(s, emit.event)) is not None}
+                paths = moved | paths if emit.condition else moved
+            if any(emitted for _, emitted in paths):
                 accepted.append(start)
         return accepted
 

@@ -151,7 +151,8 @@ def _run(doc: Document, index: int, scenario: dict[str, Any], aggregate: Compile
 
 def _send(engine: MemoryEngine, aggregate: CompiledAggregate, step: dict[str, Any], default_key: str,
           default_headers: dict[str, str]) -> Decision:
-    headers = {**default_headers, **step.get("headers", {})}
+    merged = {**default_headers, **step.get("headers", {})}
+    headers = {k: v for k, v in merged.items() if v is not None}  # null removes a default header
     return engine.handle(aggregate.name, step["command"], step.get("key", default_key), step.get("data", {}), headers)
 
 

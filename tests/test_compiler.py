@@ -34,6 +34,16 @@ def test_accepting_states_follow_the_events(project: Project) -> None:
     assert sorted(lab.commands["finish"].accepted_states) == ["on"]
 
 
+def test_a_command_of_only_conditional_emits_is_accepted_only_where_one_can_fire(project: Project) -> None:
+    lab = project.aggregates["lab"]
+    assert sorted(lab.commands["touch"].accepted_states) == ["on"]
+    refused = lab.decide(lab.initial_state("k"), CommandRequest("touch", "k", {}, {}), NOW)
+    assert (refused.accepted, refused.code) == (False, 409)
+    on = lab.replay("k", [new_event("lab", "switched_on", "k", 1, {"at": "x"}, NOW)])
+    nothing = lab.decide(on, CommandRequest("touch", "k", {}, {}), NOW)
+    assert nothing.accepted and nothing.events == () and nothing.state == on
+
+
 def test_evolve_moves_state_through_the_machine_and_applies_data(project: Project) -> None:
     compiled = project.aggregates["bankaccount"]
     state = compiled.initial_state("k")
