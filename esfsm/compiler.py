@@ -30,6 +30,7 @@ from esfsm.findings import did_you_mean, one_of, pointer
 from esfsm.model import Aggregate, Command, Rule
 from esfsm.values import (
     BAD_REQUEST,
+    COMMAND_ID_HEADER,
     CONFLICT,
     INTERNAL,
     NOT_FOUND,
@@ -288,7 +289,7 @@ class CompiledAggregate:
                 return Rejected(INTERNAL, f"event {emit.event!r} would carry invalid data: {errors[0].message}",
                                 errors)
             event = new_event(self.name, emit.event, state.key, current.version + 1, data, now,
-                              new_id() if new_id else None)
+                              new_id() if new_id else None, variables["meta"].get(COMMAND_ID_HEADER))
             try:
                 current = self.evolve(current, event)
             except ReplayError as err:

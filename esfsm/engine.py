@@ -48,6 +48,15 @@ def check_key(key: object) -> Rejected | None:
     return Rejected(BAD_REQUEST, message, (ErrorDetail("", message),))
 
 
+def check_command_id(headers: Mapping[str, str]) -> Rejected | None:
+    """400 when x-esfsm-command-id is present but empty, too long or not printable ASCII."""
+    raw = headers.get(COMMAND_ID_HEADER)
+    if raw is None or (0 < len(raw) <= 256 and raw.isascii() and raw.isprintable()):
+        return None
+    message = f"invalid {COMMAND_ID_HEADER} {raw[:40]!r}: expected 1 to 256 printable ASCII characters"
+    return Rejected(BAD_REQUEST, message, (ErrorDetail("", message),))
+
+
 def expected_version(headers: Mapping[str, str]) -> int | Rejected | None:
     """The x-esfsm-expected-version header as an int, None when absent, or a 400."""
     raw = headers.get(EXPECTED_VERSION_HEADER)
@@ -152,6 +161,9 @@ class MemoryEngine:
         bad_key = check_key(key)
         if bad_key:
             return bad_key
+        bad_id = check_command_id(headers)
+        if bad_id:
+            return bad_id
         command_id = headers.get(COMMAND_ID_HEADER)
         if command_id is not None and (aggregate, key, command_id) in self._outcomes:
             return self._outcomes[(aggregate, key, command_id)]

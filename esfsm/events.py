@@ -18,23 +18,31 @@ _FORMAT = JSONFormat()
 
 
 def new_event(
-    aggregate: str, event_type: str, key: str, version: int, data: Any, time: dt.datetime, event_id: str | None = None
+    aggregate: str,
+    event_type: str,
+    key: str,
+    version: int,
+    data: Any,
+    time: dt.datetime,
+    event_id: str | None = None,
+    command_id: str | None = None,
 ) -> CloudEvent:
-    """A new event: `entitykey` names the entity, `aggversion` the version it produces."""
-    return CloudEvent(
-        {
-            "id": event_id or str(uuid.uuid4()),
-            "source": f"esfsm/{aggregate}",
-            "type": event_type,
-            "specversion": "1.0",
-            "subject": key,
-            "time": time,
-            "datacontenttype": "application/json",
-            "entitykey": key,
-            "aggversion": version,
-        },
-        data,
-    )
+    """A new event: `entitykey` names the entity, `aggversion` the version it produces,
+    `commandid` (when the command carried one) the command that caused it."""
+    attributes: dict[str, Any] = {
+        "id": event_id or str(uuid.uuid4()),
+        "source": f"esfsm/{aggregate}",
+        "type": event_type,
+        "specversion": "1.0",
+        "subject": key,
+        "time": time,
+        "datacontenttype": "application/json",
+        "entitykey": key,
+        "aggversion": version,
+    }
+    if command_id:
+        attributes["commandid"] = command_id
+    return CloudEvent(attributes, data)
 
 
 def event_to_json(event: BaseCloudEvent) -> bytes:

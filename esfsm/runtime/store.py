@@ -1,0 +1,145 @@
+"""One aggregate's storage on JetStream: its event stream and its KV state bucket."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, KeyValueConfig, StorageType, StreamConfig
+from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.kv import KeyValue
+
+from esfsm.compiler import CompiledAggregate
+from esfsm.runtime.entity import Entity, fold
+from esfsm.runtime.jetstream import Outgoing, append, last_message, read_subject
+
+log = logging.getLogger("esfsm.store")
+DUPLICATE_WINDOW = 120.0  # seconds: Nats-Msg-Id deduplication of retried appends
+
+
+class AggregateStore:
+    """Events in stream `<stream>` on `<events>.<key>.<type>`; snapshots in bucket `<bucket>`."""
+
+    def __init__(self, nc: Client, compiled: CompiledAggregate, timeout: float = 5.0) -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream(timeout=timeout)
+        self.compiled = compiled
+        self.names = compiled.model.nats
+        self.timeout = timeout
+        self.kv: KeyValue | None = None
+
+    @property
+    def durable(self) -> str:
+        return f"AGG_{self.compiled.name}"
+
+    def entity_subjects(self, key: str) -> str:
+        return f"{self.names.events}.{key}.>"
+
+    def subject(self, key: str, event_type: str) -> str:
+        return f"{self.names.events}.{key}.{event_type}"
+
+    async def ensure(self) -> None:
+        """Create or update the stream, the bucket and the durable consumer."""
+        config = StreamConfig(
+            name=self.names.stream,
+            subjects=[f"{self.names.events}.>"],
+            storage=StorageType.FILE,
+            num_replicas=self.names.replicas,
+            duplicate_window=DUPLICATE_WINDOW,
+            allow_direct=True,
+            allow_atomic=True,
+        )
+        try:
+            await self.js.stream_info(self.names.stream)
+            await self.js.update_stream(config)
+        except NotFoundError:
+            await self.js.add_stream(config)
+        try:
+            self.kv = await self.js.key_value(self.names.bucket)
+        except (NotFoundError, BadRequestError):
+            self.kv = await self.js.create_key_value(KeyValueConfig(
+                bucket=self.names.bucket, history=1, replicas=self.names.replicas, direct=True,
+                description=f"esfsm state of aggregate {self.compiled.name}",
+            ))
+        await self.js.add_consumer(self.names.stream, ConsumerConfig(
+            durable_name=self.durable, filter_subject=f"{self.names.events}.>", ack_wait=30,
+            max_ack_pending=20_000, description=f"esfsm snapshots of aggregate {self.compiled.name}",
+        ))
+
+    # -- events --------------------------------------------------------------
+
+    async def append(self, key: str, expected_seq: int, events: Sequence[Outgoing]) -> int:
+        return await append(self.nc, self.entity_subjects(key), expected_seq, events, self.timeout)
+
+    async def last_seq(self, key: str) -> int:
+        last = await last_message(self.nc, self.names.stream, self.entity_subjects(key), self.timeout)
+        return last.seq if last else 0
+
+    async def find_msg_id(self, key: str, after_seq: int, msg_id: str) -> int | None:
+        """The sequence of the entity's message with msg_id stored after after_seq, if any."""
+        async for stored in read_subject(self.nc, self.names.stream, self.entity_subjects(key), after_seq,
+                                         self.timeout):
+            if stored.headers.get("Nats-Msg-Id") == msg_id:
+                return stored.seq
+        return None
+
+    async def catch_up(self, entity: Entity) -> Entity:
+        """Fold every event stored after entity.seq into entity (in place) and return it."""
+        async for stored in read_subject(self.nc, self.names.stream, self.entity_subjects(entity.state.key),
+                                         entity.seq, self.timeout):
+            fold(self.compiled, entity, stored.seq, stored.body)
+        return entity
+
+    async def history(self, key: str) -> list[bytes]:
+        return [s.body async for s in read_subject(self.nc, self.names.stream, self.entity_subjects(key), 0,
+                                                   self.timeout)]
+
+    # -- snapshots -----------------------------------------------------------
+
+    async def snapshot(self, key: str) -> tuple[Entity | None, int]:
+        """The KV snapshot of key and its revision (None, 0 when there is none)."""
+        assert self.kv is not None
+        try:
+            entry = await self.kv.get(key)
+        except KeyNotFoundError:
+            return None, 0
+        if entry.value is None:
+            return None, entry.revision or 0
+        return Entity.from_json(entry.value), entry.revision or 0
+
+    async def load(self, key: str) -> Entity:
+        """The entity as of now: its snapshot, caught up from the stream (repairs a lagging snapshot)."""
+        entity, _ = await self.snapshot(key)
+        if entity is None:
+            entity = Entity(self.compiled.initial_state(key))
+        return await self.catch_up(entity)
+
+    async def save_snapshot(self, entity: Entity, revision: int) -> int:
+        """Write entity if its snapshot is still at revision; returns the new revision.
+
+        Raises KeyWrongLastSequenceError when another writer got there first.
+        """
+        assert self.kv is not None
+        if revision:
+            return await self.kv.update(entity.state.key, entity.to_json(), last=revision)
+        return await self.kv.create(entity.state.key, entity.to_json())
+
+    async def write_snapshot(self, key: str, newer_than: int, cached: Entity | None = None, tries: int = 5) -> bool:
+        """Bring key's snapshot to at least stream sequence newer_than. Safe to run anywhere, any number of times."""
+        for _ in range(tries):
+            snapshot, revision = await self.snapshot(key)
+            if snapshot is not None and snapshot.seq >= newer_than:
+                return False
+            if cached is not None and cached.seq >= newer_than and (snapshot is None or cached.seq > snapshot.seq):
+                entity = cached
+            else:
+                entity = await self.catch_up(snapshot or Entity(self.compiled.initial_state(key)))
+            try:
+                await self.save_snapshot(entity, revision)
+                return True
+            except (KeyWrongLastSequenceError, BadRequestError) as err:
+                log.debug("snapshot of %s raced (%s); retrying", key, err)
+                cached = None
+        return False
