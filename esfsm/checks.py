@@ -18,6 +18,9 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
+from referencing import Registry
+from referencing.exceptions import Unresolvable
+from referencing.jsonschema import DRAFT202012
 
 from esfsm import model as m
 from esfsm.expressions import (
@@ -55,18 +58,44 @@ def schema_findings(doc: Document, schema: str = "aggregate") -> list[Finding]:
     """The document against the DSL's JSON Schema, one finding per error."""
     findings = []
     for error in _dsl_validator(schema).iter_errors(doc.data):
-        findings.extend(_schema_error_findings(doc, _deepest(error)))
+        for leaf in _explain(error):
+            findings.extend(_schema_error_findings(doc, leaf))
     return findings
 
 
-def _deepest(error: ValidationError) -> ValidationError:
-    """For oneOf/anyOf, the sub-error that explains the failure best."""
-    while error.context:
-        relevant = [e for e in error.context if e.validator != "type" or len(error.context) == 1]
-        if not relevant:
-            break
-        error = best_match(relevant)
-    return error
+def _explain(error: ValidationError) -> list[ValidationError]:
+    """For oneOf/anyOf, the errors of the one branch the value was meant for.
+
+    A branch whose type does not match the value at all (say 'null' for a
+    mapping) is not what the author meant; when exactly one branch is left, its
+    own errors explain the failure. When no branch's type matches, the error
+    stays as it is and reads as a type error naming every type allowed.
+    """
+    if not error.context or error.validator not in ("oneOf", "anyOf"):
+        return [error]
+    branches: dict[Any, list[ValidationError]] = {}
+    for sub in error.context:
+        branches.setdefault(sub.relative_schema_path[0], []).append(sub)
+    fitting = [errors for errors in branches.values() if not any(_type_mismatch(e) for e in errors)]
+    if not fitting:
+        return [error]
+    if len(fitting) == 1:
+        return [leaf for sub in fitting[0] for leaf in _explain(sub)]
+    return _explain(best_match(sub for errors in fitting for sub in errors))
+
+
+def _type_mismatch(error: ValidationError) -> bool:
+    """The value itself (not something inside it) has the wrong type for this schema."""
+    return error.validator == "type" and not error.relative_path
+
+
+def _union_types(error: ValidationError) -> list[str]:
+    types: list[str] = []
+    for sub in error.context or ():
+        if _type_mismatch(sub):
+            value = sub.validator_value
+            types += [t for t in (value if isinstance(value, list) else [value]) if t not in types]
+    return types
 
 
 def _schema_error_findings(doc: Document, error: ValidationError) -> Iterator[Finding]:
@@ -75,23 +104,25 @@ def _schema_error_findings(doc: Document, error: ValidationError) -> Iterator[Fi
         allowed = list(error.schema.get("properties", {}))
         for extra in error.instance:
             if extra not in allowed:
+                hint = (_cut_text(extra, error.instance[extra]) or did_you_mean(extra, allowed)
+                        or f"; expected one of {one_of(allowed)}")
                 yield doc.finding(
                     where + pointer(extra),
-                    f"unknown key {extra!r}{did_you_mean(extra, allowed) or f'; expected one of {one_of(allowed)}'}",
-                    "dsl-unknown-key",
+                    f"unknown key {extra!r}{hint}",
+                    "dsl-unknown-key", key=True,
                 )
         return
     if error.validator == "required" and isinstance(error.instance, Mapping):
         for key in error.validator_value:
             if key not in error.instance:
-                yield doc.finding(where, f"missing required key {key!r}", "dsl-missing-key")
+                yield doc.finding(where, f"missing required key {key!r}", "dsl-missing-key", key=True)
         return
     if error.validator == "pattern" and "propertyNames" in error.absolute_schema_path:
         yield doc.finding(
             where + pointer(error.instance),
             f"{error.instance!r} is not a valid name: use letters, digits, '_' and '-', "
             "starting with a letter or '_'",
-            "dsl-name",
+            "dsl-name", key=True,
         )
         return
     if error.validator == "pattern" and list(error.absolute_path) == ["aggregate"]:
@@ -102,16 +133,52 @@ def _schema_error_findings(doc: Document, error: ValidationError) -> Iterator[Fi
             "dsl-name",
         )
         return
-    if error.validator == "type":
-        expected = error.validator_value
-        expected = " or ".join(expected) if isinstance(expected, list) else expected
-        yield doc.finding(where, f"expected {_article(expected)}, got {error.instance!r}", "dsl-type")
-        return
-    yield doc.finding(where, error.message, f"dsl-{error.validator}")
+    yield doc.finding(where, schema_error_message(error), f"dsl-{_rule_name(error)}")
+
+
+def _rule_name(error: ValidationError) -> str:
+    return "type" if error.validator in ("oneOf", "anyOf") and _union_types(error) else str(error.validator)
+
+
+def schema_error_message(error: ValidationError) -> str:
+    """A sentence for one (explained) JSON Schema error: the bad value, what was expected."""
+    kind, value = error.validator, error.validator_value
+    if kind == "type" or (kind in ("oneOf", "anyOf") and _union_types(error)):
+        types = [value] if kind == "type" and isinstance(value, str) else value if kind == "type" else _union_types(error)
+        return f"expected {' or '.join(_article(t) for t in types)}, got {_describe(error.instance)}"
+    if kind == "enum" and isinstance(value, list):
+        names = [str(v) for v in value]
+        hint = did_you_mean(error.instance, names) if isinstance(error.instance, str) else ""
+        return f"{_describe(error.instance)} is not one of {', '.join(repr(v) for v in value)}{hint}"
+    if kind in ("minProperties", "minItems") and not error.instance:
+        what = "entry" if kind == "minProperties" else "item"
+        return f"expected at least {value} {what}{'' if value == 1 else 's'}, got none"
+    return error.message
+
+
+def _cut_text(key: str, value: Any) -> str:
+    """A hint for 'description: a, b' in a {flow} mapping, which YAML reads as a key 'b' without a value."""
+    if value is None and " " in key.strip():
+        return "; is it the end of a text cut at an unquoted ','? Quote the text"
+    return ""
 
 
 def _article(kind: str) -> str:
-    return {"object": "a mapping", "array": "a list", "null": "nothing"}.get(kind, f"a {kind}" if kind[0] not in "aeiou" else f"an {kind}")
+    return {"object": "a mapping", "array": "a list", "null": "nothing (null)", "boolean": "true or false",
+            "integer": "an integer", "string": "a string", "number": "a number"}.get(kind, repr(kind))
+
+
+def _describe(value: Any, limit: int = 60) -> str:
+    """The value as the author wrote it: scalars by repr (shortened), containers by kind."""
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = repr(value)
+    if isinstance(value, (Mapping, list)):
+        kind = "mapping" if isinstance(value, Mapping) else "list"
+        return f"the {kind} {text}" if len(text) <= limit else f"a {kind}"
+    return text if len(text) <= limit else text[: limit - 4] + "...'"
 
 
 # -- semantic rules ----------------------------------------------------------
@@ -152,13 +219,17 @@ def _state_refs(agg: m.Aggregate) -> Iterator[tuple[str, str]]:
             yield f"{command.where}/in/{i}", state
 
 
+def _item(ctx: Context, ptr: str) -> str:
+    """ptr ('.../from/0'), or its parent when the list was written as one string ('from: open')."""
+    return ptr if ptr in ctx.doc.positions else ptr.rsplit("/", 1)[0]
+
+
 @rule
 def unknown_states(ctx: Context) -> Iterator[Finding]:
     states = ctx.aggregate.states
     for ptr, name in _state_refs(ctx.aggregate):
         if name not in states:
-            where = ptr if ptr in ctx.doc.positions else ptr.rsplit("/", 1)[0]
-            yield ctx.error(where, f"{name!r} is not a declared state{did_you_mean(name, states) or f'; expected one of {one_of(states)}'}",
+            yield ctx.error(_item(ctx, ptr), f"{name!r} is not a declared state{did_you_mean(name, states) or f'; expected one of {one_of(states)}'}",
                             "unknown-state")
 
 
@@ -179,9 +250,9 @@ def unknown_events(ctx: Context) -> Iterator[Finding]:
 def final_state_exits(ctx: Context) -> Iterator[Finding]:
     states = ctx.aggregate.states
     for event in ctx.aggregate.events.values():
-        for source in event.sources:
+        for i, source in enumerate(event.sources):
             if source in states and states[source].final:
-                yield ctx.error(f"{event.where}/from",
+                yield ctx.error(_item(ctx, f"{event.where}/from/{i}"),
                                 f"event {event.name!r} leaves the final state {source!r}; no event may occur in a final state",
                                 "final-state-exit")
 
@@ -234,17 +305,22 @@ def _expressions(agg: m.Aggregate) -> Iterator[tuple[str, str, frozenset[str], m
 def cel_expressions(ctx: Context) -> Iterator[Finding]:
     agg = ctx.aggregate
     for ptr, source, allowed, command, event in _expressions(agg):
+        if not source.strip():
+            yield ctx.error(ptr, f"{source!r} is not a CEL expression: a string in a template is CEL; "
+                            "write '\"\"' for an empty string", "cel-syntax")
+            continue
         problem = syntax_error(source)
         if problem:
-            yield ctx.error(ptr, f"CEL syntax error in {source!r}: {problem}", "cel-syntax")
+            yield ctx.error(ptr, f"CEL syntax error in {source!r}: {_cel_problem(problem)}", "cel-syntax")
             continue
         for name in sorted(free_variables(source) - allowed):
             if name == "now" and allowed is APPLY_VARIABLES:
                 yield ctx.error(ptr, "'now' cannot be used in 'apply': replaying events must give the same data every time; "
                                 "put the time in the event data instead", "now-in-apply")
             else:
-                yield ctx.error(ptr, f"unknown variable {name!r} in {source!r}{did_you_mean(name, allowed) or ''}; "
-                                f"available here: {', '.join(sorted(allowed))}", "cel-unknown-variable")
+                yield ctx.error(ptr, f"unknown variable {name!r} in {source!r}"
+                                f"{did_you_mean(name, allowed) or f'; expected one of {one_of(allowed)}'}",
+                                "cel-unknown-variable")
         schemas = {
             "cmd": command.schema if command else None,
             "data": agg.data_schema,
@@ -252,13 +328,36 @@ def cel_expressions(ctx: Context) -> Iterator[Finding]:
         }
         extra = {"data": set(agg.initial_data)}
         for var, field in field_references(source):
+            if var not in allowed:
+                continue  # reported above as an unknown variable
             declared = _declared(schemas.get(var))
             if declared is None or field in declared or field in extra.get(var, ()):
                 continue
+            known = declared | extra.get(var, set())
             what = {"cmd": f"command {command.name!r}" if command else "", "data": "the aggregate's data",
                     "event": f"event {event.name!r}" if event else ""}[var]
-            yield ctx.error(ptr, f"{var}.{field}: {what} declares no field {field!r}{did_you_mean(field, declared)}",
+            yield ctx.error(ptr, f"{var}.{field}: {what} declares no field {field!r}"
+                            f"{did_you_mean(field, known) or f'; expected one of {one_of(known)}'}",
                             "cel-unknown-field")
+
+
+_TOKEN_SET = re.compile(r"\{(?:'[^']*'|[A-Z_]+|, )*\bIDENTIFIER(?:'[^']*'|[A-Z_]+|, )*\}")
+_PARSER_PHRASES = (
+    (re.compile(r"^mismatched input (.+?) expecting (.+?)( \(at .*)?$"), r"expected \2, got \1\3"),
+    (re.compile(r"^extraneous input (.+?) expecting (.+?)( \(at .*)?$"), r"unexpected \1, expected \2\3"),
+    (re.compile(r"^no viable alternative at input (.+?)( \(at .*)?$"), r"unexpected \1\2"),
+    (re.compile(r"^token recognition error at: (.+?)( \(at .*)?$"), r"unexpected \1\2"),
+    (re.compile(r"^missing (.+?) at (.+?)( \(at .*)?$"), r"missing \1 before \2\3"),
+)
+
+
+def _cel_problem(problem: str) -> str:
+    """The CEL parser's complaint in words: no token sets or '<EOF>', the column named as the expression's."""
+    problem = problem.removeprefix("Syntax error: ")
+    problem = _TOKEN_SET.sub("a value", problem).replace("'<EOF>'", "<EOF>").replace("<EOF>", "the end of the expression")
+    for pattern, replacement in _PARSER_PHRASES:
+        problem = pattern.sub(replacement, problem)
+    return re.sub(r"\(at column (\d+)\)$", r"(at character \1)", problem)
 
 
 def _declared(schema: Any) -> set[str] | None:
@@ -280,20 +379,21 @@ def emit_data_fields(ctx: Context) -> Iterator[Finding]:
             if declared is not None:
                 for field in emit.data:
                     if field not in declared:
-                        yield ctx.error(f"{emit.where}/data/{field}",
-                                        f"event {event.name!r} declares no field {field!r}{did_you_mean(field, declared)}",
-                                        "emit-unknown-field")
+                        yield ctx.doc.finding(
+                            f"{emit.where}/data" + pointer(field),
+                            f"event {event.name!r} declares no field {field!r}"
+                            f"{did_you_mean(field, declared) or f'; expected one of {one_of(declared)}'}",
+                            "emit-unknown-field", key=True,
+                        )
             required = event.schema.get("required", []) if isinstance(event.schema, Mapping) else []
+            if not isinstance(required, list):
+                continue  # reported by json_schemas
             for field in required:
-                if field not in emit.data:
-                    yield ctx.error(f"{emit.where}/data" if "data" in _keys(ctx, emit.where) else emit.where,
+                if isinstance(field, str) and field not in emit.data:
+                    has_data = f"{emit.where}/data" in ctx.doc.positions
+                    yield ctx.error(f"{emit.where}/data" if has_data else emit.where,
                                     f"event {event.name!r} requires field {field!r}, which this emit does not set",
                                     "emit-missing-field")
-
-
-def _keys(ctx: Context, where: str) -> set[str]:
-    prefix = where + "/"
-    return {p[len(prefix):].split("/")[0] for p in ctx.doc.positions if p.startswith(prefix)}
 
 
 @rule
@@ -306,23 +406,98 @@ def apply_fields(ctx: Context) -> Iterator[Finding]:
         if isinstance(event.apply, Mapping):
             for field in event.apply:
                 if field not in declared:
-                    yield ctx.error(f"{event.where}/apply/{field}",
-                                    f"the aggregate's data declares no field {field!r}{did_you_mean(field, declared)}",
-                                    "apply-unknown-field")
+                    yield ctx.doc.finding(
+                        f"{event.where}/apply" + pointer(field),
+                        f"the aggregate's data declares no field {field!r}"
+                        f"{did_you_mean(field, declared) or f'; expected one of {one_of(declared)}'}",
+                        "apply-unknown-field", key=True,
+                    )
 
 
-@rule
-def json_schemas(ctx: Context) -> Iterator[Finding]:
+_META_VALIDATOR = Draft202012Validator(Draft202012Validator.META_SCHEMA,
+                                      format_checker=Draft202012Validator.FORMAT_CHECKER)  # checks 'pattern' regexes
+_SUBSCHEMA = ("items", "additionalProperties", "not", "if", "then", "else", "contains", "propertyNames",
+              "unevaluatedItems", "unevaluatedProperties", "contentSchema")
+_SUBSCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+_SUBSCHEMA_LISTS = ("allOf", "anyOf", "oneOf", "prefixItems")
+_ANNOTATIONS = ("$schema", "$id", "$anchor", "$dynamicAnchor", "$comment", "$vocabulary", "title", "description",
+                "default", "examples", "deprecated", "readOnly", "writeOnly", "contentEncoding", "contentMediaType",
+                "then", "else", "maxContains", "minContains", "$defs", "definitions", "contentSchema")
+JSON_SCHEMA_KEYWORDS = frozenset(Draft202012Validator.VALIDATORS) | frozenset(_ANNOTATIONS)
+
+
+def _schemas(ctx: Context) -> list[tuple[str, Any]]:
+    """(pointer, schema) of every JSON Schema the definition writes (defaults are not written)."""
     agg = ctx.aggregate
     places = [("/data", agg.data_schema)]
     places += [(f"{c.where}/schema", c.schema) for c in agg.commands.values()]
     places += [(f"{e.where}/schema", e.schema) for e in agg.events.values()]
-    for ptr, schema in places:
-        if ptr not in ctx.doc.positions:
+    return [(ptr, schema) for ptr, schema in places if ptr in ctx.doc.positions]
+
+
+def _subschemas(schema: Any, ptr: str) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """(pointer, mapping) of a schema and every schema nested in it."""
+    if not isinstance(schema, Mapping):
+        return
+    yield ptr, schema
+    for key, value in schema.items():
+        if key in _SUBSCHEMA:
+            yield from _subschemas(value, ptr + pointer(key))
+        elif key in _SUBSCHEMA_MAPS and isinstance(value, Mapping):
+            for name, sub in value.items():
+                yield from _subschemas(sub, ptr + pointer(key, name))
+        elif key in _SUBSCHEMA_LISTS and isinstance(value, list):
+            for i, sub in enumerate(value):
+                yield from _subschemas(sub, ptr + pointer(key, i))
+
+
+@rule
+def json_schemas(ctx: Context) -> Iterator[Finding]:
+    for ptr, schema in _schemas(ctx):
+        for error in _META_VALIDATOR.iter_errors(schema):
+            for leaf in _explain(error):
+                message = schema_error_message(leaf)
+                if leaf.validator == "format" and leaf.validator_value == "regex":
+                    message = f"{leaf.instance!r} is not a valid regular expression"
+                yield ctx.error(ptr + pointer(*leaf.absolute_path), f"not a valid JSON Schema: {message}",
+                                "invalid-json-schema")
+
+
+@rule
+def json_schema_refs(ctx: Context) -> Iterator[Finding]:
+    """A '$ref' inside the definition's own schema must point somewhere (else validation crashes at run time)."""
+    for ptr, schema in _schemas(ctx):
+        if not isinstance(schema, Mapping):
             continue
-        for error in Draft202012Validator(Draft202012Validator.META_SCHEMA).iter_errors(schema):
-            yield ctx.error(ptr + pointer(*error.absolute_path),
-                            f"not a valid JSON Schema: {error.message}", "invalid-json-schema")
+        resolver = Registry().resolver_with_root(DRAFT202012.create_resource(schema))
+        for where, sub in _subschemas(schema, ptr):
+            ref = sub.get("$ref")
+            if not isinstance(ref, str) or not ref.startswith("#"):
+                continue
+            try:
+                resolver.lookup(ref)
+            except Unresolvable:
+                named = schema.get("$defs")
+                defs = [f"#/$defs/{name}" for name in named] if isinstance(named, Mapping) else []
+                yield ctx.error(f"{where}/$ref", f"$ref {ref!r} points to nothing in this schema"
+                                f"{did_you_mean(ref, defs) or (f'; expected one of {one_of(defs)}' if defs else '')}",
+                                "invalid-json-schema")
+
+
+@rule
+def json_schema_keywords(ctx: Context) -> Iterator[Finding]:
+    """An unknown keyword is ignored by JSON Schema, so a misspelt one silently checks nothing."""
+    for ptr, schema in _schemas(ctx):
+        for where, sub in _subschemas(schema, ptr):
+            for key, value in sub.items():
+                if key not in JSON_SCHEMA_KEYWORDS and not key.startswith("x-"):
+                    hint = (_cut_text(key, value) or did_you_mean(key, JSON_SCHEMA_KEYWORDS)
+                            or "; prefix a custom annotation with 'x-'")
+                    yield ctx.doc.finding(
+                        where + pointer(key),
+                        f"unknown JSON Schema keyword {key!r}, ignored when validating{hint}",
+                        "json-schema-keyword", "warning", key=True,
+                    )
 
 
 @rule
@@ -331,30 +506,33 @@ def initial_data(ctx: Context) -> Iterator[Finding]:
     if "/initial_data" not in ctx.doc.positions:
         return
     try:
-        validator = Draft202012Validator(agg.data_schema)
+        validator = Draft202012Validator(agg.data_schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
         errors = list(validator.iter_errors(dict(agg.initial_data)))
-    except Exception:  # an invalid data schema is reported by json_schemas
+    except Exception:  # an invalid data schema is reported by json_schemas / json_schema_refs
         return
     for error in errors:
-        yield ctx.error("/initial_data" + pointer(*error.absolute_path),
-                        f"initial data does not match the data schema: {error.message}", "initial-data")
+        for leaf in _explain(error):
+            yield ctx.error("/initial_data" + pointer(*leaf.absolute_path),
+                            f"initial data does not match the data schema: {schema_error_message(leaf)}", "initial-data")
 
 
 @rule
 def nats_names(ctx: Context) -> Iterator[Finding]:
     nats = ctx.aggregate.nats
+    default = m.NatsNames.defaults(ctx.aggregate.name, {})
     for field in ("commands", "events"):
         value = getattr(nats, field)
         if not all(SUBJECT_TOKEN.fullmatch(t) for t in value.split(".")):
             yield ctx.error(f"/nats/{field}",
-                            f"{value!r} is not a valid subject prefix: dot-separated tokens without spaces, '*' or '>'",
+                            f"{value!r} is not a valid subject prefix: expected tokens separated by '.', none empty, "
+                            f"without spaces or wildcards ('*', '>'), such as {getattr(default, field)!r}",
                             "invalid-nats-name")
     if not STREAM_NAME.fullmatch(nats.stream):
-        yield ctx.error("/nats/stream", f"{nats.stream!r} is not a valid stream name: no spaces, '.', '*', '>', '/' or '\\'",
-                        "invalid-nats-name")
+        yield ctx.error("/nats/stream", f"{nats.stream!r} is not a valid stream name: expected no spaces, "
+                        f"'.', '*', '>', '/' or '\\', such as {default.stream!r}", "invalid-nats-name")
     if not BUCKET_NAME.fullmatch(nats.bucket):
-        yield ctx.error("/nats/bucket", f"{nats.bucket!r} is not a valid bucket name: letters, digits, '_' and '-' only",
-                        "invalid-nats-name")
+        yield ctx.error("/nats/bucket", f"{nats.bucket!r} is not a valid bucket name: expected letters, digits, "
+                        f"'_' and '-' only, such as {default.bucket!r}", "invalid-nats-name")
 
 
 def command_acceptance(ctx: Context) -> Iterator[Finding]:
@@ -380,26 +558,58 @@ def command_acceptance(ctx: Context) -> Iterator[Finding]:
 
 
 def across_files(contexts: list[Context]) -> Iterator[Finding]:
+    """Rules over all definitions at once: they share one NATS account."""
+    yield from duplicate_names(contexts)
+    yield from overlapping_subjects(contexts)
+
+
+_NATS_NAMES = (("commands", "commands subject"), ("events", "events subject"), ("stream", "stream"), ("bucket", "bucket"))
+
+
+def _nats_where(ctx: Context, field: str) -> tuple[str, str]:
+    """Pointer of nats.<field>, and a note when the name is not written but defaulted from the aggregate name."""
+    ptr = f"/nats/{field}"
+    if ptr in ctx.doc.positions:
+        return ptr, ""
+    return "/aggregate", f" (the default for aggregate {ctx.aggregate.name!r}; set 'nats.{field}' to choose another)"
+
+
+def duplicate_names(contexts: list[Context]) -> Iterator[Finding]:
+    owners: dict[str, Context] = {}
+    for ctx in contexts:
+        first = owners.setdefault(ctx.aggregate.name, ctx)
+        if first is not ctx:
+            yield ctx.error("/aggregate", f"aggregate {ctx.aggregate.name!r} is already defined in {first.doc.path}; "
+                            "aggregate names must be unique", "duplicate-name")
     seen: dict[tuple[str, str], Context] = {}
     for ctx in contexts:
-        agg = ctx.aggregate
-        for what, value, ptr in (
-            ("aggregate name", agg.name, "/aggregate"),
-            ("commands subject", agg.nats.commands, "/nats/commands"),
-            ("events subject", agg.nats.events, "/nats/events"),
-            ("stream", agg.nats.stream, "/nats/stream"),
-            ("bucket", agg.nats.bucket, "/nats/bucket"),
-        ):
-            first = seen.setdefault((what, value), ctx)
-            if first is not ctx:
-                yield ctx.error(ptr, f"{what} {value!r} is already used by aggregate {first.aggregate.name!r} "
-                                f"in {first.doc.path}", "duplicate-name")
-    prefixes = [(ctx, ctx.aggregate.nats.events) for ctx in contexts]
-    for ctx, prefix in prefixes:
-        for other, other_prefix in prefixes:
-            if other is not ctx and prefix.startswith(other_prefix + "."):
-                yield ctx.error("/nats/events", f"events subject {prefix!r} overlaps {other_prefix!r} of aggregate "
-                                f"{other.aggregate.name!r}; streams cannot share subjects", "duplicate-name")
+        for field, what in _NATS_NAMES:
+            value = getattr(ctx.aggregate.nats, field)
+            first = seen.setdefault((field, value), ctx)
+            if first is ctx:
+                continue
+            ptr, note = _nats_where(ctx, field)
+            if note and owners[ctx.aggregate.name] is not ctx:
+                continue  # a default that clashes because the aggregate name does: reported above
+            yield ctx.error(ptr, f"{what} {value!r}{note} is already used by aggregate {first.aggregate.name!r} "
+                            f"in {first.doc.path}", "duplicate-name")
+
+
+def overlapping_subjects(contexts: list[Context]) -> Iterator[Finding]:
+    """An events stream captures '<events>.>': no other subject of any aggregate may fall inside it."""
+    for ctx in contexts:
+        for field, what in _NATS_NAMES[:2]:
+            subject = getattr(ctx.aggregate.nats, field)
+            for other in contexts:
+                events = other.aggregate.nats.events
+                if field == "events" and (other is ctx or subject == events):
+                    continue  # one stream per aggregate; equal prefixes are a duplicate name
+                if subject == events or subject.startswith(events + "."):
+                    ptr, note = _nats_where(ctx, field)
+                    whose = ("this aggregate's own events" if other is ctx
+                             else f"the events of aggregate {other.aggregate.name!r} in {other.doc.path}")
+                    yield ctx.error(ptr, f"{what} {subject!r}{note} lies inside {events + '.>'!r}, {whose}; "
+                                    f"that stream would also capture these {field}", "overlapping-subjects")
 
 
 # -- the driver --------------------------------------------------------------

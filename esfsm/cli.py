@@ -128,5 +128,243 @@ def test(paths: tuple[Path, ...], verbose: bool) -> None:
     sys.exit(0 if report.failed == 0 else 1)
 
 
+# -- NATS ------------------------------------------------------------------
+
+
+def connection_options(function: Any) -> Any:
+    """The usual NATS options, shared by every command that talks to a server."""
+    options = [
+        click.option("--server", "-s", "servers", multiple=True, metavar="URL",
+                     help="NATS server URL (repeatable). Default: $NATS_URL, else the embedded server of `esfsm run`."),
+        click.option("--user", envvar="NATS_USER", help="User name ($NATS_USER)."),
+        click.option("--password", envvar="NATS_PASSWORD", help="Password ($NATS_PASSWORD)."),
+        click.option("--token", envvar="NATS_TOKEN", help="Authentication token ($NATS_TOKEN)."),
+        click.option("--nkey", "nkey_seed", type=click.Path(exists=True, dir_okay=False), help="File holding an nkey seed."),
+        click.option("--creds", type=click.Path(exists=True, dir_okay=False), help="NATS .creds file (JWT + seed)."),
+        click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False), help="CA certificate to verify the server."),
+        click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), help="Client certificate (mutual TLS)."),
+        click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="Client certificate's private key."),
+        click.option("--js-domain", help="JetStream domain."),
+        click.option("--store-dir", type=click.Path(path_type=Path), default=Path(".esfsm"), show_default=True,
+                     help="Where the embedded server keeps its data (and says where it listens)."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def _options(kwargs: dict[str, Any], name: str) -> Any:
+    from esfsm.runtime.connection import ConnectOptions
+
+    return ConnectOptions(
+        user=kwargs.pop("user"), password=kwargs.pop("password"), token=kwargs.pop("token"),
+        nkey_seed=kwargs.pop("nkey_seed"), creds=kwargs.pop("creds"), tls_ca=kwargs.pop("tls_ca"),
+        tls_cert=kwargs.pop("tls_cert"), tls_key=kwargs.pop("tls_key"), js_domain=kwargs.pop("js_domain"), name=name,
+    )
+
+
+def _run_async(coroutine: Any) -> Any:
+    import asyncio
+
+    return asyncio.run(coroutine)
+
+
+@main.command()
+@PATHS
+@connection_options
+@click.option("--port", type=int, default=0, help="Port of the embedded server (default 4222 or the next free one).")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
+def run(paths: tuple[Path, ...], servers: tuple[str, ...], store_dir: Path, port: int, log_level: str,
+        **kwargs: Any) -> None:
+    """Serve the aggregates defined under PATHS on NATS JetStream.
+
+    Checks the definitions first and refuses to start on an error. With no
+    --server (and no $NATS_URL) it starts an embedded nats-server with
+    JetStream on 127.0.0.1:4222 (or the next free port), data under
+    --store-dir. Creates or updates each aggregate's stream, KV bucket and
+    durable consumer, serves each as the micro service aggregate-<name>, and
+    on SIGINT/SIGTERM finishes the commands in flight and exits 0.
+    """
+    import os
+
+    from esfsm.runtime.runner import RunSettings, serve, setup_logging
+
+    project = _check(paths)
+    if not project.ok:
+        _print_findings(project.findings)
+        raise click.ClickException("the definitions have errors; not starting")
+    if not project.aggregates:
+        raise click.ClickException(f"no definitions under {', '.join(map(str, _paths(paths)))}")
+    setup_logging(log_level)
+    env = os.environ.get("NATS_URL")
+    chosen = servers or tuple(s.strip() for s in (env or "").split(",") if s.strip())
+    settings = RunSettings(chosen, _options(kwargs, "esfsm-run"), store_dir, port)
+    _run_async(serve(project.aggregates.values(), settings))
+
+
+async def _client(servers: tuple[str, ...], store_dir: Path, kwargs: dict[str, Any], timeout: float = 5.0) -> Any:
+    from esfsm.client import Client
+
+    return await Client.connect(servers, _options(kwargs, "esfsm-cli"), store_dir, timeout)
+
+
+def _parse_headers(values: tuple[str, ...]) -> dict[str, str]:
+    headers = {}
+    for value in values:
+        name, sep, text = value.partition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"{value!r} is not NAME=VALUE", param_hint="'--header'")
+        headers[name.strip()] = text
+    return headers
+
+
+def _parse_data(value: str | None) -> Any:
+    if value is None:
+        return {}
+    text = value
+    if value.startswith("@"):
+        try:
+            text = Path(value[1:]).read_text(encoding="utf-8")
+        except OSError as err:
+            raise click.BadParameter(f"cannot read {value[1:]!r}: {err.strerror}", param_hint="'--data'") from err
+    try:
+        return json.loads(text)
+    except ValueError as err:
+        raise click.BadParameter(f"not valid JSON: {err}", param_hint="'--data'") from err
+
+
+@main.command()
+@click.argument("aggregate")
+@click.argument("command")
+@click.option("--key", "-k", required=True, help="The entity key (x-ergonats-entity-key).")
+@click.option("--data", "-d", help="The JSON payload, or @FILE to read it from a file. Default: {}.")
+@click.option("--header", "-H", "header_values", multiple=True, metavar="NAME=VALUE", help="A header (repeatable).")
+@click.option("--command-id", help="Idempotency id (x-esfsm-command-id): a retry is applied once.")
+@click.option("--expected-version", type=click.IntRange(min=0), help="Reject unless the entity is at this version.")
+@click.option("--timeout", type=float, default=5.0, show_default=True, help="Seconds to wait for the reply.")
+@connection_options
+def send(aggregate: str, command: str, key: str, data: str | None, header_values: tuple[str, ...],
+         command_id: str | None, expected_version: int | None, timeout: float, servers: tuple[str, ...],
+         store_dir: Path, **kwargs: Any) -> None:
+    """Send COMMAND to an entity of AGGREGATE and print the reply (JSON).
+
+    Exits 0 when the command is accepted, 1 when it is rejected.
+
+    esfsm send bankaccount open_account --key acc-1 \
+      --data '{"owner": "ann", "initial_balance": 150}' --header x-username=ann
+    """
+    payload = _parse_data(data)
+    headers = _parse_headers(header_values)
+
+    async def go() -> dict[str, Any]:
+        client = await _client(servers, store_dir, kwargs, timeout)
+        try:
+            return await client.send(aggregate, command, key, payload, headers, command_id, expected_version)
+        finally:
+            await client.close()
+
+    reply = _run_async(go())
+    click.echo(json.dumps(reply, indent=2))
+    sys.exit(0 if reply.get("accepted") else 1)
+
+
+@main.command()
+@click.argument("aggregate")
+@click.argument("key")
+@connection_options
+def state(aggregate: str, key: str, servers: tuple[str, ...], store_dir: Path, **kwargs: Any) -> None:
+    """Print the current state of one entity (the KV value, as JSON).
+
+    Exits 1 when the entity has no event yet.
+    """
+    async def go() -> Any:
+        client = await _client(servers, store_dir, kwargs)
+        try:
+            return await client.state(aggregate, key)
+        finally:
+            await client.close()
+
+    value = _run_async(go())
+    if value is None:
+        raise click.ClickException(f"entity {key!r} of aggregate {aggregate!r} has no event yet")
+    click.echo(json.dumps(value, indent=2))
+
+
+@main.command()
+@click.argument("aggregate")
+@click.argument("key")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@connection_options
+def history(aggregate: str, key: str, fmt: str, servers: tuple[str, ...], store_dir: Path, **kwargs: Any) -> None:
+    """Print the events of one entity, oldest first."""
+    async def go() -> Any:
+        client = await _client(servers, store_dir, kwargs)
+        try:
+            return await client.history(aggregate, key)
+        finally:
+            await client.close()
+
+    events = _run_async(go())
+    if fmt == "json":
+        click.echo(json.dumps(events, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{aggregate} {key}: {len(events)} event(s)")
+    for column in ("seq", "version", "type", "time", "data"):
+        table.add_column(column)
+    for event in events:
+        table.add_row(str(event["seq"]), str(event.get("aggversion", "")), event["type"], str(event.get("time", "")),
+                      json.dumps(event.get("data"), sort_keys=True))
+    Console().print(table)
+
+
+@main.command()
+@click.argument("aggregate")
+@PATHS
+@connection_options
+def rebuild(aggregate: str, paths: tuple[Path, ...], servers: tuple[str, ...], store_dir: Path, **kwargs: Any) -> None:
+    """Replay AGGREGATE's event stream into its KV bucket, entity by entity.
+
+    PATHS hold the definitions (default ./definitions): the state is folded
+    with the same compiled aggregate the runtime runs.
+    """
+    from rich.progress import Progress
+
+    from esfsm.runtime.connection import connect, resolve_servers
+    from esfsm.runtime.rebuild import entity_keys
+    from esfsm.runtime.rebuild import rebuild as replay
+    from esfsm.runtime.store import AggregateStore
+
+    project = _check(paths)
+    if not project.ok:
+        _print_findings(project.findings)
+        raise click.ClickException("the definitions have errors")
+    if aggregate not in project.aggregates:
+        from esfsm.engine import unknown_aggregate
+
+        raise click.ClickException(unknown_aggregate(aggregate, project.aggregates).message)
+    options = _options(kwargs, "esfsm-rebuild")
+    found = resolve_servers(servers, store_dir)
+    if not found:
+        raise click.ClickException("no NATS server: pass --server, set NATS_URL or start `esfsm run`")
+
+    async def go() -> int:
+        nc = await connect(found, options)
+        try:
+            store = AggregateStore(nc, project.aggregates[aggregate], domain=options.js_domain)
+            await store.ensure()
+            total = len(await entity_keys(store))
+            with Progress(transient=True) as bar:
+                task = bar.add_task(f"rebuilding {aggregate}", total=total)
+                return await replay(store, lambda key: bar.advance(task))
+        finally:
+            await nc.close()
+
+    count = _run_async(go())
+    click.echo(f"rebuilt {count} entit{'y' if count == 1 else 'ies'} of {aggregate}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

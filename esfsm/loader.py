@@ -1,9 +1,12 @@
 """Load YAML definition and scenario files, keeping each node's position.
 
-Only safe YAML: no Python tags, duplicate keys are an error, and only
-``true``/``false`` are booleans (a state called ``off`` stays the string
-``"off"``). Every mapping key and sequence item is recorded by JSON pointer
-with its line and column, so later stages can say where a problem is.
+Only safe YAML holding JSON data: no Python or other tags, duplicate keys are
+an error, aliases are bounded, and scalars follow the YAML 1.2 core schema:
+only ``true``/``false`` are booleans (a state called ``off`` stays the string
+``"off"``), ``010`` is ten, ``1:30`` and ``2025-01-01`` are strings. Every
+mapping key and sequence item is recorded by JSON pointer with its line and
+column (of the value when it is a scalar, else of the key), and every key's own
+position too, so later stages can say where a problem is.
 """
 
 from __future__ import annotations
@@ -22,21 +25,47 @@ DocumentKind = Literal["definition", "scenarios"]
 SCENARIO_SUFFIXES = (".scenarios.yaml", ".scenarios.yml")
 YAML_SUFFIXES = (".yaml", ".yml")
 MAX_NODES = 200_000  # bounds alias expansion ("billion laughs")
+MAX_DEPTH = 100  # bounds nesting (and Python's recursion)
+
+_CORE = "tag:yaml.org,2002:"
+# Tags whose values are JSON data; '<<' (merge) keys are resolved by _Builder._pairs.
+_JSON_TAGS = frozenset(_CORE + t for t in ("str", "int", "float", "bool", "null", "seq", "map"))
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2 booleans: on/off/yes/no stay strings."""
+    """SafeLoader with the YAML 1.2 core schema's booleans, numbers and no timestamps."""
 
 
+_REPLACED = {_CORE + "bool", _CORE + "int", _CORE + "float", _CORE + "timestamp"}
 _Loader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in _REPLACED]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 _Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool",
-    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
-    list("tTfF"),
+    _CORE + "bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"),
 )
+_Loader.add_implicit_resolver(
+    _CORE + "int", re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"), list("-+0123456789"),
+)
+_Loader.add_implicit_resolver(
+    _CORE + "float",
+    re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+               r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+.0123456789"),
+)
+
+
+def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    text = str(loader.construct_scalar(node))
+    try:
+        if text.startswith(("0o", "0x")):
+            return int(text[2:], 8 if text[1] == "o" else 16)
+        return int(text, 10)
+    except ValueError as err:  # an explicit '!!int' on something else
+        raise yaml.constructor.ConstructorError(None, None, f"{text!r} is not an integer", node.start_mark) from err
+
+
+_Loader.add_constructor(_CORE + "int", _construct_int)
 
 
 @dataclass(frozen=True)
@@ -53,9 +82,13 @@ class Document:
     kind: DocumentKind
     data: Any
     positions: dict[str, Position] = field(default_factory=dict)
+    key_positions: dict[str, Position] = field(default_factory=dict)
 
     def position(self, ptr: str) -> Position:
-        """Position of the node at ptr, or of its nearest ancestor that has one."""
+        """Position of the node at ptr, or of its nearest ancestor that has one.
+
+        A scalar's position is its value's; a mapping's or list's is its key's.
+        """
         while True:
             if ptr in self.positions:
                 return self.positions[ptr]
@@ -63,8 +96,13 @@ class Document:
                 return Position(1, 1)
             ptr = ptr.rsplit("/", 1)[0]
 
-    def finding(self, ptr: str, message: str, rule: str, severity: str = "error") -> Finding:
-        pos = self.position(ptr)
+    def key_position(self, ptr: str) -> Position:
+        """Position of the mapping key naming the node at ptr (else as position())."""
+        return self.key_positions.get(ptr) or self.position(ptr)
+
+    def finding(self, ptr: str, message: str, rule: str, severity: str = "error", *, key: bool = False) -> Finding:
+        """A finding at ptr; key=True points at the key itself (an unknown or badly named key)."""
+        pos = self.key_position(ptr) if key else self.position(ptr)
         return Finding(self.path, pos.line, pos.column, ptr, message, rule, severity)  # type: ignore[arg-type]
 
 
@@ -102,17 +140,17 @@ def load_text(text: str, path: str) -> tuple[Document | None, list[Finding]]:
     try:
         node = _compose(text)
         if node is None:
-            what = "a scenario file" if kind == "scenarios" else "an aggregate definition"
-            raise _LoadFailed(1, 1, f"the file is empty; expected {what}", "yaml-empty")
+            raise _LoadFailed(1, 1, f"the file is empty; expected {_expected(kind)}", "yaml-empty")
         builder = _Builder()
         data = builder.build(node, "")
     except _LoadFailed as err:
         return None, [Finding(path, err.line, err.column, "", err.message, err.rule)]
     if not isinstance(data, dict):
-        return None, [
-            Finding(path, 1, 1, "", f"the root must be a mapping, got {_type_name(data)}", "yaml-root")
-        ]
-    return Document(path, kind, data, builder.positions), []
+        return None, [Finding(
+            path, node.start_mark.line + 1, node.start_mark.column + 1, "",
+            f"the root must be a mapping ({_expected(kind)}), got {_type_name(data)}", "yaml-root",
+        )]
+    return Document(path, kind, data, builder.positions, builder.key_positions), []
 
 
 def load_file(path: Path | str) -> tuple[Document | None, list[Finding]]:
@@ -123,8 +161,14 @@ def load_file(path: Path | str) -> tuple[Document | None, list[Finding]]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
+        line_start = raw.rfind(b"\n", 0, err.start) + 1
         line = raw[: err.start].count(b"\n") + 1
-        return None, [Finding(str(path), line, 1, "", f"the file is not valid UTF-8 (byte {err.start})", "yaml-encoding")]
+        column = len(raw[line_start: err.start].decode("utf-8", "replace")) + 1
+        return None, [Finding(
+            str(path), line, column, "",
+            f"the file is not valid UTF-8: byte 0x{raw[err.start]:02x} at offset {err.start} cannot be decoded; "
+            "save the file as UTF-8", "yaml-encoding",
+        )]
     return load_text(text, str(path))
 
 
@@ -142,21 +186,36 @@ def load_paths(paths: Iterable[Path | str]) -> tuple[list[Document], list[Findin
 def _compose(text: str) -> yaml.Node | None:
     try:
         loader = _Loader(text)
-    except yaml.YAMLError as err:  # reader errors: control characters
-        raise _LoadFailed(1, 1, f"invalid YAML: {err}".replace("\n", " "), "yaml-syntax") from err
+    except yaml.reader.ReaderError as err:  # control characters
+        raise _reader_failed(text, err) from err
     try:
         return loader.get_single_node()
+    except yaml.reader.ReaderError as err:
+        raise _reader_failed(text, err) from err
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         problem = err.problem or "invalid YAML"
-        if "but found another document" in str(err.problem):
-            problem = "expected a single YAML document, found several"
+        if "but found another document" in problem:
+            problem = "expected a single YAML document, found several (remove the '---' separators)"
+        elif err.context and err.context_mark and err.problem_mark:
+            problem += f" ({err.context} at line {err.context_mark.line + 1}, column {err.context_mark.column + 1})"
         raise _LoadFailed(line, col, f"invalid YAML: {problem}", "yaml-syntax") from err
     except yaml.YAMLError as err:
         raise _LoadFailed(1, 1, f"invalid YAML: {err}".replace("\n", " "), "yaml-syntax") from err
+    except RecursionError as err:
+        raise _LoadFailed(1, 1, f"the document is nested more than {MAX_DEPTH} levels deep", "yaml-size") from err
     finally:
         loader.dispose()
+
+
+def _reader_failed(text: str, err: yaml.reader.ReaderError) -> _LoadFailed:
+    """A ReaderError (a character YAML does not allow) with its line and column."""
+    before = text[: err.position]
+    line, column = before.count("\n") + 1, err.position - (before.rfind("\n") + 1) + 1
+    char = chr(err.character) if isinstance(err.character, int) else str(err.character)
+    return _LoadFailed(line, column, f"invalid YAML: the character {char!r} (#x{ord(char[:1] or ' '):04x}) "
+                       "is not allowed; remove it or write it as an escape in a double-quoted string", "yaml-syntax")
 
 
 class _Builder:
@@ -164,61 +223,109 @@ class _Builder:
 
     def __init__(self) -> None:
         self.positions: dict[str, Position] = {}
+        self.key_positions: dict[str, Position] = {}
         self._constructor = _Loader("")
         self._count = 0
+        self._open: list[yaml.Node] = []  # the nodes being built, outermost first
 
     def build(self, node: yaml.Node, ptr: str) -> Any:
         self._count += 1
         if self._count > MAX_NODES:
-            raise _LoadFailed(1, 1, f"the document has more than {MAX_NODES} nodes (alias expansion?)", "yaml-size")
+            raise self._failed(node, f"the document expands to more than {MAX_NODES} values; "
+                               "is an alias repeated too often (a 'billion laughs')?", "yaml-size")
+        if any(node is parent for parent in self._open):
+            raise self._failed(node, "an alias refers to a node that contains it (a recursive alias)", "yaml-alias")
+        if len(self._open) >= MAX_DEPTH:
+            raise self._failed(node, f"the document is nested more than {MAX_DEPTH} levels deep", "yaml-size")
         self.positions.setdefault(ptr, Position(node.start_mark.line + 1, node.start_mark.column + 1))
-        if isinstance(node, yaml.MappingNode):
-            return self._mapping(node, ptr)
-        if isinstance(node, yaml.SequenceNode):
-            if node.tag != "tag:yaml.org,2002:seq":
-                raise self._bad_tag(node)
-            return [self.build(item, ptr + pointer(i)) for i, item in enumerate(node.value)]
+        if node.tag not in _JSON_TAGS:
+            raise self._bad_tag(node)
+        if isinstance(node, yaml.ScalarNode):
+            try:
+                return self._constructor.construct_object(node, deep=True)
+            except yaml.constructor.ConstructorError as err:
+                raise self._failed(node, f"invalid value {node.value!r}: {err.problem}", "yaml-tag") from err
+        self._open.append(node)
         try:
-            return self._constructor.construct_object(node, deep=True)
-        except yaml.constructor.ConstructorError as err:
-            raise self._bad_tag(node) from err
+            if isinstance(node, yaml.MappingNode):
+                return self._mapping(node, ptr)
+            return [self.build(item, ptr + pointer(i)) for i, item in enumerate(node.value)]
+        finally:
+            self._open.pop()
 
     def _mapping(self, node: yaml.MappingNode, ptr: str) -> dict[str, Any]:
-        if node.tag != "tag:yaml.org,2002:map":
-            raise self._bad_tag(node)
-        try:
-            self._constructor.flatten_mapping(node)
-        except yaml.constructor.ConstructorError as err:
-            mark = err.problem_mark or node.start_mark
-            raise _LoadFailed(mark.line + 1, mark.column + 1, f"invalid merge key: {err.problem}", "yaml-syntax") from err
         result: dict[str, Any] = {}
-        for key_node, value_node in node.value:
-            key = self.build(key_node, ptr + "/~key")
-            if not isinstance(key, (str, int, float, bool)) or key is None:
-                raise _LoadFailed(
-                    key_node.start_mark.line + 1, key_node.start_mark.column + 1,
-                    f"mapping keys must be strings, got {_type_name(key)}", "yaml-key",
-                )
-            key = key if isinstance(key, str) else str(key).lower() if isinstance(key, bool) else str(key)
-            if key in result:
-                first = self.positions[ptr + pointer(key)]
-                raise _LoadFailed(
-                    key_node.start_mark.line + 1, key_node.start_mark.column + 1,
-                    f"duplicate key {key!r} (first defined on line {first.line})", "yaml-duplicate-key",
-                )
+        for key, key_node, value_node in self._pairs(node, ()):
             child = ptr + pointer(key)
             at = value_node if isinstance(value_node, yaml.ScalarNode) and value_node.value != "" else key_node
             self.positions[child] = Position(at.start_mark.line + 1, at.start_mark.column + 1)
+            self.key_positions[child] = Position(key_node.start_mark.line + 1, key_node.start_mark.column + 1)
             result[key] = self.build(value_node, child)
-        self.positions.pop(ptr + "/~key", None)
         return result
 
+    def _pairs(self, node: yaml.MappingNode, merging: tuple[yaml.Node, ...]) -> list[tuple[str, yaml.Node, yaml.Node]]:
+        """(key, key node, value node) in assignment order: merged pairs ('<<') first, so explicit keys win.
+
+        Implemented here rather than with PyYAML's flatten_mapping, which rewrites
+        the (possibly aliased) node in place.
+        """
+        merged: list[tuple[str, yaml.Node, yaml.Node]] = []
+        explicit: list[tuple[str, yaml.Node, yaml.Node]] = []
+        seen: dict[str, yaml.Node] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == _CORE + "merge":
+                sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+                for source in reversed(sources):  # the first source wins, so it is assigned last
+                    if not isinstance(source, yaml.MappingNode) or source.tag != _CORE + "map":
+                        raise self._failed(source, "a merge key '<<' takes a mapping or a list of mappings, "
+                                           f"got {_node_kind(source)}", "yaml-merge")
+                    if any(source is n for n in (node, *merging, *self._open)):
+                        raise self._failed(source, "an alias refers to a node that contains it (a recursive alias)",
+                                           "yaml-alias")
+                    merged.extend(self._pairs(source, (*merging, node)))
+                continue
+            key = self._key(key_node)
+            if key in seen:
+                raise self._failed(key_node, f"duplicate key {key!r} (first defined on line "
+                                   f"{seen[key].start_mark.line + 1})", "yaml-duplicate-key")
+            seen[key] = key_node
+            explicit.append((key, key_node, value_node))
+        self._count += len(merged)
+        if self._count > MAX_NODES:
+            raise self._failed(node, f"the document expands to more than {MAX_NODES} values; "
+                               "is an alias repeated too often (a 'billion laughs')?", "yaml-size")
+        return merged + explicit
+
+    def _key(self, node: yaml.Node) -> str:
+        if not isinstance(node, yaml.ScalarNode):
+            raise self._failed(node, f"mapping keys must be strings, got {_node_kind(node)}", "yaml-key")
+        if node.tag not in _JSON_TAGS:
+            raise self._bad_tag(node)
+        try:
+            key = self._constructor.construct_object(node, deep=True)
+        except yaml.constructor.ConstructorError as err:
+            raise self._failed(node, f"invalid key {node.value!r}: {err.problem}", "yaml-key") from err
+        if key is None:
+            raise self._failed(node, "mapping keys must be strings, got nothing (null)", "yaml-key")
+        return str(key).lower() if isinstance(key, bool) else str(key)
+
     @staticmethod
-    def _bad_tag(node: yaml.Node) -> _LoadFailed:
-        return _LoadFailed(
-            node.start_mark.line + 1, node.start_mark.column + 1,
-            f"the tag {node.tag!r} is not allowed; only plain YAML data is (no custom or Python tags)", "yaml-tag",
-        )
+    def _failed(node: yaml.Node, message: str, rule: str) -> _LoadFailed:
+        return _LoadFailed(node.start_mark.line + 1, node.start_mark.column + 1, message, rule)
+
+    @classmethod
+    def _bad_tag(cls, node: yaml.Node) -> _LoadFailed:
+        tag = "!!" + node.tag[len(_CORE):] if node.tag.startswith(_CORE) else node.tag
+        return cls._failed(node, f"the tag {tag!r} is not allowed; only plain YAML data is (strings, numbers, "
+                           "true/false, null, lists and mappings)", "yaml-tag")
+
+
+def _expected(kind: DocumentKind) -> str:
+    return "a scenario file" if kind == "scenarios" else "an aggregate definition"
+
+
+def _node_kind(node: yaml.Node) -> str:
+    return "a mapping" if isinstance(node, yaml.MappingNode) else "a list" if isinstance(node, yaml.SequenceNode) else "a scalar"
 
 
 def _type_name(value: Any) -> str:

@@ -113,11 +113,15 @@ async def append(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def api_prefix(domain: str | None = None) -> str:
+    return f"$JS.{domain}.API" if domain else "$JS.API"
+
+
 async def read_subject(
-    nc: Client, stream: str, subjects: str, after_seq: int = 0, timeout: float = 5.0
+    nc: Client, stream: str, subjects: str, after_seq: int = 0, timeout: float = 5.0, api: str = "$JS.API"
 ) -> AsyncIterator[Stored]:
     """Every message on subjects with a sequence above after_seq, in order (batch direct get)."""
-    api = f"$JS.API.DIRECT.GET.{stream}"
+    api = f"{api}.DIRECT.GET.{stream}"
     seq = after_seq + 1
     while True:
         inbox = nc.new_inbox()
@@ -149,10 +153,12 @@ async def read_subject(
             return
 
 
-async def last_message(nc: Client, stream: str, subjects: str, timeout: float = 5.0) -> Stored | None:
+async def last_message(
+    nc: Client, stream: str, subjects: str, timeout: float = 5.0, api: str = "$JS.API"
+) -> Stored | None:
     """The last message on subjects (wildcards allowed), or None if there is none."""
     try:
-        msg = await nc.request(f"$JS.API.DIRECT.GET.{stream}", orjson.dumps({"last_by_subj": subjects}), timeout)
+        msg = await nc.request(f"{api}.DIRECT.GET.{stream}", orjson.dumps({"last_by_subj": subjects}), timeout)
     except (TimeoutError, NoRespondersError) as err:
         raise UnavailableError(f"JetStream did not answer a read of {subjects}") from err
     headers = msg.headers or {}

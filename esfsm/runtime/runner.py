@@ -62,13 +62,14 @@ class Runtime:
 
     nc: Client
     aggregates: list[CompiledAggregate]
+    domain: str | None = None
     services: dict[str, AggregateService] = field(default_factory=dict)
     projectors: list[Projector] = field(default_factory=list)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self) -> None:
         for compiled in self.aggregates:
-            store = AggregateStore(self.nc, compiled)
+            store = AggregateStore(self.nc, compiled, domain=self.domain)
             await store.ensure()
             service = AggregateService(self.nc, compiled, store)
             await service.start()
@@ -123,7 +124,7 @@ async def serve(aggregates: Iterable[CompiledAggregate], settings: RunSettings,
                            disconnected_cb=_log_async("disconnected from NATS"),
                            reconnected_cb=_log_async("reconnected to NATS"))
         info("connected", url=str(nc.connected_url.geturl() if nc.connected_url else servers[0]))
-        runtime = Runtime(nc, aggregates)
+        runtime = Runtime(nc, aggregates, settings.options.js_domain)
         try:
             await runtime.start()
             info("ready", aggregates=",".join(a.name for a in aggregates))

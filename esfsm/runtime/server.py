@@ -77,7 +77,9 @@ class EmbeddedServer:
         log = open(self.store_dir / "nats-server.log", "ab")
         args = [server_binary(), "-js", "-a", self.host, "-p", str(self.port),
                 "-sd", str(self.store_dir / "jetstream"), "--server_name", f"esfsm-{self.port}", *self.extra_args]
-        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        # A session of its own: Ctrl-C in the terminal reaches esfsm, which drains first and then stops it.
+        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        start_new_session=True)
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

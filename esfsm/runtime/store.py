@@ -13,7 +13,7 @@ from nats.js.kv import KeyValue
 
 from esfsm.compiler import CompiledAggregate
 from esfsm.runtime.entity import Entity, fold
-from esfsm.runtime.jetstream import Outgoing, append, last_message, read_subject
+from esfsm.runtime.jetstream import Outgoing, api_prefix, append, last_message, read_subject
 
 log = logging.getLogger("esfsm.store")
 DUPLICATE_WINDOW = 120.0  # seconds: Nats-Msg-Id deduplication of retried appends
@@ -22,9 +22,10 @@ DUPLICATE_WINDOW = 120.0  # seconds: Nats-Msg-Id deduplication of retried append
 class AggregateStore:
     """Events in stream `<stream>` on `<events>.<key>.<type>`; snapshots in bucket `<bucket>`."""
 
-    def __init__(self, nc: Client, compiled: CompiledAggregate, timeout: float = 5.0) -> None:
+    def __init__(self, nc: Client, compiled: CompiledAggregate, timeout: float = 5.0, domain: str | None = None) -> None:
         self.nc = nc
-        self.js: JetStreamContext = nc.jetstream(timeout=timeout)
+        self.js: JetStreamContext = nc.jetstream(timeout=timeout, domain=domain)
+        self.api = api_prefix(domain)
         self.compiled = compiled
         self.names = compiled.model.nats
         self.timeout = timeout
@@ -74,13 +75,14 @@ class AggregateStore:
         return await append(self.nc, self.entity_subjects(key), expected_seq, events, self.timeout)
 
     async def last_seq(self, key: str) -> int:
-        last = await last_message(self.nc, self.names.stream, self.entity_subjects(key), self.timeout)
+        last = await last_message(self.nc, self.names.stream, self.entity_subjects(key), self.timeout,
+                                  self.api)
         return last.seq if last else 0
 
     async def find_msg_id(self, key: str, after_seq: int, msg_id: str) -> int | None:
         """The sequence of the entity's message with msg_id stored after after_seq, if any."""
         async for stored in read_subject(self.nc, self.names.stream, self.entity_subjects(key), after_seq,
-                                         self.timeout):
+                                         self.timeout, self.api):
             if stored.headers.get("Nats-Msg-Id") == msg_id:
                 return stored.seq
         return None
@@ -88,13 +90,13 @@ class AggregateStore:
     async def catch_up(self, entity: Entity) -> Entity:
         """Fold every event stored after entity.seq into entity (in place) and return it."""
         async for stored in read_subject(self.nc, self.names.stream, self.entity_subjects(entity.state.key),
-                                         entity.seq, self.timeout):
+                                         entity.seq, self.timeout, self.api):
             fold(self.compiled, entity, stored.seq, stored.body)
         return entity
 
     async def history(self, key: str) -> list[bytes]:
         return [s.body async for s in read_subject(self.nc, self.names.stream, self.entity_subjects(key), 0,
-                                                   self.timeout)]
+                                                   self.timeout, self.api)]
 
     # -- snapshots -----------------------------------------------------------
 

@@ -1,0 +1,147 @@
+"""A small async client for applications: send commands, read state and history.
+
+It needs no definition files: each aggregate's names come from its micro
+service's discovery answer (``$SRV.INFO.aggregate-<name>``)::
+
+    async with await Client.connect(["nats://127.0.0.1:4222"]) as client:
+        reply = await client.send("bankaccount", "deposit", "acc-1", {"amount": 5},
+                                  headers={"x-username": "ann"})
+        if reply["accepted"]:
+            print(reply["version"], reply["state"])
+        state = await client.state("bankaccount", "acc-1")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from nats.aio.client import Client as NatsClient
+from nats.errors import NoRespondersError, TimeoutError
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
+
+from esfsm.errors import EsfsmError
+from esfsm.runtime.connection import DEFAULT_STORE, ConnectError, ConnectOptions, connect, resolve_servers
+from esfsm.runtime.jetstream import api_prefix, last_message, read_subject
+from esfsm.values import COMMAND_ID_HEADER, EXPECTED_VERSION_HEADER, KEY_HEADER
+
+
+class ClientError(EsfsmError):
+    """The runtime could not be reached or did not answer."""
+
+
+@dataclass(frozen=True)
+class AggregateInfo:
+    name: str
+    commands: str
+    events: str
+    stream: str
+    bucket: str
+    command_names: tuple[str, ...]
+
+
+class Client:
+    def __init__(self, nc: NatsClient, domain: str | None = None, timeout: float = 5.0) -> None:
+        self.nc = nc
+        self.domain = domain
+        self.timeout = timeout
+        self._info: dict[str, AggregateInfo] = {}
+
+    @classmethod
+    async def connect(cls, servers: list[str] | tuple[str, ...] = (), options: ConnectOptions | None = None,
+                      store_dir: Path = DEFAULT_STORE, timeout: float = 5.0) -> Client:
+        """Connect to servers, else NATS_URL, else the embedded server of `esfsm run` in store_dir."""
+        found = resolve_servers(tuple(servers), store_dir)
+        if not found:
+            raise ConnectError(f"no NATS server given and no embedded server running under {store_dir}/: "
+                               "start one with `esfsm run`, or pass --server / set NATS_URL")
+        options = options or ConnectOptions(name="esfsm-client")
+        nc = await connect(found, options, max_reconnect_attempts=2)
+        return cls(nc, options.js_domain, timeout)
+
+    async def close(self) -> None:
+        await self.nc.close()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def aggregate(self, name: str) -> AggregateInfo:
+        """The aggregate's NATS names, from its service's discovery answer."""
+        if name not in self._info:
+            try:
+                msg = await self.nc.request(f"$SRV.INFO.aggregate-{name}", b"", self.timeout)
+            except (NoRespondersError, TimeoutError) as err:
+                raise ClientError(f"no runtime serves aggregate {name!r} (no answer on $SRV.INFO.aggregate-{name}); "
+                                  "is `esfsm run` running with its definition?") from err
+            info = orjson.loads(msg.data)
+            meta = info.get("metadata") or {}
+            self._info[name] = AggregateInfo(
+                name, meta["commands"], meta["events"], meta["stream"], meta["bucket"],
+                tuple(e["name"] for e in info.get("endpoints") or []),
+            )
+        return self._info[name]
+
+    async def send(self, aggregate: str, command: str, key: str, data: Any = None,
+                   headers: dict[str, str] | None = None, command_id: str | None = None,
+                   expected_version: int | None = None) -> dict[str, Any]:
+        """Send a command; the reply dict (`accepted`, `message`, and the rest of the wire contract)."""
+        info = await self.aggregate(aggregate)
+        all_headers = {**(headers or {}), KEY_HEADER: key}
+        if command_id is not None:
+            all_headers[COMMAND_ID_HEADER] = command_id
+        if expected_version is not None:
+            all_headers[EXPECTED_VERSION_HEADER] = str(expected_version)
+        body = data if isinstance(data, bytes) else orjson.dumps({} if data is None else data)
+        try:
+            msg = await self.nc.request(f"{info.commands}.{command}", body, self.timeout, headers=all_headers)
+        except NoRespondersError as err:
+            names = ", ".join(info.command_names)
+            raise ClientError(f"aggregate {aggregate!r} has no command {command!r} (commands: {names})") from err
+        except TimeoutError as err:
+            raise ClientError(f"no reply to {aggregate}.{command} within {self.timeout}s") from err
+        return orjson.loads(msg.data)  # type: ignore[no-any-return]
+
+    async def state(self, aggregate: str, key: str, wait: float = 2.0) -> dict[str, Any] | None:
+        """The entity's state from the KV bucket, waiting (up to `wait` s) for the snapshot to
+        reflect the last stored event; None when the entity has no event."""
+        info = await self.aggregate(aggregate)
+        js = self.nc.jetstream(domain=self.domain)
+        try:
+            kv = await js.key_value(info.bucket)
+        except (BucketNotFoundError, NotFoundError) as err:
+            raise ClientError(f"bucket {info.bucket!r} not found") from err
+        deadline = time.monotonic() + wait
+        while True:
+            last = await last_message(self.nc, info.stream, f"{info.events}.{key}.>", self.timeout,
+                                      api_prefix(self.domain))
+            try:
+                entry = await kv.get(key)
+                value = orjson.loads(entry.value) if entry.value else None
+            except KeyNotFoundError:
+                value = None
+            behind = last is not None and (value is None or value.get("seq", 0) < last.seq)
+            if not behind or time.monotonic() > deadline:
+                if value is not None:
+                    value.pop("commands", None)
+                    if behind:
+                        value["stale"] = True
+                return value
+            await asyncio.sleep(0.05)
+
+    async def history(self, aggregate: str, key: str) -> list[dict[str, Any]]:
+        """The entity's events (CloudEvents as dicts), oldest first, each with its stream `seq`."""
+        info = await self.aggregate(aggregate)
+        events = []
+        async for stored in read_subject(self.nc, info.stream, f"{info.events}.{key}.>", 0, self.timeout,
+                                         api_prefix(self.domain)):
+            event = orjson.loads(stored.body)
+            event["seq"] = stored.seq
+            events.append(event)
+        return events
