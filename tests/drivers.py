@@ -37,3 +37,34 @@ class MemoryDriver:
 
     def history(self, aggregate: str, key: str) -> list[dict[str, Any]]:
         return [event_to_dict(e) for e in self.engine.history(aggregate, key)]
+
+
+class NatsDriver:
+    """Talks to a running `esfsm run` through esfsm.Client over a real nats-server."""
+
+    def __init__(self, project: Project, url: str) -> None:
+        from esfsm.client import Client
+        from nats_support import LoopThread
+
+        self.project = project
+        self.loop = LoopThread()
+        self.client: Client = self.loop.run(Client.connect([url], timeout=10.0))
+
+    def close(self) -> None:
+        self.loop.run(self.client.close())
+        self.loop.close()
+
+    def send(self, aggregate: str, command: str, key: str, payload: Any = None,
+             headers: Mapping[str, str] | None = None) -> dict[str, Any]:
+        return self.loop.run(self.client.send(aggregate, command, key, payload, dict(headers or {})))
+
+    def state(self, aggregate: str, key: str) -> dict[str, Any]:
+        value = self.loop.run(self.client.state(aggregate, key, wait=5.0))
+        if value is None:
+            return self.project.aggregates[aggregate].initial_state(key).as_dict()
+        assert "stale" not in value, value
+        return {k: value[k] for k in ("version", "key", "state", "data")}
+
+    def history(self, aggregate: str, key: str) -> list[dict[str, Any]]:
+        events = self.loop.run(self.client.history(aggregate, key))
+        return [{k: v for k, v in e.items() if k != "seq"} for e in events]

@@ -7,17 +7,28 @@ engine through the parametrised ``driver`` fixture.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 
 import pytest
 
-from drivers import Driver, MemoryDriver
+from drivers import Driver, MemoryDriver, NatsDriver
 from esfsm.project import Project
 
 ANN = {"x-username": "ann"}
 
 
-@pytest.fixture(params=["memory"])
+@pytest.fixture(scope="module")
+def nats_driver(project: Project, request: pytest.FixtureRequest) -> Iterator[NatsDriver]:
+    request.getfixturevalue("runtime")
+    driver = NatsDriver(project, request.getfixturevalue("nats_server").url)
+    yield driver
+    driver.close()
+
+
+@pytest.fixture(params=["memory", "nats"])
 def driver(request: pytest.FixtureRequest, project: Project) -> Driver:
+    if request.param == "nats":
+        return request.getfixturevalue("nats_driver")  # type: ignore[no-any-return]
     return MemoryDriver(project)
 
 
@@ -218,12 +229,6 @@ def test_failing_expression_is_500_and_writes_nothing(driver: Driver) -> None:
     assert reply["code"] == 500
     assert "/commands/annotate/emit/0/data/note" in reply["message"]
     assert driver.state("lab", key)["version"] == 1
-
-
-def test_unknown_aggregate_is_404(driver: Driver) -> None:
-    reply = driver.send("bankacount", "deposit", new_key(), {"amount": 1}, ANN)
-    assert reply["code"] == 404
-    assert "did you mean 'bankaccount'" in reply["message"]
 
 
 def test_state_of_unknown_entity_is_the_initial_state(driver: Driver) -> None:

@@ -24,6 +24,8 @@ from typing import Any
 
 import orjson
 from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import EndpointConfig, Service, ServiceConfig
@@ -61,6 +63,14 @@ class _Slot:
     entity: Entity | None = None
 
 
+def _error_headers(reply: dict[str, Any]) -> dict[str, str] | None:
+    """The micro error headers (ADR-32) of a rejection; None for an accepted reply."""
+    if reply["accepted"]:
+        return None
+    text = reply["message"].replace("\r", " ").replace("\n", " ")
+    return {"Nats-Service-Error": text, "Nats-Service-Error-Code": str(reply["code"])}
+
+
 def rejection(code: int, message: str) -> dict[str, Any]:
     return Rejected(code, message, (ErrorDetail("", message),)).as_dict()
 
@@ -76,6 +86,7 @@ class AggregateService:
         self._slots: OrderedDict[str, _Slot] = OrderedDict()
         self._rejections: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._unknown: Subscription | None = None
         self.handled = 0
 
     # -- life cycle ----------------------------------------------------------
@@ -108,8 +119,26 @@ class AggregateService:
                 },
             ))
 
+        # Unknown commands get a 404 reply rather than "no responders". This
+        # subscription sees every command, in a queue group of its own, and
+        # stays silent for the known ones.
+        prefix = f"{model.nats.commands}."
+        known = {f"{prefix}{name}" for name in self.compiled.commands}
+
+        async def unknown(msg: Msg) -> None:
+            if msg.subject in known or not msg.reply:
+                return
+            name = msg.subject[len(prefix):]
+            reply = self.compiled.decide(self.compiled.initial_state("_"), CommandRequest(name, "_", {}, {}))
+            await self.nc.publish(msg.reply, orjson.dumps(reply.as_dict()), headers=_error_headers(reply.as_dict()))
+
+        self._unknown = await self.nc.subscribe(f"{prefix}>", queue=f"{model.name}-unknown", cb=unknown)
+
     async def stop(self) -> None:
         """Stop taking requests, then let the ones in flight finish."""
+        if self._unknown is not None:
+            await self._unknown.unsubscribe()
+            self._unknown = None
         if self.service is not None:
             await self.service.stop()
             self.service = None
@@ -137,12 +166,8 @@ class AggregateService:
             log.exception("command %s failed unexpectedly", command)
             reply = rejection(INTERNAL, f"internal error: {type(err).__name__}: {err}")
         self.handled += 1
-        headers = None
-        if not reply["accepted"]:
-            text = reply["message"].replace("\r", " ").replace("\n", " ")
-            headers = {"Nats-Service-Error": text, "Nats-Service-Error-Code": str(reply["code"])}
         try:
-            await request.respond(orjson.dumps(reply), headers=headers)
+            await request.respond(orjson.dumps(reply), headers=_error_headers(reply))
         except Exception:  # connection lost: the client sees a timeout, nothing else to do
             log.warning("could not send the reply to %s", command, exc_info=True)
 

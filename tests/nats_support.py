@@ -1,0 +1,104 @@
+"""Real nats-server and runtime processes for the integration tests.
+
+A server runs on a free 127.0.0.1 port with a temporary store; a runtime is a
+real `esfsm run --server URL` process. Nothing is left running afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+from esfsm.runtime.server import EmbeddedServer
+
+T = TypeVar("T")
+ROOT = Path(__file__).resolve().parent.parent
+RUNTIME_PATHS = [str(ROOT / "definitions"), str(ROOT / "tests" / "fixtures" / "valid")]
+
+
+def ephemeral_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_server(store: Path, port: int | None = None, extra_args: list[str] | None = None) -> EmbeddedServer:
+    return EmbeddedServer(store, port=port or ephemeral_port(), extra_args=extra_args or []).start()
+
+
+class RuntimeProcess:
+    """`esfsm run --server URL` in a child process; ready once it logs 'ready'."""
+
+    def __init__(self, url: str, paths: list[str] | None = None, log: Path | None = None,
+                 extra_args: list[str] | None = None) -> None:
+        self.url = url
+        self.paths = paths or RUNTIME_PATHS
+        self.log_path = log
+        self.extra_args = extra_args or []
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 20.0) -> RuntimeProcess:
+        assert self.log_path is not None
+        self._log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "esfsm", "run", *self.paths, "--server", self.url, *self.extra_args],
+            stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={k: v for k, v in os.environ.items() if k != "NATS_URL"},
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"runtime exited {self.process.returncode}:\n{self.log_path.read_text()}")
+            if "msg=ready" in self.log_path.read_text():
+                return self
+            time.sleep(0.05)
+        self.kill()
+        raise RuntimeError(f"runtime not ready within {timeout}s:\n{self.log_path.read_text()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path else ""
+
+    def terminate(self, timeout: float = 15.0) -> int:
+        if self.process is None:
+            return 0
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            code = self.process.wait()
+        self.process = None
+        self._log.close()
+        return code
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+            self._log.close()
+
+
+class LoopThread:
+    """An asyncio loop in a thread, so synchronous tests can await things on it."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coroutine: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
