@@ -106,12 +106,18 @@ def validate(paths: tuple[Path, ...], fmt: str) -> None:
 @main.command()
 @PATHS
 @click.option("--verbose", "-v", is_flag=True, help="Print each scenario's steps.")
-def test(paths: tuple[Path, ...], verbose: bool) -> None:
+@click.option("--nats", "on_nats", is_flag=True,
+              help="Also run every scenario against the real runtime on an embedded nats-server.")
+def test(paths: tuple[Path, ...], verbose: bool, on_nats: bool) -> None:
     """Run the scenario files (*.scenarios.yaml) under PATHS against the in-memory engine.
 
     PATHS are files or folders holding the definitions and their scenario
     files (default: ./definitions). Prints one line per scenario, a diff for
     each failure, and `N passed, N failed`. Exits 1 on any failure.
+
+    With --nats the scenarios run twice: on the in-memory engine and on the
+    NATS runtime (an embedded nats-server with a temporary store), proving
+    the two engines agree.
     """
     from esfsm.scenarios import run_scenario_files
 
@@ -121,11 +127,21 @@ def test(paths: tuple[Path, ...], verbose: bool) -> None:
         raise click.ClickException("the definitions have errors; fix them before running scenarios")
     if not project.scenario_documents:
         raise click.ClickException(f"no scenario files (*.scenarios.yaml) under {', '.join(map(str, _paths(paths)))}")
-    report = run_scenario_files(project)
-    for line in report.lines(verbose):
-        click.echo(line)
-    click.echo(f"{report.passed} passed, {report.failed} failed")
-    sys.exit(0 if report.failed == 0 else 1)
+    reports = [("memory", run_scenario_files(project))]
+    if on_nats:
+        from esfsm.runtime.testing import NatsBackend
+
+        with NatsBackend(project.aggregates.values()) as backend:
+            reports.append(("nats", run_scenario_files(project, backend.engine)))
+    for engine, report in reports:
+        if on_nats:
+            click.echo(f"-- {engine} engine")
+        for line in report.lines(verbose):
+            click.echo(line)
+    passed = sum(r.passed for _, r in reports)
+    failed = sum(r.failed for _, r in reports)
+    click.echo(f"{passed} passed, {failed} failed")
+    sys.exit(0 if failed == 0 else 1)
 
 
 # -- NATS ------------------------------------------------------------------

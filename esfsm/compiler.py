@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cloudevents.core.base import BaseCloudEvent
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import ValidationError
 from transitions import Machine, MachineError
 
@@ -44,8 +44,20 @@ from esfsm.values import (
 )
 
 
+def _is_strict_integer(checker: Any, instance: Any) -> bool:
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+# JSON Schema calls 10.0 an integer; CEL does not (10.0 + 1 fails). Payloads must
+# send integers as integers, so a definition's integer fields never surprise CEL.
+StrictValidator = validators.extend(
+    Draft202012Validator,
+    type_checker=Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_strict_integer),
+)
+
+
 def schema_validator(schema: Any) -> Draft202012Validator:
-    return Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+    return StrictValidator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)  # type: ignore[no-any-return]
 
 
 def schema_errors(validator: Draft202012Validator, instance: Any) -> tuple[ErrorDetail, ...]:
@@ -230,12 +242,7 @@ class CompiledAggregate:
         """Check a command against the entity's state and emit its events, or reject it."""
         command = self.commands.get(request.name)
         if command is None:
-            hint = did_you_mean(request.name, self.commands)
-            return Rejected(
-                NOT_FOUND,
-                f"unknown command {request.name!r} for aggregate {self.name!r}{hint}",
-                (ErrorDetail("", f"expected one of {one_of(self.commands)}"),),
-            )
+            return self.unknown_command(request.name)
         now = now or dt.datetime.now(dt.timezone.utc)
         variables = {
             "cmd": request.payload,
@@ -262,6 +269,13 @@ class CompiledAggregate:
         except EvaluationError as err:
             return Rejected(INTERNAL, f"the definition failed to evaluate {err.where}: {err.reason}",
                             (ErrorDetail("", str(err)),))
+
+    def unknown_command(self, name: str) -> Rejected:
+        return Rejected(
+            NOT_FOUND,
+            f"unknown command {name!r} for aggregate {self.name!r}{did_you_mean(name, self.commands)}",
+            (ErrorDetail("", f"expected one of {one_of(self.commands)}"),),
+        )
 
     def _not_accepted(self, command: str, state: str) -> Rejected:
         message = f"command {command!r} is not accepted in state {state!r}"

@@ -69,6 +69,21 @@ def expected_version(headers: Mapping[str, str]) -> int | Rejected | None:
     return int(text)
 
 
+def check_request(compiled: CompiledAggregate, command: str, key: object,
+                  headers: Mapping[str, str]) -> Rejected | None:
+    """What both engines check before looking at the entity, in this order: the key (400),
+    the command id (400), the expected version's form (400), the command's name (404)."""
+    problem = check_key(key) or check_command_id(headers)
+    if problem:
+        return problem
+    expected = expected_version(headers)
+    if isinstance(expected, Rejected):
+        return expected
+    if command not in compiled.commands:
+        return compiled.unknown_command(command)
+    return None
+
+
 def version_conflict(expected: int, actual: int) -> Rejected:
     message = f"expected version {expected}, but the entity is at version {actual}"
     return Rejected(CONFLICT, message, (ErrorDetail("", message),))
@@ -158,18 +173,14 @@ class MemoryEngine:
         compiled = self.aggregates.get(aggregate)
         if compiled is None:
             return unknown_aggregate(aggregate, self.aggregates)
-        bad_key = check_key(key)
-        if bad_key:
-            return bad_key
-        bad_id = check_command_id(headers)
-        if bad_id:
-            return bad_id
+        problem = check_request(compiled, command, key, headers)
+        if problem:
+            return problem
         command_id = headers.get(COMMAND_ID_HEADER)
         if command_id is not None and (aggregate, key, command_id) in self._outcomes:
             return self._outcomes[(aggregate, key, command_id)]
         expected = expected_version(headers)
-        if isinstance(expected, Rejected):
-            return expected
+        assert not isinstance(expected, Rejected)  # check_request looked at it
         current = self.state(aggregate, key)
         if expected is not None and expected != current.version:
             decision: Decision = version_conflict(expected, current.version)

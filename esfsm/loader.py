@@ -32,8 +32,17 @@ _CORE = "tag:yaml.org,2002:"
 _JSON_TAGS = frozenset(_CORE + t for t in ("str", "int", "float", "bool", "null", "seq", "map"))
 
 
+class _TooDeep(yaml.scanner.ScannerError):
+    """Flow collections nested past MAX_DEPTH (PyYAML's scanner slows down quadratically with the depth)."""
+
+
 class _Loader(yaml.SafeLoader):
     """SafeLoader with the YAML 1.2 core schema's booleans, numbers and no timestamps."""
+
+    def fetch_flow_collection_start(self, TokenClass: type) -> None:  # noqa: N803 (PyYAML's name)
+        if self.flow_level >= MAX_DEPTH:
+            raise _TooDeep(None, None, f"the document is nested more than {MAX_DEPTH} levels deep", self.get_mark())
+        super().fetch_flow_collection_start(TokenClass)  # type: ignore[misc]
 
 
 _REPLACED = {_CORE + "bool", _CORE + "int", _CORE + "float", _CORE + "timestamp"}
@@ -141,6 +150,9 @@ def load_text(text: str, path: str) -> tuple[Document | None, list[Finding]]:
         node = _compose(text)
         if node is None:
             raise _LoadFailed(1, 1, f"the file is empty; expected {_expected(kind)}", "yaml-empty")
+        if _expanded_size(node) > MAX_NODES:
+            raise _Builder._failed(node, f"the document expands to more than {MAX_NODES} values; "
+                                   "is an alias repeated too often (a 'billion laughs')?", "yaml-size")
         builder = _Builder()
         data = builder.build(node, "")
     except _LoadFailed as err:
@@ -192,6 +204,9 @@ def _compose(text: str) -> yaml.Node | None:
         return loader.get_single_node()
     except yaml.reader.ReaderError as err:
         raise _reader_failed(text, err) from err
+    except _TooDeep as err:
+        mark = err.problem_mark
+        raise _LoadFailed(mark.line + 1, mark.column + 1, str(err.problem), "yaml-size") from err
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
@@ -207,6 +222,25 @@ def _compose(text: str) -> yaml.Node | None:
         raise _LoadFailed(1, 1, f"the document is nested more than {MAX_DEPTH} levels deep", "yaml-size") from err
     finally:
         loader.dispose()
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """How many nodes the tree has once every alias is expanded, counted without expanding them."""
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node) -> int:
+        known = sizes.get(id(node))
+        if known is not None:
+            return known
+        sizes[id(node)] = 0  # a recursive alias counts nothing here; _Builder reports it
+        if isinstance(node, yaml.MappingNode):
+            children = [child for pair in node.value for child in pair]
+        else:
+            children = node.value if isinstance(node, yaml.SequenceNode) else []
+        sizes[id(node)] = total = min(1 + sum(size(child) for child in children), MAX_NODES + 1)
+        return total
+
+    return size(root)
 
 
 def _reader_failed(text: str, err: yaml.reader.ReaderError) -> _LoadFailed:
@@ -234,7 +268,7 @@ class _Builder:
             raise self._failed(node, f"the document expands to more than {MAX_NODES} values; "
                                "is an alias repeated too often (a 'billion laughs')?", "yaml-size")
         if any(node is parent for parent in self._open):
-            raise self._failed(node, "an alias refers to a node that contains it (a recursive alias)", "yaml-alias")
+            raise self._failed(node, "this anchored node contains an alias to itself (a recursive alias)", "yaml-alias")
         if len(self._open) >= MAX_DEPTH:
             raise self._failed(node, f"the document is nested more than {MAX_DEPTH} levels deep", "yaml-size")
         self.positions.setdefault(ptr, Position(node.start_mark.line + 1, node.start_mark.column + 1))
@@ -257,7 +291,7 @@ class _Builder:
         result: dict[str, Any] = {}
         for key, key_node, value_node in self._pairs(node, ()):
             child = ptr + pointer(key)
-            at = value_node if isinstance(value_node, yaml.ScalarNode) and value_node.value != "" else key_node
+            at = value_node if isinstance(value_node, yaml.ScalarNode) and not _is_empty(value_node) else key_node
             self.positions[child] = Position(at.start_mark.line + 1, at.start_mark.column + 1)
             self.key_positions[child] = Position(key_node.start_mark.line + 1, key_node.start_mark.column + 1)
             result[key] = self.build(value_node, child)
@@ -280,7 +314,7 @@ class _Builder:
                         raise self._failed(source, "a merge key '<<' takes a mapping or a list of mappings, "
                                            f"got {_node_kind(source)}", "yaml-merge")
                     if any(source is n for n in (node, *merging, *self._open)):
-                        raise self._failed(source, "an alias refers to a node that contains it (a recursive alias)",
+                        raise self._failed(source, "this anchored node contains an alias to itself (a recursive alias)",
                                            "yaml-alias")
                     merged.extend(self._pairs(source, (*merging, node)))
                 continue
@@ -318,6 +352,11 @@ class _Builder:
         tag = "!!" + node.tag[len(_CORE):] if node.tag.startswith(_CORE) else node.tag
         return cls._failed(node, f"the tag {tag!r} is not allowed; only plain YAML data is (strings, numbers, "
                            "true/false, null, lists and mappings)", "yaml-tag")
+
+
+def _is_empty(node: yaml.ScalarNode) -> bool:
+    """'key:' with nothing after it (a null): its position is the key's."""
+    return node.value == "" and node.style is None
 
 
 def _expected(kind: DocumentKind) -> str:

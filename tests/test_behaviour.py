@@ -234,3 +234,11 @@ def test_failing_expression_is_500_and_writes_nothing(driver: Driver) -> None:
 def test_state_of_unknown_entity_is_the_initial_state(driver: Driver) -> None:
     key = new_key()
     assert driver.state("bankaccount", key) == {"version": 0, "key": key, "state": "none", "data": {"balance": 0}}
+
+
+def test_a_float_for_an_integer_field_is_400_not_a_cel_failure(driver: Driver) -> None:
+    """JSON Schema would call 10.0 an integer; CEL would then fail on balance + 10.0."""
+    key = new_key()
+    open_account(driver, key)
+    reply = driver.send("bankaccount", "deposit", key, {"amount": 10.0}, ANN)
+    assert (reply["code"], reply["errors"][0]["path"]) == (400, "/amount")

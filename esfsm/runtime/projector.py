@@ -15,7 +15,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from nats.errors import TimeoutError
+import nats.errors
 
 from esfsm.errors import EsfsmError
 from esfsm.runtime.entity import Entity
@@ -54,12 +54,12 @@ class Projector:
         while not self._stopping.is_set():
             try:
                 msgs = await sub.fetch(BATCH, timeout=0.5)
-            except TimeoutError:
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):  # nothing new (nats-py raises either)
                 continue
             except Exception as err:  # disconnected: nats-py reconnects; try again shortly
                 if self._stopping.is_set():
                     break
-                log.warning("fetch from %s failed: %s", self.store.durable, err)
+                log.warning("fetch from %s failed: %s: %s", self.store.durable, type(err).__name__, err)
                 await asyncio.sleep(0.5)
                 continue
             await self.project(msgs)

@@ -63,6 +63,7 @@ class Runtime:
     nc: Client
     aggregates: list[CompiledAggregate]
     domain: str | None = None
+    test_clock: bool = False
     services: dict[str, AggregateService] = field(default_factory=dict)
     projectors: list[Projector] = field(default_factory=list)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -71,7 +72,7 @@ class Runtime:
         for compiled in self.aggregates:
             store = AggregateStore(self.nc, compiled, domain=self.domain)
             await store.ensure()
-            service = AggregateService(self.nc, compiled, store)
+            service = AggregateService(self.nc, compiled, store, self.test_clock)
             await service.start()
             projector = Projector(store, service.cached)
             self._tasks.append(asyncio.create_task(projector.run(), name=f"projector-{compiled.name}"))

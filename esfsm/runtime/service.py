@@ -17,6 +17,7 @@ The KV snapshot is written off this path (see projector.py).
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from nats.micro.service import EndpointConfig, Service, ServiceConfig
 
 from esfsm import __version__
 from esfsm.compiler import CompiledAggregate
-from esfsm.engine import check_command_id, check_key, expected_version, version_conflict
+from esfsm.engine import check_request, expected_version, version_conflict
 from esfsm.errors import EsfsmError
 from esfsm.events import event_to_json
 from esfsm.runtime.entity import Entity
@@ -44,7 +45,6 @@ from esfsm.values import (
     CONFLICT,
     INTERNAL,
     KEY_HEADER,
-    NOT_FOUND,
     UNAVAILABLE,
     CommandRequest,
     ErrorDetail,
@@ -55,6 +55,7 @@ log = logging.getLogger("esfsm.service")
 MAX_ATTEMPTS = 8  # decide + append attempts per command before a 409
 MAX_ENTITIES = 100_000  # entities kept warm in memory per aggregate
 MAX_REJECTIONS = 10_000  # rejected command ids remembered per process
+TEST_NOW_HEADER = "x-esfsm-test-now"
 
 
 @dataclass
@@ -78,7 +79,8 @@ def rejection(code: int, message: str) -> dict[str, Any]:
 class AggregateService:
     """The micro service `aggregate-<name>`: an endpoint per command, queue group `<name>`."""
 
-    def __init__(self, nc: Client, compiled: CompiledAggregate, store: AggregateStore) -> None:
+    def __init__(self, nc: Client, compiled: CompiledAggregate, store: AggregateStore,
+                 test_clock: bool = False) -> None:
         self.nc = nc
         self.compiled = compiled
         self.store = store
@@ -88,6 +90,9 @@ class AggregateService:
         self._tasks: set[asyncio.Task[None]] = set()
         self._unknown: Subscription | None = None
         self.handled = 0
+        # Only `esfsm test --nats` sets this: the clock then comes from the header
+        # x-esfsm-test-now, so scenarios with a fixed `now` run on NATS too.
+        self.test_clock = test_clock
 
     # -- life cycle ----------------------------------------------------------
 
@@ -128,9 +133,8 @@ class AggregateService:
         async def unknown(msg: Msg) -> None:
             if msg.subject in known or not msg.reply:
                 return
-            name = msg.subject[len(prefix):]
-            reply = self.compiled.decide(self.compiled.initial_state("_"), CommandRequest(name, "_", {}, {}))
-            await self.nc.publish(msg.reply, orjson.dumps(reply.as_dict()), headers=_error_headers(reply.as_dict()))
+            reply = self.compiled.unknown_command(msg.subject[len(prefix):]).as_dict()
+            await self.nc.publish(msg.reply, orjson.dumps(reply), headers=_error_headers(reply))
 
         self._unknown = await self.nc.subscribe(f"{prefix}>", queue=f"{model.name}-unknown", cb=unknown)
 
@@ -153,6 +157,12 @@ class AggregateService:
 
         return handler
 
+    def forget(self, key: str) -> None:
+        """Drop what this process remembers of key (tests that purge an entity)."""
+        self._slots.pop(key, None)
+        for remembered in [k for k in self._rejections if k[0] == key]:
+            del self._rejections[remembered]
+
     def cached(self, key: str) -> Entity | None:
         slot = self._slots.get(key)
         return slot.entity if slot else None
@@ -174,15 +184,12 @@ class AggregateService:
     async def process(self, command: str, body: bytes, headers: dict[str, str]) -> dict[str, Any]:
         """Decide and store one command; the reply as a dict."""
         key = headers.get(KEY_HEADER)
-        problem = check_key(key) or check_command_id(headers)
+        problem = check_request(self.compiled, command, key, headers)
         if problem:
             return problem.as_dict()
         assert key is not None
         expected = expected_version(headers)
-        if isinstance(expected, Rejected):
-            return expected.as_dict()
-        if command not in self.compiled.commands:
-            return rejection(NOT_FOUND, f"unknown command {command!r} for aggregate {self.compiled.name!r}")
+        assert not isinstance(expected, Rejected)  # check_request looked at it
         try:
             payload = orjson.loads(body) if body.strip() else {}
         except orjson.JSONDecodeError as err:
@@ -229,7 +236,7 @@ class AggregateService:
                 if not await self._fresh(entity):
                     continue
                 return version_conflict(expected, entity.state.version).as_dict()
-            decision = self.compiled.decide(entity.state, request)
+            decision = self.compiled.decide(entity.state, request, self._now(request.headers))
             if not decision.accepted or not decision.events:
                 if not await self._fresh(entity):
                     continue
@@ -258,6 +265,11 @@ class AggregateService:
             return reply
         return rejection(CONFLICT, f"entity {key!r} is being changed concurrently; "
                                    f"gave up after {MAX_ATTEMPTS} attempts, nothing was stored")
+
+    def _now(self, headers: dict[str, str] | Any) -> dt.datetime | None:
+        if not self.test_clock or TEST_NOW_HEADER not in headers:
+            return None
+        return dt.datetime.fromisoformat(headers[TEST_NOW_HEADER])
 
     async def _fresh(self, entity: Entity) -> bool:
         """Whether entity reflects the last event stored for it; catches it up if not."""
