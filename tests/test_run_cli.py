@@ -1,0 +1,118 @@
+"""`esfsm run` with its embedded server, and the client commands, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import DEFINITIONS
+
+ENV = {k: v for k, v in os.environ.items() if k != "NATS_URL"}
+
+
+def esfsm(cwd: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "esfsm", *args], cwd=cwd, env=ENV, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture
+def running(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """`esfsm run definitions/` in tmp_path, with no server given: it starts its own."""
+    log = open(tmp_path / "run.log", "w")
+    process = subprocess.Popen([sys.executable, "-m", "esfsm", "run", str(DEFINITIONS)], cwd=tmp_path, env=ENV,
+                               stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while "msg=ready" not in (tmp_path / "run.log").read_text():
+        assert process.poll() is None, (tmp_path / "run.log").read_text()
+        assert time.monotonic() < deadline, (tmp_path / "run.log").read_text()
+        time.sleep(0.05)
+    yield process
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+    log.close()
+
+
+def test_run_serves_the_examples_on_an_embedded_server_and_drains_on_sigterm(running, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    log = (tmp_path / "run.log").read_text()
+    assert "started embedded nats-server" in log and "url=nats://127.0.0.1:" in log
+    assert (tmp_path / ".esfsm" / "server.json").exists()
+    for name in ("bankaccount", "order", "ticket"):
+        assert f"aggregate={name}" in log
+
+    sent = esfsm(tmp_path, "send", "bankaccount", "open_account", "--key", "acc-1",
+                 "--data", '{"owner": "ann", "initial_balance": 150}', "--header", "x-username=ann")
+    assert sent.returncode == 0, sent.stderr
+    assert json.loads(sent.stdout)["accepted"] is True
+
+    state = esfsm(tmp_path, "state", "bankaccount", "acc-1")
+    assert state.returncode == 0, state.stderr
+    value = json.loads(state.stdout)
+    assert (value["state"], value["data"]["balance"], value["version"]) == ("open", 150, 1)
+
+    refused = esfsm(tmp_path, "send", "bankaccount", "withdraw", "--key", "acc-1", "--data", '{"amount": 500}',
+                    "--header", "x-username=ann")
+    assert refused.returncode == 1
+    assert json.loads(refused.stdout)["code"] == 422
+
+    (tmp_path / "payload.json").write_text('{"amount": 25}')
+    from_file = esfsm(tmp_path, "send", "bankaccount", "deposit", "-k", "acc-1", "-d", "@payload.json",
+                      "-H", "x-username=ann", "--command-id", "d-1")
+    assert from_file.returncode == 0 and json.loads(from_file.stdout)["version"] == 2
+
+    history = esfsm(tmp_path, "history", "bankaccount", "acc-1", "--format", "json")
+    assert [e["type"] for e in json.loads(history.stdout)] == ["account_opened", "funds_deposited"]
+    table = esfsm(tmp_path, "history", "bankaccount", "acc-1")
+    assert "account_opened" in table.stdout and "funds_deposited" in table.stdout
+
+    rebuilt = esfsm(tmp_path, "rebuild", "bankaccount", str(DEFINITIONS))
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert rebuilt.stdout.strip() == "rebuilt 1 entity of bankaccount"
+    assert json.loads(esfsm(tmp_path, "state", "bankaccount", "acc-1").stdout)["data"]["balance"] == 175
+
+    running.send_signal(signal.SIGTERM)
+    assert running.wait(30) == 0
+    log = (tmp_path / "run.log").read_text()
+    assert "msg=draining" in log and "msg=\"stopped embedded nats-server\"" in log and log.rstrip().endswith("msg=stopped")
+    assert not (tmp_path / ".esfsm" / "server.json").exists()
+
+
+def test_client_commands_say_clearly_when_nothing_runs(tmp_path: Path) -> None:
+    result = esfsm(tmp_path, "state", "bankaccount", "acc-1")
+    assert result.returncode == 1
+    assert result.stderr.startswith("Error: no NATS server given and no embedded server running under .esfsm/")
+    assert "Traceback" not in result.stderr
+
+
+def test_send_rejects_bad_arguments_as_usage_errors(tmp_path: Path) -> None:
+    bad_json = esfsm(tmp_path, "send", "bankaccount", "deposit", "--key", "a", "--data", "{nope")
+    assert bad_json.returncode == 2 and "Invalid value for '--data': not valid JSON" in bad_json.stderr
+    bad_header = esfsm(tmp_path, "send", "bankaccount", "deposit", "--key", "a", "--header", "novalue")
+    assert bad_header.returncode == 2 and "'novalue' is not NAME=VALUE" in bad_header.stderr
+
+
+def test_send_reports_unknown_aggregate_and_command(running, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    unknown = esfsm(tmp_path, "send", "bankacount", "deposit", "--key", "a")
+    assert unknown.returncode == 1
+    assert "no runtime serves aggregate 'bankacount'" in unknown.stderr
+    wrong = esfsm(tmp_path, "send", "bankaccount", "withdrw", "--key", "a")
+    assert wrong.returncode == 1
+    assert json.loads(wrong.stdout)["message"].endswith("did you mean 'withdraw'?")
+
+
+def test_run_refuses_to_start_on_invalid_definitions(tmp_path: Path) -> None:
+    broken = tmp_path / "defs"
+    broken.mkdir()
+    (broken / "bank.yaml").write_text((DEFINITIONS / "bankaccount.yaml").read_text().replace("to: frozen", "to: frozn"))
+    result = esfsm(tmp_path, "run", str(broken))
+    assert result.returncode == 1
+    assert "'frozn' is not a declared state; did you mean 'frozen'?" in result.stdout
+    assert result.stderr.strip() == "Error: the definitions have errors; not starting"
+    assert not (tmp_path / ".esfsm").exists()
