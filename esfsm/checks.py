@@ -113,10 +113,17 @@ def _schema_error_findings(doc: Document, error: ValidationError) -> Iterator[Fi
                 )
         return
     if error.validator == "required" and isinstance(error.instance, Mapping):
-        for key in error.validator_value:
-            if key not in error.instance:
+        for key in error.validator_value:  # jsonschema reports one missing key per error
+            if key not in error.instance and error.message == f"{key!r} is a required property":
                 yield doc.finding(where, f"missing required key {key!r}", "dsl-missing-key", key=True)
         return
+    if error.validator == "uniqueItems" and isinstance(error.instance, list):
+        seen: list[Any] = []
+        for i, item in enumerate(error.instance):
+            if item in seen:
+                yield doc.finding(where + pointer(i), f"{_describe(item)} is listed more than once", "dsl-uniqueItems")
+                return
+            seen.append(item)
     if error.validator == "pattern" and "propertyNames" in error.absolute_schema_path:
         yield doc.finding(
             where + pointer(error.instance),
@@ -144,7 +151,10 @@ def schema_error_message(error: ValidationError) -> str:
     """A sentence for one (explained) JSON Schema error: the bad value, what was expected."""
     kind, value = error.validator, error.validator_value
     if kind == "type" or (kind in ("oneOf", "anyOf") and _union_types(error)):
-        types = [value] if kind == "type" and isinstance(value, str) else value if kind == "type" else _union_types(error)
+        if kind == "type":
+            types = value if isinstance(value, list) else [value]
+        else:
+            types = _union_types(error)
         return f"expected {' or '.join(_article(t) for t in types)}, got {_describe(error.instance)}"
     if kind == "enum" and isinstance(value, list):
         names = [str(v) for v in value]
@@ -178,7 +188,7 @@ def _describe(value: Any, limit: int = 60) -> str:
     if isinstance(value, (Mapping, list)):
         kind = "mapping" if isinstance(value, Mapping) else "list"
         return f"the {kind} {text}" if len(text) <= limit else f"a {kind}"
-    return text if len(text) <= limit else text[: limit - 4] + "...'"
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 # -- semantic rules ----------------------------------------------------------
@@ -229,8 +239,8 @@ def unknown_states(ctx: Context) -> Iterator[Finding]:
     states = ctx.aggregate.states
     for ptr, name in _state_refs(ctx.aggregate):
         if name not in states:
-            yield ctx.error(_item(ctx, ptr), f"{name!r} is not a declared state{did_you_mean(name, states) or f'; expected one of {one_of(states)}'}",
-                            "unknown-state")
+            hint = did_you_mean(name, states) or f"; expected one of {one_of(states)}"
+            yield ctx.error(_item(ctx, ptr), f"{name!r} is not a declared state{hint}", "unknown-state")
 
 
 @rule
@@ -354,7 +364,8 @@ _PARSER_PHRASES = (
 def _cel_problem(problem: str) -> str:
     """The CEL parser's complaint in words: no token sets or '<EOF>', the column named as the expression's."""
     problem = problem.removeprefix("Syntax error: ")
-    problem = _TOKEN_SET.sub("a value", problem).replace("'<EOF>'", "<EOF>").replace("<EOF>", "the end of the expression")
+    problem = _TOKEN_SET.sub("a value", problem).replace("'<EOF>'", "<EOF>")
+    problem = problem.replace("<EOF>", "the end of the expression")
     for pattern, replacement in _PARSER_PHRASES:
         problem = pattern.sub(replacement, problem)
     return re.sub(r"\(at column (\d+)\)$", r"(at character \1)", problem)
@@ -394,6 +405,17 @@ def emit_data_fields(ctx: Context) -> Iterator[Finding]:
                     yield ctx.error(f"{emit.where}/data" if has_data else emit.where,
                                     f"event {event.name!r} requires field {field!r}, which this emit does not set",
                                     "emit-missing-field")
+
+
+@rule
+def template_shapes(ctx: Context) -> Iterator[Finding]:
+    """Event data and 'apply' must give a mapping: write one, or one CEL expression that gives a map."""
+    places = [(f"{e.where}/data", e.data) for c in ctx.aggregate.commands.values() for e in c.emits]
+    places += [(f"{e.where}/apply", e.apply) for e in ctx.aggregate.events.values()]
+    for ptr, template in places:
+        if ptr in ctx.doc.positions and not isinstance(template, (Mapping, str)):
+            yield ctx.error(ptr, f"expected a mapping of field to CEL expression, or one CEL expression giving a map; "
+                            f"got {_describe(template)}", "template-shape")
 
 
 @rule
@@ -513,7 +535,8 @@ def initial_data(ctx: Context) -> Iterator[Finding]:
     for error in errors:
         for leaf in _explain(error):
             yield ctx.error("/initial_data" + pointer(*leaf.absolute_path),
-                            f"initial data does not match the data schema: {schema_error_message(leaf)}", "initial-data")
+                            f"initial data does not match the data schema: {schema_error_message(leaf)}",
+                            "initial-data")
 
 
 @rule
@@ -563,7 +586,9 @@ def across_files(contexts: list[Context]) -> Iterator[Finding]:
     yield from overlapping_subjects(contexts)
 
 
-_NATS_NAMES = (("commands", "commands subject"), ("events", "events subject"), ("stream", "stream"), ("bucket", "bucket"))
+_NATS_NAMES = (
+    ("commands", "commands subject"), ("events", "events subject"), ("stream", "stream"), ("bucket", "bucket"),
+)
 
 
 def _nats_where(ctx: Context, field: str) -> tuple[str, str]:

@@ -42,7 +42,7 @@ class _Loader(yaml.SafeLoader):
     def fetch_flow_collection_start(self, TokenClass: type) -> None:  # noqa: N803 (PyYAML's name)
         if self.flow_level >= MAX_DEPTH:
             raise _TooDeep(None, None, f"the document is nested more than {MAX_DEPTH} levels deep", self.get_mark())
-        super().fetch_flow_collection_start(TokenClass)  # type: ignore[misc]
+        super().fetch_flow_collection_start(TokenClass)
 
 
 _REPLACED = {_CORE + "bool", _CORE + "int", _CORE + "float", _CORE + "timestamp"}
@@ -65,13 +65,11 @@ _Loader.add_implicit_resolver(
 
 
 def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    """YAML 1.2 integers: decimal ('010' is ten), 0o octal, 0x hex; ValueError for anything else."""
     text = str(loader.construct_scalar(node))
-    try:
-        if text.startswith(("0o", "0x")):
-            return int(text[2:], 8 if text[1] == "o" else 16)
-        return int(text, 10)
-    except ValueError as err:  # an explicit '!!int' on something else
-        raise yaml.constructor.ConstructorError(None, None, f"{text!r} is not an integer", node.start_mark) from err
+    if text.startswith(("0o", "0x")):
+        return int(text[2:], 8 if text[1] == "o" else 16)
+    return int(text, 10)
 
 
 _Loader.add_constructor(_CORE + "int", _construct_int)
@@ -157,6 +155,8 @@ def load_text(text: str, path: str) -> tuple[Document | None, list[Finding]]:
         data = builder.build(node, "")
     except _LoadFailed as err:
         return None, [Finding(path, err.line, err.column, "", err.message, err.rule)]
+    except RecursionError:  # block nesting deep enough to exhaust Python's stack before MAX_DEPTH is seen
+        return None, [Finding(path, 1, 1, "", f"the document is nested more than {MAX_DEPTH} levels deep", "yaml-size")]
     if not isinstance(data, dict):
         return None, [Finding(
             path, node.start_mark.line + 1, node.start_mark.column + 1, "",
@@ -272,13 +272,10 @@ class _Builder:
         if len(self._open) >= MAX_DEPTH:
             raise self._failed(node, f"the document is nested more than {MAX_DEPTH} levels deep", "yaml-size")
         self.positions.setdefault(ptr, Position(node.start_mark.line + 1, node.start_mark.column + 1))
+        if isinstance(node, yaml.ScalarNode):
+            return self._scalar(node)
         if node.tag not in _JSON_TAGS:
             raise self._bad_tag(node)
-        if isinstance(node, yaml.ScalarNode):
-            try:
-                return self._constructor.construct_object(node, deep=True)
-            except yaml.constructor.ConstructorError as err:
-                raise self._failed(node, f"invalid value {node.value!r}: {err.problem}", "yaml-tag") from err
         self._open.append(node)
         try:
             if isinstance(node, yaml.MappingNode):
@@ -333,15 +330,19 @@ class _Builder:
     def _key(self, node: yaml.Node) -> str:
         if not isinstance(node, yaml.ScalarNode):
             raise self._failed(node, f"mapping keys must be strings, got {_node_kind(node)}", "yaml-key")
-        if node.tag not in _JSON_TAGS:
-            raise self._bad_tag(node)
-        try:
-            key = self._constructor.construct_object(node, deep=True)
-        except yaml.constructor.ConstructorError as err:
-            raise self._failed(node, f"invalid key {node.value!r}: {err.problem}", "yaml-key") from err
+        key = self._scalar(node)
         if key is None:
             raise self._failed(node, "mapping keys must be strings, got nothing (null)", "yaml-key")
         return str(key).lower() if isinstance(key, bool) else str(key)
+
+    def _scalar(self, node: yaml.ScalarNode) -> Any:
+        if node.tag not in _JSON_TAGS:
+            raise self._bad_tag(node)
+        try:
+            return self._constructor.construct_object(node, deep=True)
+        except (yaml.constructor.ConstructorError, ValueError, KeyError) as err:  # '!!float abc', '!!bool maybe'
+            tag = node.tag.replace(_CORE, "!!")
+            raise self._failed(node, f"{node.value!r} is not a valid value for the tag {tag!r}", "yaml-tag") from err
 
     @staticmethod
     def _failed(node: yaml.Node, message: str, rule: str) -> _LoadFailed:
@@ -364,7 +365,9 @@ def _expected(kind: DocumentKind) -> str:
 
 
 def _node_kind(node: yaml.Node) -> str:
-    return "a mapping" if isinstance(node, yaml.MappingNode) else "a list" if isinstance(node, yaml.SequenceNode) else "a scalar"
+    if isinstance(node, yaml.MappingNode):
+        return "a mapping"
+    return "a list" if isinstance(node, yaml.SequenceNode) else "a scalar"
 
 
 def _type_name(value: Any) -> str:
