@@ -18,7 +18,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
-from esfsm.runtime.server import EmbeddedServer
+from esfsm.runtime.server import EmbeddedServer, die_with_parent
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,7 +52,7 @@ class RuntimeProcess:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "esfsm", "run", *self.paths, "--server", self.url, *self.extra_args],
             stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={k: v for k, v in os.environ.items() if k != "NATS_URL"},
+            env={k: v for k, v in os.environ.items() if k != "NATS_URL"}, preexec_fn=die_with_parent,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -86,6 +86,11 @@ class RuntimeProcess:
             self.process.wait()
             self.process = None
             self._log.close()
+
+
+def run(coroutine: Coroutine[Any, Any, T], timeout: float = 120.0) -> T:
+    """asyncio.run with a bound: a test that would hang fails instead, showing where it waited."""
+    return asyncio.run(asyncio.wait_for(coroutine, timeout))
 
 
 class LoopThread:

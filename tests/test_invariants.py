@@ -28,13 +28,9 @@ from esfsm.runtime.rebuild import rebuild
 from esfsm.runtime.server import EmbeddedServer
 from esfsm.runtime.service import AggregateService
 from esfsm.runtime.store import AggregateStore
-from nats_support import RuntimeProcess, start_server
+from nats_support import RuntimeProcess, run, start_server
 
 ANN = {"x-username": "ann"}
-
-
-def run(coroutine: Any) -> Any:
-    return asyncio.run(coroutine)
 
 
 def key() -> str:

@@ -35,8 +35,12 @@ def running(tmp_path: Path):  # type: ignore[no-untyped-def]
         time.sleep(0.05)
     yield process
     if process.poll() is None:
-        process.kill()
-        process.wait()
+        process.send_signal(signal.SIGTERM)  # so it stops its embedded server too
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
     log.close()
 
 

@@ -20,7 +20,7 @@ KEY = "x-ergonats-entity-key"
 
 
 def run(coroutine: Any) -> Any:
-    return asyncio.run(coroutine)
+    return asyncio.run(asyncio.wait_for(coroutine, 60))
 
 
 async def request(nc: Any, command: str, key: str | None, payload: bytes, **headers: str) -> tuple[dict, dict]:

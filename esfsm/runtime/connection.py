@@ -46,7 +46,10 @@ class ConnectOptions:
         return context
 
     def connect_kwargs(self) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"name": self.name, "max_reconnect_attempts": -1, "reconnect_time_wait": 0.5}
+        # pending_size=0: while disconnected a publish fails at once instead of being
+        # buffered and sent after the reconnect, when its command may have been answered 503.
+        kwargs: dict[str, Any] = {"name": self.name, "max_reconnect_attempts": -1, "reconnect_time_wait": 0.5,
+                                  "pending_size": 0}
         if self.user is not None:
             kwargs["user"], kwargs["password"] = self.user, self.password
         if self.token is not None:

@@ -18,7 +18,15 @@ from dataclasses import dataclass
 import orjson
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.errors import NoRespondersError, TimeoutError
+from nats.errors import (
+    ConnectionClosedError,
+    ConnectionDrainingError,
+    ConnectionReconnectingError,
+    NoRespondersError,
+    OutboundBufferLimitError,
+    StaleConnectionError,
+    TimeoutError,
+)
 
 from esfsm.errors import EsfsmError
 
@@ -45,7 +53,18 @@ class ConflictError(StoreError):
 
 
 class UnavailableError(StoreError):
-    """No answer from JetStream (timeout, no responders, disconnected)."""
+    """No answer from JetStream. ``maybe_stored`` is False when nothing left this
+    process (disconnected, no responders), True when a request went out and no
+    acknowledgement came back (a timeout): then the append may have happened."""
+
+    def __init__(self, message: str, maybe_stored: bool = False) -> None:
+        super().__init__(message)
+        self.maybe_stored = maybe_stored
+
+
+# Raised by nats-py when a request cannot be sent at all: nothing reached the server.
+NOT_SENT = (NoRespondersError, OutboundBufferLimitError, ConnectionClosedError, ConnectionReconnectingError,
+            ConnectionDrainingError, StaleConnectionError)
 
 
 @dataclass(frozen=True)
@@ -108,8 +127,10 @@ async def append(
                 headers[BATCH_COMMIT] = "1"
                 reply = await nc.request(event.subject, event.body, timeout, headers=headers)
                 return _ack(reply)
-    except (TimeoutError, NoRespondersError) as err:
-        raise UnavailableError(f"JetStream did not answer the append ({type(err).__name__})") from err
+    except NOT_SENT as err:
+        raise UnavailableError(f"cannot reach JetStream ({type(err).__name__})") from err
+    except TimeoutError as err:
+        raise UnavailableError("JetStream did not acknowledge the append in time", maybe_stored=True) from err
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -125,10 +146,13 @@ async def read_subject(
     seq = after_seq + 1
     while True:
         inbox = nc.new_inbox()
-        sub = await nc.subscribe(inbox)
         try:
+            sub = await nc.subscribe(inbox)
             await nc.publish(api, orjson.dumps({"seq": seq, "next_by_subj": subjects, "batch": DIRECT_GET_BATCH}),
                              reply=inbox)
+        except NOT_SENT as err:
+            raise UnavailableError(f"cannot reach JetStream ({type(err).__name__})") from err
+        try:
             pending = 0
             while True:
                 try:
@@ -159,8 +183,8 @@ async def last_message(
     """The last message on subjects (wildcards allowed), or None if there is none."""
     try:
         msg = await nc.request(f"{api}.DIRECT.GET.{stream}", orjson.dumps({"last_by_subj": subjects}), timeout)
-    except (TimeoutError, NoRespondersError) as err:
-        raise UnavailableError(f"JetStream did not answer a read of {subjects}") from err
+    except (TimeoutError, *NOT_SENT) as err:
+        raise UnavailableError(f"JetStream did not answer a read of {subjects} ({type(err).__name__})") from err
     headers = msg.headers or {}
     status = headers.get("Status")
     if status == "404":

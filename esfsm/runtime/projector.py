@@ -62,7 +62,11 @@ class Projector:
                 log.warning("fetch from %s failed: %s: %s", self.store.durable, type(err).__name__, err)
                 await asyncio.sleep(0.5)
                 continue
-            await self.project(msgs)
+            try:
+                await self.project(msgs)
+            except Exception as err:  # e.g. acks during a disconnect: redelivery after ack_wait repairs it
+                log.warning("projecting a batch of %s failed: %s: %s", self.store.durable, type(err).__name__, err)
+                await asyncio.sleep(0.5)
 
     async def project(self, msgs: list) -> None:
         newest: dict[str, int] = {}

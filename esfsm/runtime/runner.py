@@ -133,12 +133,21 @@ async def serve(aggregates: Iterable[CompiledAggregate], settings: RunSettings,
             info("draining")
         finally:
             await runtime.stop()
-            await nc.drain()
+            await _close(nc)
     finally:
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
             info("stopped embedded nats-server")
     info("stopped")
+
+
+async def _close(nc: Client) -> None:
+    """Drain the connection (flushes the last replies); if it cannot drain, close it."""
+    try:
+        await nc.drain()
+    except Exception as err:  # reconnecting or already closed: nothing is left to flush
+        log.warning("could not drain the connection (%s: %s); closing it", type(err).__name__, err)
+        await nc.close()
 
 
 def _log_async(message: str):  # type: ignore[no-untyped-def]

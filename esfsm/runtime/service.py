@@ -201,6 +201,9 @@ class AggregateService:
                 return await self._decide_and_store(slot, request, expected)
             except UnavailableError as err:
                 slot.entity = None  # whatever happened, reload next time
+                if err.maybe_stored:
+                    return rejection(UNAVAILABLE, f"{err}; the command may have been stored: retry it with the same "
+                                                  f"{COMMAND_ID_HEADER} to learn its outcome")
                 return rejection(UNAVAILABLE, f"JetStream is unavailable, nothing was stored: {err}")
             except StoreError as err:
                 slot.entity = None
@@ -253,7 +256,9 @@ class AggregateService:
             except ConflictError:
                 await self.store.catch_up(entity)
                 continue
-            except UnavailableError:
+            except UnavailableError as err:
+                if not err.maybe_stored:
+                    raise
                 seq = await self._stored_after_all(key, entity.seq, outgoing)
                 if seq is None:
                     raise
@@ -283,9 +288,10 @@ class AggregateService:
         """After an append timed out: retry it once with the same message ids and the same
         check; a duplicate or our own last message on the entity means it was stored."""
         try:
-            return await self.store.append(key, expected_seq, outgoing)
-        except ConflictError:
-            return await self.store.find_msg_id(key, expected_seq, outgoing[-1].msg_id)
+            try:
+                return await self.store.append(key, expected_seq, outgoing)
+            except ConflictError:
+                return await self.store.find_msg_id(key, expected_seq, outgoing[-1].msg_id)
         except UnavailableError:
             return None
 

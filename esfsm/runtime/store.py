@@ -65,7 +65,7 @@ class AggregateStore:
                 description=f"esfsm state of aggregate {self.compiled.name}",
             ))
         await self.js.add_consumer(self.names.stream, ConsumerConfig(
-            durable_name=self.durable, filter_subject=f"{self.names.events}.>", ack_wait=30,
+            durable_name=self.durable, filter_subject=f"{self.names.events}.>", ack_wait=10,
             max_ack_pending=20_000, description=f"esfsm snapshots of aggregate {self.compiled.name}",
         ))
 
