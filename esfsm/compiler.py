@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from cloudevents.core.base import BaseCloudEvent
-from jsonschema import Draft202012Validator, validators
-from jsonschema.exceptions import ValidationError
 from transitions import Machine, MachineError
 
 from esfsm.errors import EvaluationError, ReplayError
@@ -28,6 +26,7 @@ from esfsm.events import new_event
 from esfsm.expressions import Expression, Template, field_references
 from esfsm.findings import did_you_mean, one_of, pointer
 from esfsm.model import Aggregate, Command, Rule
+from esfsm.validation import SchemaCheck
 from esfsm.values import (
     BAD_REQUEST,
     COMMAND_ID_HEADER,
@@ -42,34 +41,6 @@ from esfsm.values import (
     ErrorDetail,
     Rejected,
 )
-
-
-def _is_strict_integer(checker: Any, instance: Any) -> bool:
-    return isinstance(instance, int) and not isinstance(instance, bool)
-
-
-# JSON Schema calls 10.0 an integer; CEL does not (10.0 + 1 fails). Payloads must
-# send integers as integers, so a definition's integer fields never surprise CEL.
-StrictValidator = validators.extend(
-    Draft202012Validator,
-    type_checker=Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_strict_integer),
-)
-
-
-def schema_validator(schema: Any) -> Draft202012Validator:
-    return StrictValidator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)  # type: ignore[no-any-return]
-
-
-def schema_errors(validator: Draft202012Validator, instance: Any) -> tuple[ErrorDetail, ...]:
-    """Every schema error with the JSON pointer of the offending value."""
-    details = []
-    for error in validator.iter_errors(instance):
-        path = list(error.absolute_path)
-        if error.validator == "required" and isinstance(error.instance, Mapping):
-            missing = [p for p in error.validator_value if p not in error.instance and repr(p) in error.message]
-            path += missing[:1]
-        details.append(ErrorDetail(pointer(*path), error.message))
-    return tuple(sorted(details, key=lambda d: d.path))
 
 
 class _Cursor:
@@ -110,7 +81,7 @@ class CompiledEmit:
 @dataclass(frozen=True, eq=False)
 class CompiledCommand:
     model: Command
-    validator: Draft202012Validator
+    validator: SchemaCheck
     rules: tuple[CompiledRule, ...]
     emits: tuple[CompiledEmit, ...]
     accepted_states: frozenset[str]
@@ -119,7 +90,7 @@ class CompiledCommand:
 @dataclass(frozen=True, eq=False)
 class CompiledEvent:
     name: str
-    validator: Draft202012Validator
+    validator: SchemaCheck
     apply: Template
     merge: bool  # apply is one expression giving a map to merge
 
@@ -141,11 +112,12 @@ class CompiledAggregate:
             auto_transitions=False,
             send_event=False,
         )
+        self._next = self._transition_table()
         self.authorize = tuple(CompiledRule.of(r) for r in model.authorize)
-        self.data_validator = schema_validator(model.data_schema)
+        self.data_validator = SchemaCheck(model.data_schema)
         self.events = {
             e.name: CompiledEvent(
-                e.name, schema_validator(e.schema), Template(e.apply, f"{e.where}/apply"), isinstance(e.apply, str)
+                e.name, SchemaCheck(e.schema), Template(e.apply, f"{e.where}/apply"), isinstance(e.apply, str)
             )
             for e in model.events.values()
         }
@@ -162,7 +134,7 @@ class CompiledAggregate:
         )
         return CompiledCommand(
             command,
-            schema_validator(command.schema),
+            SchemaCheck(command.schema),
             tuple(CompiledRule.of(r) for r in command.rules),
             emits,
             frozenset(self.accepting_states(command)),
@@ -171,11 +143,17 @@ class CompiledAggregate:
     # -- the machine ---------------------------------------------------------
 
     def next_state(self, state: str, event_type: str) -> str | None:
-        """Where event_type leads from state, or None if it is not a valid trigger there."""
-        transitions = self.machine.get_transitions(trigger=event_type, source=state)
-        if not transitions:
-            return None
-        return transitions[0].dest or state
+        """Where event_type leads from state, or None if it is not a valid trigger there
+        (read from the Machine's transitions once, then looked up)."""
+        return self._next.get((state, event_type))
+
+    def _transition_table(self) -> dict[tuple[str, str], str]:
+        table = {}
+        for event_type, event in self.machine.events.items():
+            for source, transitions in event.transitions.items():
+                if transitions:
+                    table[(source, event_type)] = transitions[0].dest or source
+        return table
 
     def accepting_states(self, command: Command) -> list[str]:
         """States from which some choice of the command's conditional emits is a valid path
@@ -258,7 +236,7 @@ class CompiledAggregate:
                 if not rule.expression.test(variables):
                     return rule.rejection()
             if not command.validator.is_valid(request.payload):
-                errors = schema_errors(command.validator, request.payload)
+                errors = command.validator.errors(request.payload)
                 return Rejected(BAD_REQUEST, f"invalid {request.name} payload: {errors[0].message}", errors)
             if state.state not in command.accepted_states:
                 return self._not_accepted(request.name, state.state)
@@ -299,7 +277,7 @@ class CompiledAggregate:
             data = emit.data.evaluate(variables)
             compiled = self.events[emit.event]
             if not compiled.validator.is_valid(data):
-                errors = schema_errors(compiled.validator, data)
+                errors = compiled.validator.errors(data)
                 return Rejected(INTERNAL, f"event {emit.event!r} would carry invalid data: {errors[0].message}",
                                 errors)
             event = new_event(self.name, emit.event, state.key, current.version + 1, data, now,
@@ -310,7 +288,7 @@ class CompiledAggregate:
                 return Rejected(INTERNAL, str(err), (ErrorDetail("", str(err)),))
             events.append(event)
         if events and not self.data_validator.is_valid(current.data):
-            errors = schema_errors(self.data_validator, current.data)
+            errors = self.data_validator.errors(current.data)
             return Rejected(UNPROCESSABLE, f"the command would make the data invalid: {errors[0].message}",
                             errors)
         return Accepted(tuple(events), current)

@@ -102,9 +102,16 @@ class Expression:
     def program(self) -> cel.Program:
         return compile_expression(self.source)
 
+    @functools.cached_property
+    def names(self) -> tuple[str, ...]:
+        """The variables the expression reads: only these are handed to CEL, which
+        converts every variable it is given on each call (`data` can be large)."""
+        return tuple(sorted(free_variables(self.source)))
+
     def evaluate(self, variables: Mapping[str, Any]) -> Any:
         try:
-            return self.program.execute(variables)  # type: ignore[arg-type]
+            used = {name: variables[name] for name in self.names if name in variables}
+            return self.program.execute(used)
         except Exception as err:  # the CEL binding raises KeyError, TypeError, RuntimeError, ValueError ...
             raise EvaluationError(self.where, self.source, _reason(err)) from err
 
@@ -136,7 +143,7 @@ class Template:
 def _compile_template(raw: Any, where: str) -> Any:
     if isinstance(raw, str):
         expression = Expression(raw, where)
-        expression.program  # compile now, not on first use
+        expression.names  # compile now, not on first use
         return expression.evaluate
     if isinstance(raw, Mapping):
         parts = [(k, _compile_template(v, f"{where}/{k}")) for k, v in raw.items()]
