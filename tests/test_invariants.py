@@ -319,7 +319,9 @@ def test_idempotent_the_command_id_survives_a_snapshot(nats_server: EmbeddedServ
             await open_account(a, k)
             retry = headers(k, **{"x-esfsm-command-id": "once"})
             first = await a.process("deposit", body({"amount": 3}), retry)
-            assert await a.store.write_snapshot(k, first["version"], None) or True
+            entity = a.cached(k)
+            assert entity is not None
+            assert await a.store.write_snapshot(k, entity.seq, entity) > 0
             snapshot, _ = await b.store.snapshot(k)
             assert snapshot is not None and "once" in snapshot.commands
             assert await b.process("deposit", body({"amount": 3}), retry) == first

@@ -24,6 +24,8 @@ from esfsm.runtime.store import AggregateStore
 
 log = logging.getLogger("esfsm.projector")
 BATCH = 1000
+CONCURRENCY = 32  # snapshot writes in flight per batch
+MIN_CYCLE = 0.1  # seconds: under load, several events of an entity share one write
 
 
 class Projector:
@@ -32,6 +34,7 @@ class Projector:
         self.cached = cached
         self.prefix = store.names.events + "."
         self.written = 0
+        self._revisions: dict[str, int] = {}  # the KV revision this process wrote last, per key
         self._stopping = asyncio.Event()
 
     def key_of(self, subject: str) -> str | None:
@@ -51,7 +54,9 @@ class Projector:
                 log.debug("unsubscribe of %s failed", self.store.durable, exc_info=True)
 
     async def _loop(self, sub) -> None:  # type: ignore[no-untyped-def]
+        loop = asyncio.get_running_loop()
         while not self._stopping.is_set():
+            started = loop.time()
             try:
                 msgs = await sub.fetch(BATCH, timeout=0.5)
             except (nats.errors.TimeoutError, asyncio.TimeoutError):  # nothing new (nats-py raises either)
@@ -67,6 +72,9 @@ class Projector:
             except Exception as err:  # e.g. acks during a disconnect: redelivery after ack_wait repairs it
                 log.warning("projecting a batch of %s failed: %s: %s", self.store.durable, type(err).__name__, err)
                 await asyncio.sleep(0.5)
+            pause = MIN_CYCLE - (loop.time() - started)
+            if pause > 0 and len(msgs) < BATCH:
+                await asyncio.sleep(pause)
 
     async def project(self, msgs: list) -> None:
         newest: dict[str, int] = {}
@@ -74,17 +82,28 @@ class Projector:
             key = self.key_of(msg.subject)
             if key is not None:
                 newest[key] = max(newest.get(key, 0), msg.metadata.sequence.stream)
-        failed = False
-        for key, seq in newest.items():
-            try:
-                if await self.store.write_snapshot(key, seq, self.cached(key)):
+        limit = asyncio.Semaphore(CONCURRENCY)
+
+        async def write(key: str, seq: int) -> bool:
+            async with limit:
+                try:
+                    revision = await self.store.write_snapshot(key, seq, self.cached(key),
+                                                               revision_hint=self._revisions.get(key, 0))
+                except (StoreError, EsfsmError) as err:
+                    log.error("snapshot of %s %r failed: %s", self.store.compiled.name, key, err)
+                    return False
+                except Exception as err:  # KV unavailable: redelivery will retry
+                    log.warning("snapshot of %s %r failed: %s", self.store.compiled.name, key, err)
+                    return False
+                if revision:
+                    if len(self._revisions) > 100_000:
+                        self._revisions.clear()  # only a hint: a miss costs one read
+                    self._revisions[key] = revision
                     self.written += 1
-            except (StoreError, EsfsmError) as err:
-                log.error("snapshot of %s %r failed: %s", self.store.compiled.name, key, err)
-                failed = True
-            except Exception as err:  # KV unavailable: redelivery will retry
-                log.warning("snapshot of %s %r failed: %s", self.store.compiled.name, key, err)
-                failed = True
+                return True
+
+        results = await asyncio.gather(*[write(key, seq) for key, seq in newest.items()])
+        failed = not all(results)
         for msg in msgs:
             if failed:
                 await msg.nak(delay=1)

@@ -35,8 +35,8 @@ from esfsm import __version__
 from esfsm.compiler import CompiledAggregate
 from esfsm.engine import check_request, expected_version, version_conflict
 from esfsm.errors import EsfsmError
-from esfsm.events import event_to_json
-from esfsm.runtime.entity import Entity
+from esfsm.events import event_to_dict
+from esfsm.runtime.entity import Entity, accepted_reply
 from esfsm.runtime.jetstream import ConflictError, Outgoing, StoreError, UnavailableError
 from esfsm.runtime.store import AggregateStore
 from esfsm.values import (
@@ -247,9 +247,9 @@ class AggregateService:
                 if command_id is not None:
                     self._remember_rejection(key, command_id, reply)
                 return reply
+            documents = [event_to_dict(event) for event in decision.events]  # once, for stream and reply
             outgoing = [
-                Outgoing(self.store.subject(key, event.get_type()), event_to_json(event), event.get_id())
-                for event in decision.events
+                Outgoing(self.store.subject(key, doc["type"]), orjson.dumps(doc), doc["id"]) for doc in documents
             ]
             try:
                 seq = await self.store.append(key, entity.seq, outgoing)
@@ -264,7 +264,7 @@ class AggregateService:
                     raise
             entity.state = decision.state
             entity.seq = seq
-            reply = decision.as_dict()
+            reply = accepted_reply(decision.state.version, decision.state.state, documents)
             if command_id is not None:
                 entity.remember(command_id, reply)
             return reply

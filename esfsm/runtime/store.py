@@ -128,20 +128,29 @@ class AggregateStore:
             return await self.kv.update(entity.state.key, entity.to_json(), last=revision)
         return await self.kv.create(entity.state.key, entity.to_json())
 
-    async def write_snapshot(self, key: str, newer_than: int, cached: Entity | None = None, tries: int = 5) -> bool:
-        """Bring key's snapshot to at least stream sequence newer_than. Safe to run anywhere, any number of times."""
+    async def write_snapshot(self, key: str, newer_than: int, cached: Entity | None = None, tries: int = 5,
+                             revision_hint: int = 0) -> int:
+        """Bring key's snapshot to at least stream sequence newer_than; returns the revision
+        written (0 if nothing was). Safe to run anywhere, any number of times.
+
+        With revision_hint (the revision this process wrote last) and a warm entity, it
+        first tries a single compare-and-set write, without reading the snapshot."""
+        if revision_hint and cached is not None and cached.seq >= newer_than:
+            try:
+                return await self.save_snapshot(cached, revision_hint)
+            except (KeyWrongLastSequenceError, BadRequestError):
+                pass  # someone else wrote it: read, then decide
         for _ in range(tries):
             snapshot, revision = await self.snapshot(key)
             if snapshot is not None and snapshot.seq >= newer_than:
-                return False
+                return 0
             if cached is not None and cached.seq >= newer_than and (snapshot is None or cached.seq > snapshot.seq):
                 entity = cached
             else:
                 entity = await self.catch_up(snapshot or Entity(self.compiled.initial_state(key)))
             try:
-                await self.save_snapshot(entity, revision)
-                return True
+                return await self.save_snapshot(entity, revision)
             except (KeyWrongLastSequenceError, BadRequestError) as err:
                 log.debug("snapshot of %s raced (%s); retrying", key, err)
                 cached = None
-        return False
+        return 0
