@@ -182,7 +182,11 @@ def _options(kwargs: dict[str, Any], name: str) -> Any:
 def _run_async(coroutine: Any) -> Any:
     import asyncio
 
-    return asyncio.run(coroutine)
+    try:
+        import uvloop  # faster event loop where available (not on Windows)
+    except ImportError:
+        return asyncio.run(coroutine)
+    return uvloop.run(coroutine)
 
 
 @main.command()
@@ -380,6 +384,15 @@ def rebuild(aggregate: str, paths: tuple[Path, ...], servers: tuple[str, ...], s
 
     count = _run_async(go())
     click.echo(f"rebuilt {count} entit{'y' if count == 1 else 'ies'} of {aggregate}")
+
+
+# -- authoring ---------------------------------------------------------------
+
+from esfsm.authoring import explain, graph, init  # noqa: E402  (each defines its own click command)
+from esfsm.docgen import docs  # noqa: E402
+
+for _command in (graph, explain, init, docs):
+    main.add_command(_command)
 
 
 if __name__ == "__main__":  # pragma: no cover
