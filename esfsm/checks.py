@@ -25,6 +25,9 @@ from referencing.jsonschema import DRAFT202012
 from esfsm import model as m
 from esfsm.expressions import (
     APPLY_VARIABLES,
+    FUNCTIONS,
+    comprehensions,
+    unknown_functions,
     DECIDE_VARIABLES,
     field_references,
     free_variables,
@@ -323,6 +326,10 @@ def cel_expressions(ctx: Context) -> Iterator[Finding]:
         if problem:
             yield ctx.error(ptr, f"CEL syntax error in {source!r}: {_cel_problem(problem)}", "cel-syntax")
             continue
+        for name in unknown_functions(source):
+            yield ctx.error(ptr, f"unknown CEL function {name!r} in {source!r}"
+                            f"{did_you_mean(name, FUNCTIONS) or ''}; available: {', '.join(sorted(FUNCTIONS))}",
+                            "cel-unknown-function")
         for name in sorted(free_variables(source) - allowed):
             if name == "now" and allowed is APPLY_VARIABLES:
                 yield ctx.error(ptr, "'now' cannot be used in 'apply': replaying events must give the same data every time; "
@@ -349,6 +356,59 @@ def cel_expressions(ctx: Context) -> Iterator[Finding]:
             yield ctx.error(ptr, f"{var}.{field}: {what} declares no field {field!r}"
                             f"{did_you_mean(field, known) or f'; expected one of {one_of(known)}'}",
                             "cel-unknown-field")
+
+
+MAX_ITEMS = 1000  # longest list a comprehension may iterate over (map/filter cost grows with its square)
+
+
+def _schema_at(schema: Any, fields: list[str]) -> tuple[Any, str]:
+    """The subschema of a field path, and its pointer inside the schema."""
+    where = ""
+    for field in fields:
+        props = schema.get("properties") if isinstance(schema, Mapping) else None
+        if not isinstance(props, Mapping) or field not in props:
+            return None, where
+        schema, where = props[field], f"{where}/properties/{field}"
+    return schema, where
+
+
+@rule
+def bounded_comprehensions(ctx: Context) -> Iterator[Finding]:
+    """CEL has no cost limit here, and its map/filter take time growing with the square of the
+    list: a comprehension must iterate over a list whose schema bounds it, and never nest."""
+    agg = ctx.aggregate
+    unbounded: dict[str, tuple[str, list[str]]] = {}  # schema pointer -> (list path, expressions)
+    for ptr, source, allowed, command, event in _expressions(agg):
+        if not source.strip() or syntax_error(source):
+            continue
+        roots = {"cmd": (command.schema if command else None, f"{command.where}/schema" if command else ""),
+                 "data": (agg.data_schema, "/data"),
+                 "event": (event.schema if event else None, f"{event.where}/schema" if event else "")}
+        for c in comprehensions(source):
+            if c.nested:
+                yield ctx.error(ptr, f"a comprehension ({c.macro}) inside another in {source!r}: its cost is the "
+                                "product of the list sizes; flatten it, or keep a derived field up to date in 'apply'",
+                                "cel-unbounded")
+                continue
+            if c.receiver is None:
+                continue  # a literal list, or the result of a bounded comprehension
+            var, *fields = c.receiver.split(".")
+            if var == "cmd" and command is None:
+                yield ctx.error(ptr, f"{c.receiver}.{c.macro}(…) in an authorize rule: authorize runs before the "
+                                "payload is checked against a schema, so nothing bounds that list; iterate over "
+                                "it in the command's own rules", "cel-unbounded")
+                continue
+            if var not in roots or roots[var][0] is None or not fields:
+                continue  # a comprehension variable (nested, reported above) or an unknown name
+            schema, where = _schema_at(roots[var][0], fields)
+            bound = schema.get("maxItems") if isinstance(schema, Mapping) else None
+            if not (isinstance(bound, int) and bound <= MAX_ITEMS):
+                unbounded.setdefault(f"{roots[var][1]}{where}", (c.receiver, []))[1].append(ptr)
+    for at, (path, users) in sorted(unbounded.items()):
+        yield ctx.error(at, f"{path} is iterated by a comprehension (at {users[0]}"
+                        f"{f' and {len(users) - 1} more' if len(users) > 1 else ''}) but its schema sets no "
+                        f"'maxItems' of at most {MAX_ITEMS}: CEL's map and filter take time growing with the "
+                        "square of the list's length", "cel-unbounded")
 
 
 _TOKEN_SET = re.compile(r"\{(?:'[^']*'|[A-Z_]+|, )*\bIDENTIFIER(?:'[^']*'|[A-Z_]+|, )*\}")
@@ -528,6 +588,7 @@ def initial_data(ctx: Context) -> Iterator[Finding]:
     if "/initial_data" not in ctx.doc.positions:
         return
     try:
+        Draft202012Validator.check_schema(agg.data_schema)  # else its errors are about the schema, not the data
         validator = Draft202012Validator(agg.data_schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
         errors = list(validator.iter_errors(dict(agg.initial_data)))
     except Exception:  # an invalid data schema is reported by json_schemas / json_schema_refs

@@ -69,6 +69,57 @@ def field_references(source: str) -> list[tuple[str, str]]:
     return [(var, fld) for var, fld in _FIELD.findall(code) if var not in bound]
 
 
+MACROS = ("all", "exists", "exists_one", "map", "filter")
+# Every function this CEL implementation evaluates (checked one by one); operators
+# (`_+_`, `!_`, `@in`, …) come on top. There is no I/O and no way to add any.
+FUNCTIONS = frozenset({
+    "size", "has", "matches", "contains", "startsWith", "endsWith", "int", "uint", "double", "string",
+    "bytes", "timestamp", "duration", "type", "dyn", "getFullYear", "getMonth", "getDayOfMonth",
+    "getDate", "getDayOfWeek", "getDayOfYear", "getHours", "getMinutes", "getSeconds", "getMilliseconds",
+    *MACROS,
+})
+
+
+def unknown_functions(source: str) -> list[str]:
+    """Functions the expression calls that CEL here does not have."""
+    called = compile_expression(source).functions()
+    return [f for f in called if not f.startswith(("_", "!", "-", "@")) and f not in FUNCTIONS]
+_MACRO_CALL = re.compile(r"\.\s*(all|exists_one|exists|map|filter)\s*\(")
+_PATH_BEFORE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*(?:\s*\.\s*[A-Za-z_][A-Za-z0-9_]*)*)\s*$")
+
+
+@dataclass(frozen=True)
+class Comprehension:
+    """One macro call in an expression: `receiver.macro(var, body)`."""
+
+    macro: str
+    receiver: str | None  # the dotted path it iterates over (`data.items`), None if not a plain path
+    nested: bool  # inside another comprehension's body
+
+
+def comprehensions(source: str) -> list[Comprehension]:
+    """The comprehension macros of an expression, with what each iterates over."""
+    code = _code_only(source)
+    calls = []
+    for match in _MACRO_CALL.finditer(code):
+        depth, end = 0, len(code)
+        for i in range(match.end() - 1, len(code)):
+            depth += {"(": 1, ")": -1}.get(code[i], 0)
+            if depth == 0:
+                end = i
+                break
+        before = code[: match.start()]
+        path = _PATH_BEFORE.search(before)
+        receiver = None
+        if path and not before[: path.start()].rstrip().endswith((".", ")", "]")):
+            receiver = re.sub(r"\s+", "", path.group(1))
+        calls.append((match.start(), end, match.group(1), receiver))
+    return [
+        Comprehension(macro, receiver, any(s < start and end <= e for s, e, _, _ in calls))
+        for start, end, macro, receiver in calls
+    ]
+
+
 def to_json_value(value: Any) -> Any:
     """CEL results as JSON values: timestamps become RFC 3339 strings, durations seconds."""
     if isinstance(value, dict):
