@@ -25,7 +25,8 @@ from esfsm.runtime.store import AggregateStore
 log = logging.getLogger("esfsm.projector")
 BATCH = 1000
 CONCURRENCY = 32  # snapshot writes in flight per batch
-MIN_CYCLE = 0.1  # seconds: under load, several events of an entity share one write
+MIN_CYCLE = 0.5  # seconds: under load, several events of an entity share one write
+BUSY = 50  # a batch at least this large means load: pace the next cycle
 
 
 class Projector:
@@ -73,7 +74,7 @@ class Projector:
                 log.warning("projecting a batch of %s failed: %s: %s", self.store.durable, type(err).__name__, err)
                 await asyncio.sleep(0.5)
             pause = MIN_CYCLE - (loop.time() - started)
-            if pause > 0 and len(msgs) < BATCH:
+            if pause > 0 and BUSY <= len(msgs) < BATCH:  # idle: write at once; busy: coalesce
                 await asyncio.sleep(pause)
 
     async def project(self, msgs: list) -> None:
