@@ -371,7 +371,7 @@ def rebuild(aggregate: str, paths: tuple[Path, ...], servers: tuple[str, ...], s
         raise click.ClickException("no NATS server: pass --server, set NATS_URL or start `esfsm run`")
 
     async def go() -> int:
-        nc = await connect(found, options)
+        nc = await connect(found, options, max_reconnect_attempts=2)
         try:
             store = AggregateStore(nc, project.aggregates[aggregate], domain=options.js_domain)
             await store.ensure()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import ssl
 from dataclasses import dataclass
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import nats
+import nats.errors
 from nats.aio.client import Client
 
 from esfsm.errors import EsfsmError
@@ -75,13 +77,112 @@ def resolve_servers(explicit: tuple[str, ...] | list[str], store_dir: Path = DEF
     return [url] if url else None
 
 
-async def connect(servers: list[str], options: ConnectOptions, **extra: Any) -> Client:
-    async def quiet(*_: object) -> None:
-        return None
+# Refusals that retrying cannot cure: the server turned the credentials down, or the TLS
+# handshake failed (unknown CA, wrong host name, no client certificate…).
+_AUTH_MARKERS = ("authorization violation", "authentication", "authorization failed", "user credentials")
 
+
+class _Refused(Exception):
+    """Raised from the error callback to stop nats-py's initial connect loop."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class PlaintextRefused(nats.errors.Error):
+    """TLS was asked for, and the server does not require it."""
+
+    def __str__(self) -> str:
+        return ("TLS options were given but the server does not require TLS; refusing a plaintext "
+                "connection (configure `tls {...}` on the server)")
+
+
+class _TLSOnlyClient(Client):
+    """A nats-py client that refuses, before sending CONNECT (and any credential), a server
+    whose INFO does not require TLS. nats-py would otherwise carry on in plaintext."""
+
+    async def _process_info(self, info: dict[str, Any], initial_connection: bool = False) -> None:
+        if initial_connection and not info.get("tls_required"):
+            raise PlaintextRefused()
+        await super()._process_info(info, initial_connection)
+
+
+def _refusal(err: BaseException) -> str | None:
+    """Why the first connect cannot succeed by retrying, or None if retrying may help."""
+    if isinstance(err, PlaintextRefused):
+        return str(err)
+    if isinstance(err, nats.errors.AuthorizationError) or (
+            isinstance(err, nats.errors.Error) and any(m in str(err).lower() for m in _AUTH_MARKERS)):
+        return (f"the server refused the credentials ({err}); check --user/--password, --token, "
+                "--nkey or --creds")
+    if isinstance(err, ssl.SSLError):
+        hint = "check --tls-ca" if isinstance(err, ssl.SSLCertVerificationError) else \
+            "check --tls-ca, --tls-cert and --tls-key"
+        return f"TLS handshake failed ({type(err).__name__}: {err}); {hint}"
+    return None
+
+
+def _wants_tls(servers: list[str], options: ConnectOptions) -> bool:
+    return bool(options.tls_ca or options.tls_cert) or any(s.lower().startswith("tls://") for s in servers)
+
+
+async def connect(servers: list[str], options: ConnectOptions, **extra: Any) -> Client:
+    """Connect with options; a ConnectError with the reason if it cannot.
+
+    Bad credentials and TLS failures end the first connect at once (nats-py would
+    otherwise retry them until max_reconnect_attempts, forever for the runtime); later
+    reconnects keep retrying. With TLS options (or a tls:// URL), a server that does not
+    require TLS is refused before any credential is sent, on every (re)connect, rather
+    than silently falling back to plaintext.
+    """
+    user_error_cb = extra.pop("error_cb", None)
+    connecting = True
+    last: list[BaseException] = []
+
+    async def on_error(err: Exception) -> None:
+        if connecting:
+            last[:] = [err]
+            reason = _refusal(err)
+            if reason is not None:
+                raise _Refused(reason)
+        if user_error_cb is not None:
+            await user_error_cb(err)
+
+    where = ", ".join(servers)
+    if (options.nkey_seed or options.creds):
+        try:
+            import nkeys  # noqa: F401  (nats-py signs the server's nonce with it)
+        except ImportError as err:
+            raise ConnectError("--nkey and --creds need the `nkeys` package: pip install nkeys") from err
+    nc = _TLSOnlyClient() if _wants_tls(servers, options) else Client()
     try:
-        return await nats.connect(servers=servers, error_cb=extra.pop("error_cb", quiet),
-                                  allow_reconnect=True, connect_timeout=extra.pop("connect_timeout", 5),
-                                  **{**options.connect_kwargs(), **extra})
+        await nc.connect(servers=servers, error_cb=on_error, allow_reconnect=True,
+                         connect_timeout=extra.pop("connect_timeout", 5), **{**options.connect_kwargs(), **extra})
+    except _Refused as err:
+        await _abandon(nc)
+        raise ConnectError(f"cannot connect to {where}: {err.reason}") from None
     except Exception as err:
-        raise ConnectError(f"cannot connect to {', '.join(servers)}: {type(err).__name__}: {err}") from err
+        await _abandon(nc)
+        cause: BaseException = last[0] if isinstance(err, nats.errors.NoServersError) and last else err
+        raise ConnectError(f"cannot connect to {where}: {type(cause).__name__}: {cause}") from err
+    connecting = False
+    return nc
+
+
+async def _abandon(nc: Client) -> None:
+    """Close a connection that never became usable, without its disconnected/closed callbacks.
+
+    After a failed TLS upgrade nats-py's close would wait forever for the plain stream it
+    handed to start_tls (that stream never hears that the socket closed): abort the socket
+    here and let close skip the stream; the wait stays bounded all the same."""
+    nc._disconnected_cb = nc._closed_cb = None
+    transport = nc._transport
+    writer = getattr(transport, "_io_writer", None)
+    if writer is not None:
+        writer.transport.abort()
+        transport._io_writer = None  # type: ignore[union-attr]
+    try:
+        await asyncio.wait_for(nc.close(), 2)
+    except Exception:  # half-open or timed out: the socket is closed already
+        pass
