@@ -344,7 +344,7 @@ RUNTIME_PERMISSIONS = """{
   ]}
   subscribe: {allow: ["bank.cmds.>", "$SRV.*", "$SRV.*.aggregate-bankaccount", "$SRV.*.aggregate-bankaccount.*",
                       "_INBOX.>"]}
-  allow_responses: {max: 2}
+  allow_responses: true
 }"""
 TELLER_PERMISSIONS = """{
   publish: {allow: ["$SRV.INFO.aggregate-bankaccount", "bank.cmds.deposit"]}

@@ -125,18 +125,23 @@ class AggregateService:
             ))
 
         # Unknown commands get a 404 reply rather than "no responders". This
-        # subscription sees every command, in a queue group of its own, and
-        # stays silent for the known ones.
+        # subscription covers every command subject in the SAME queue group as
+        # the endpoints: NATS hands each request to exactly one member of the
+        # group, so it may get known commands too, and serves them like the
+        # endpoints do. (A group of its own would see every command twice.)
         prefix = f"{model.nats.commands}."
-        known = {f"{prefix}{name}" for name in self.compiled.commands}
 
-        async def unknown(msg: Msg) -> None:
-            if msg.subject in known or not msg.reply:
+        async def dispatch(msg: Msg) -> None:
+            if not msg.reply:
                 return
-            reply = self.compiled.unknown_command(msg.subject[len(prefix):]).as_dict()
-            await self.nc.publish(msg.reply, orjson.dumps(reply), headers=_error_headers(reply))
+            name = msg.subject[len(prefix):]
 
-        self._unknown = await self.nc.subscribe(f"{prefix}>", queue=f"{model.name}-unknown", cb=unknown)
+            async def respond(body: bytes, headers: dict[str, str] | None) -> None:
+                await self.nc.publish(msg.reply, body, headers=headers)
+
+            self._spawn(self._serve(name, msg.data, msg.headers or {}, respond))
+
+        self._unknown = await self.nc.subscribe(f"{prefix}>", queue=model.name, cb=dispatch)
 
     async def stop(self) -> None:
         """Stop taking requests, then let the ones in flight finish."""
@@ -151,11 +156,15 @@ class AggregateService:
 
     def _handler(self, command: str) -> Any:
         async def handler(request: Request) -> None:
-            task = asyncio.create_task(self._serve(request, command))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(self._serve(command, request.data, request.headers or {}, request.respond))
 
         return handler
+
+    def _spawn(self, coroutine: Any) -> None:
+        """Each request in a task of its own: nats-py awaits a callback before the next."""
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def forget(self, key: str) -> None:
         """Drop what this process remembers of key (tests that purge an entity)."""
@@ -169,15 +178,15 @@ class AggregateService:
 
     # -- one request ---------------------------------------------------------
 
-    async def _serve(self, request: Request, command: str) -> None:
+    async def _serve(self, command: str, body: bytes, headers: dict[str, str], respond: Any) -> None:
         try:
-            reply = await self.process(command, request.data, request.headers or {})
+            reply = await self.process(command, body, headers)
         except Exception as err:  # the reply must still go out; the log keeps the cause
             log.exception("command %s failed unexpectedly", command)
             reply = rejection(INTERNAL, f"internal error: {type(err).__name__}: {err}")
         self.handled += 1
         try:
-            await request.respond(orjson.dumps(reply), headers=_error_headers(reply))
+            await respond(orjson.dumps(reply), _error_headers(reply))
         except Exception:  # connection lost: the client sees a timeout, nothing else to do
             log.warning("could not send the reply to %s", command, exc_info=True)
 
