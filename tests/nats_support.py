@@ -107,3 +107,69 @@ class LoopThread:
     def close(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
+
+
+class Cluster:
+    """A JetStream cluster of nats-server processes on loopback, each with a store of its own."""
+
+    def __init__(self, nodes: list[EmbeddedServer]) -> None:
+        self.nodes = nodes
+
+    @property
+    def urls(self) -> list[str]:
+        return [node.url for node in self.nodes]
+
+    def node(self, name: str) -> EmbeddedServer:
+        """The node whose --server_name is name."""
+        for node in self.nodes:
+            if node.extra_args[node.extra_args.index("--server_name") + 1] == name:
+                return node
+        raise KeyError(name)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+def start_cluster(store: Path, size: int = 3, name: str = "esfsm-test") -> Cluster:
+    """size nats-server processes (`-js`, nodes n1..n<size>) routed to each other on free
+    127.0.0.1 ports, stores under store/n<i>. They are started, not yet clustered: wait for
+    a JetStream meta leader (wait_for_jetstream) before creating replicated streams."""
+    ports: set[int] = set()
+    while len(ports) < 2 * size:
+        ports.add(ephemeral_port())
+    client_ports, route_ports = list(ports)[:size], list(ports)[size:]
+    nodes = []
+    for i in range(size):
+        routes = ",".join(f"nats://127.0.0.1:{p}" for j, p in enumerate(route_ports) if j != i)
+        nodes.append(EmbeddedServer(store / f"n{i + 1}", port=client_ports[i], extra_args=[
+            "--server_name", f"n{i + 1}", "--cluster_name", name,
+            "--cluster", f"nats://127.0.0.1:{route_ports[i]}", "--routes", routes]))
+    cluster = Cluster(nodes)
+    try:
+        for node in nodes:
+            node.start()
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
+
+
+async def wait_for_jetstream(urls: list[str], timeout: float = 30.0) -> None:
+    """Until every node answers $JS.API.INFO (a JetStream meta leader is elected)."""
+    import nats
+
+    deadline = time.monotonic() + timeout
+    for url in urls:
+        nc = await nats.connect(url)
+        try:
+            while True:
+                try:
+                    await nc.jetstream(timeout=1).account_info()
+                    break
+                except Exception:
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.1)
+        finally:
+            await nc.close()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 
+import nats.errors
+import orjson
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, KeyValueConfig, StorageType, StreamConfig
@@ -13,7 +16,16 @@ from nats.js.kv import KeyValue
 
 from esfsm.compiler import CompiledAggregate
 from esfsm.runtime.entity import Entity, fold
-from esfsm.runtime.jetstream import Outgoing, api_prefix, append, last_message, read_subject
+from esfsm.runtime.jetstream import (
+    NOT_SENT,
+    Outgoing,
+    StoreError,
+    UnavailableError,
+    api_prefix,
+    append,
+    last_message,
+    read_subject,
+)
 
 log = logging.getLogger("esfsm.store")
 DUPLICATE_WINDOW = 120.0  # seconds: Nats-Msg-Id deduplication of retried appends
@@ -30,6 +42,7 @@ class AggregateStore:
         self.names = compiled.model.nats
         self.timeout = timeout
         self.kv: KeyValue | None = None
+        self._written: dict[str, tuple[int, int]] = {}  # key → (KV revision, stream seq) this process wrote last
 
     @property
     def durable(self) -> str:
@@ -64,6 +77,10 @@ class AggregateStore:
                 bucket=self.names.bucket, history=1, replicas=self.names.replicas, direct=True,
                 description=f"esfsm state of aggregate {self.compiled.name}",
             ))
+        bucket = await self.js.stream_info(f"KV_{self.names.bucket}")
+        if bucket.config.num_replicas != self.names.replicas:  # `replicas` changed (say, moved to a cluster)
+            bucket.config.num_replicas = self.names.replicas
+            await self.js.update_stream(bucket.config)
         await self.js.add_consumer(self.names.stream, ConsumerConfig(
             durable_name=self.durable, filter_subject=f"{self.names.events}.>", ack_wait=10,
             max_ack_pending=20_000, description=f"esfsm snapshots of aggregate {self.compiled.name}",
@@ -75,9 +92,34 @@ class AggregateStore:
         return await append(self.nc, self.entity_subjects(key), expected_seq, events, self.timeout)
 
     async def last_seq(self, key: str) -> int:
+        """The sequence of the entity's last event (0: none). On a replicated stream the
+        leader is asked: any replica answers a direct get, and one that has not applied the
+        latest append yet would let a command be rejected on a stale state."""
+        if self.names.replicas > 1:
+            return await self._last_seq_from_leader(key)
         last = await last_message(self.nc, self.names.stream, self.entity_subjects(key), self.timeout,
                                   self.api)
         return last.seq if last else 0
+
+    async def _last_seq_from_leader(self, key: str) -> int:
+        subjects = self.entity_subjects(key)
+        try:
+            msg = await self.nc.request(f"{self.api}.STREAM.MSG.GET.{self.names.stream}",
+                                        orjson.dumps({"last_by_subj": subjects}), self.timeout)
+        except (nats.errors.TimeoutError, *NOT_SENT) as err:
+            raise UnavailableError(f"JetStream did not answer a read of {subjects} ({type(err).__name__})") from err
+        try:
+            reply = orjson.loads(msg.data)
+        except orjson.JSONDecodeError as err:
+            raise StoreError(f"unexpected JetStream reply {msg.data[:200]!r}") from err
+        error = reply.get("error")
+        if error:
+            if error.get("code") == 404:
+                return 0
+            if error.get("code") == 503:
+                raise UnavailableError(f"JetStream is unavailable: {error.get('description')}")
+            raise StoreError(f"read of {subjects} failed: {error.get('description')} (code {error.get('code')})")
+        return int(reply["message"]["seq"])
 
     async def find_msg_id(self, key: str, after_seq: int, msg_id: str) -> int | None:
         """The sequence of the entity's message with msg_id stored after after_seq, if any."""
@@ -124,23 +166,35 @@ class AggregateStore:
         Raises KeyWrongLastSequenceError when another writer got there first.
         """
         assert self.kv is not None
+        key, seq, value = entity.state.key, entity.seq, entity.to_json()  # before any await: entity may move on
         if revision:
-            return await self.kv.update(entity.state.key, entity.to_json(), last=revision)
-        return await self.kv.create(entity.state.key, entity.to_json())
+            written = await self.kv.update(key, value, last=revision)
+        else:
+            written = await self.kv.create(key, value)
+        if len(self._written) > 100_000:
+            self._written.clear()  # only guards the fast path of write_snapshot: a miss costs one read
+        self._written[key] = (written, seq)
+        return written
 
     async def write_snapshot(self, key: str, newer_than: int, cached: Entity | None = None, tries: int = 5,
                              revision_hint: int = 0) -> int:
         """Bring key's snapshot to at least stream sequence newer_than; returns the revision
-        written (0 if nothing was). Safe to run anywhere, any number of times.
+        written (0 if it already was). Safe to run anywhere, any number of times; never
+        moves a snapshot backwards. Raises StoreError when it could not (the caller retries).
 
-        With revision_hint (the revision this process wrote last) and a warm entity, it
-        first tries a single compare-and-set write, without reading the snapshot."""
-        if revision_hint and cached is not None and cached.seq >= newer_than:
+        With revision_hint (the revision this process wrote last) and a warm entity at least
+        as recent as what it wrote then, it first tries a single compare-and-set write,
+        without reading the snapshot."""
+        written = self._written.get(key)
+        if (revision_hint and cached is not None and written is not None and written[0] == revision_hint
+                and cached.seq >= max(newer_than, written[1])):
             try:
                 return await self.save_snapshot(cached, revision_hint)
             except (KeyWrongLastSequenceError, BadRequestError):
                 pass  # someone else wrote it: read, then decide
-        for _ in range(tries):
+        for attempt in range(tries):
+            if attempt:
+                await asyncio.sleep(0.05 * attempt)  # a raced write, or a replica that lags: let it settle
             snapshot, revision = await self.snapshot(key)
             if snapshot is not None and snapshot.seq >= newer_than:
                 return 0
@@ -148,9 +202,12 @@ class AggregateStore:
                 entity = cached
             else:
                 entity = await self.catch_up(snapshot or Entity(self.compiled.initial_state(key)))
+                if entity.seq < newer_than:  # read from a replica that has not got it yet
+                    cached = None
+                    continue
             try:
                 return await self.save_snapshot(entity, revision)
             except (KeyWrongLastSequenceError, BadRequestError) as err:
                 log.debug("snapshot of %s raced (%s); retrying", key, err)
                 cached = None
-        return 0
+        raise StoreError(f"snapshot of {key!r} not brought to stream sequence {newer_than} in {tries} attempts")
