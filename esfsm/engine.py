@@ -42,7 +42,7 @@ def check_key(key: object) -> Rejected | None:
     """400 unless key is one subject token and a valid KV key."""
     if valid_key(key):
         return None
-    message = f"invalid entity key {key!r}: expected 1 to 128 characters from A-Z a-z 0-9 _ = -"
+    message = f"invalid entity key {clip(repr(key), 60)}: expected 1 to 128 characters from A-Z a-z 0-9 _ = -"
     if key is None or key == "":
         message = "missing entity key: set the x-ergonats-entity-key header"
     return Rejected(BAD_REQUEST, message, (ErrorDetail("", message),))
@@ -63,10 +63,43 @@ def expected_version(headers: Mapping[str, str]) -> int | Rejected | None:
     if raw is None:
         return None
     text = str(raw).strip()
-    if not text.isdigit() or len(text) > 18:
-        message = f"invalid {EXPECTED_VERSION_HEADER} {raw!r}: expected a non-negative integer"
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:  # '²'.isdigit() is True
+        message = f"invalid {EXPECTED_VERSION_HEADER} {clip(repr(raw))}: expected a non-negative integer"
         return Rejected(BAD_REQUEST, message, (ErrorDetail("", message),))
     return int(text)
+
+
+MAX_DEPTH = 64  # nesting of a payload: deeper ones would exhaust the validators' recursion
+INT64 = (-(2**63), 2**63 - 1)  # CEL integers are 64-bit
+
+
+def clip(text: str, limit: int = 200) -> str:
+    """text, cut to limit characters: messages quote input, and input can be huge."""
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
+
+def check_payload(payload: Any) -> Rejected | None:
+    """400 for what JSON allows but a definition cannot evaluate: nesting deeper than
+    MAX_DEPTH, integers outside 64 bits, non-finite numbers."""
+    stack = [(payload, "", 0)]
+    while stack:
+        value, path, depth = stack.pop()
+        problem = None
+        if depth > MAX_DEPTH:
+            problem = f"the payload is nested more than {MAX_DEPTH} levels deep"
+        elif isinstance(value, bool):
+            continue
+        elif isinstance(value, int) and not INT64[0] <= value <= INT64[1]:
+            problem = f"{clip(str(value), 40)} is outside the 64-bit integer range"
+        elif isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+            problem = f"{value} is not a finite number"
+        elif isinstance(value, dict):
+            stack.extend((v, f"{path}/{k}", depth + 1) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((v, f"{path}/{i}", depth + 1) for i, v in enumerate(value))
+        if problem:
+            return Rejected(BAD_REQUEST, problem, (ErrorDetail(path[:200], problem),))
+    return None
 
 
 def check_request(compiled: CompiledAggregate, command: str, key: object,
@@ -185,8 +218,10 @@ class MemoryEngine:
         if expected is not None and expected != current.version:
             decision: Decision = version_conflict(expected, current.version)
         else:
-            request = CommandRequest(command, key, {} if payload is None else payload, headers)
-            decision = compiled.decide(current, request, self.clock(), self.new_id)
+            payload = {} if payload is None else payload
+            request = CommandRequest(command, key, payload, headers)
+            bad_payload = check_payload(payload)
+            decision = bad_payload or compiled.decide(current, request, self.clock(), self.new_id)
             if decision.accepted and decision.events:
                 self.store.append(aggregate, key, current.version, decision.events)
                 self._states[(aggregate, key)] = decision.state

@@ -340,7 +340,7 @@ class _Builder:
             raise self._bad_tag(node)
         try:
             return self._constructor.construct_object(node, deep=True)
-        except (yaml.constructor.ConstructorError, ValueError, KeyError) as err:  # '!!float abc', '!!bool maybe'
+        except (yaml.constructor.ConstructorError, ValueError, KeyError, IndexError) as err:  # '!!float abc', '!!float '
             tag = node.tag.replace(_CORE, "!!")
             raise self._failed(node, f"{node.value!r} is not a valid value for the tag {tag!r}", "yaml-tag") from err
 

@@ -305,7 +305,7 @@ Authorize (every command of the aggregate, checked first):
     else 403: unauthorized user
 
 Payload (else 400):
-  amount  integer, required, minimum 1
+  amount  integer, required, minimum 1, maximum 1000000000000
   no other field allowed
 
 Rules, in order:

@@ -260,7 +260,7 @@ def test_commands_are_request_reply_operations_with_the_entity_key_headers(rende
     assert {"x-esfsm-command-id", "x-esfsm-expected-version"} <= set(headers["properties"])
     payload = _resolve(document, request["payload"]["$ref"])
     assert payload == {"type": "object", "required": ["amount"],
-                       "properties": {"amount": {"type": "integer", "minimum": 1}}, "additionalProperties": False}
+                       "properties": {"amount": {"type": "integer", "minimum": 1, "maximum": 1000000000000}}, "additionalProperties": False}
     rejected = _resolve(document, "#/components/messages/rejected")
     assert _resolve(document, rejected["headers"]["$ref"])["required"] == [
         "Nats-Service-Error", "Nats-Service-Error-Code"]
@@ -326,7 +326,7 @@ def test_a_page_shows_the_machine_states_nats_names_commands_and_events(
     section = page.split("### Command `withdraw`", 1)[1].split("### Command", 1)[0]
     assert "- Subject: `bank.cmds.withdraw`" in section
     assert "- Accepted in: `open`" in section
-    assert "| `amount` | integer | yes | ≥ 1 |  |" in section
+    assert "| `amount` | integer | yes | ≥ 1; ≤ 1000000000000 |  |" in section
     assert "<details><summary>JSON Schema</summary>" in section
     assert ("| authorize | `'x-username' in meta && meta['x-username'] != 'unauthorized'` | unauthorized user "
             "| 403 | `\"\"` |") in section

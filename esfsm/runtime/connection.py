@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,7 +99,39 @@ class PlaintextRefused(nats.errors.Error):
                 "connection (configure `tls {...}` on the server)")
 
 
-class _TLSOnlyClient(Client):
+def _harden_parser() -> None:
+    """nats-py splits MSG/HMSG lines on any whitespace (\\s); the server splits on space and tab
+    only, so it delivers subjects holding a vertical tab or form feed, which nats-py then fails
+    to parse: a ProtocolError that drops the runtime's connection and every request in
+    flight. Split the way the server does."""
+    from nats.protocol import parser
+
+    token, gap = rb"[^ \t\r\n]+", rb"[ \t]+"
+    parser.MSG_RE = re.compile(rb"\AMSG" + gap + b"(" + token + b")" + gap + b"(" + token + b")" + gap
+                               + b"((" + token + b")" + gap + rb")?(\d+)\r\n")
+    parser.HMSG_RE = re.compile(rb"\AHMSG" + gap + b"(" + token + b")" + gap + b"(" + token + b")" + gap
+                                + b"((" + token + b")" + gap + rb")?(\d+)" + gap + rb"(\d+)\r\n")
+
+
+_harden_parser()
+
+
+class _RobustClient(Client):
+    """A nats-py client whose reader survives a malformed header block from any publisher.
+
+    nats-py raises inside its read loop on some header blocks (a bare `NATS/1.0`,
+    a status that is not UTF-8, …) and the loop stops: one such message would leave
+    the runtime deaf until a reconnect minutes later. Here the message arrives with
+    no headers instead (a command without its entity key: a 400)."""
+
+    async def _process_headers(self, headers: Any) -> dict[str, str] | None:
+        try:
+            return await super()._process_headers(headers)  # type: ignore[no-any-return]
+        except (IndexError, UnicodeDecodeError, ValueError, KeyError):
+            return None
+
+
+class _TLSOnlyClient(_RobustClient):
     """A nats-py client that refuses, before sending CONNECT (and any credential), a server
     whose INFO does not require TLS. nats-py would otherwise carry on in plaintext."""
 
@@ -155,7 +188,7 @@ async def connect(servers: list[str], options: ConnectOptions, **extra: Any) -> 
             import nkeys  # noqa: F401  (nats-py signs the server's nonce with it)
         except ImportError as err:
             raise ConnectError("--nkey and --creds need the `nkeys` package: pip install nkeys") from err
-    nc = _TLSOnlyClient() if _wants_tls(servers, options) else Client()
+    nc = _TLSOnlyClient() if _wants_tls(servers, options) else _RobustClient()
     try:
         await nc.connect(servers=servers, error_cb=on_error, allow_reconnect=True,
                          connect_timeout=extra.pop("connect_timeout", 5), **{**options.connect_kwargs(), **extra})

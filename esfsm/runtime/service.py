@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +34,7 @@ from nats.micro.service import EndpointConfig, Service, ServiceConfig
 
 from esfsm import __version__
 from esfsm.compiler import CompiledAggregate
-from esfsm.engine import check_request, expected_version, version_conflict
+from esfsm.engine import check_payload, check_request, clip, expected_version, version_conflict
 from esfsm.errors import EsfsmError
 from esfsm.events import event_to_dict
 from esfsm.runtime.entity import Entity, accepted_reply
@@ -56,6 +57,7 @@ MAX_ATTEMPTS = 8  # decide + append attempts per command before a 409
 MAX_ENTITIES = 100_000  # entities kept warm in memory per aggregate
 MAX_REJECTIONS = 10_000  # rejected command ids remembered per process
 TEST_NOW_HEADER = "x-esfsm-test-now"
+_VALID_SUBJECT = re.compile(r"[!-~]+")  # printable ASCII, no spaces or control characters
 
 
 @dataclass
@@ -68,8 +70,12 @@ def _error_headers(reply: dict[str, Any]) -> dict[str, str] | None:
     """The micro error headers (ADR-32) of a rejection; None for an accepted reply."""
     if reply["accepted"]:
         return None
-    text = reply["message"].replace("\r", " ").replace("\n", " ")
-    return {"Nats-Service-Error": text, "Nats-Service-Error-Code": str(reply["code"])}
+    return {"Nats-Service-Error": reply["message"], "Nats-Service-Error-Code": str(reply["code"])}
+
+
+def _printable(text: str) -> str:
+    """A header line cannot carry control characters (the server would drop the connection)."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else "?" for c in text)
 
 
 def rejection(code: int, message: str) -> dict[str, Any]:
@@ -139,6 +145,10 @@ class AggregateService:
             async def respond(body: bytes, headers: dict[str, str] | None) -> None:
                 await self.nc.publish(msg.reply, body, headers=headers)
 
+            if not _VALID_SUBJECT.fullmatch(msg.reply):  # the server would drop our connection
+                log.warning("dropped a request whose reply subject is not a valid subject")
+                return
+
             self._spawn(self._serve(name, msg.data, msg.headers or {}, respond))
 
         self._unknown = await self.nc.subscribe(f"{prefix}>", queue=model.name, cb=dispatch)
@@ -156,6 +166,10 @@ class AggregateService:
 
     def _handler(self, command: str) -> Any:
         async def handler(request: Request) -> None:
+            reply_to = getattr(getattr(request, "_msg", None), "reply", "") or ""
+            if not _VALID_SUBJECT.fullmatch(reply_to):  # the server would drop our connection
+                log.warning("dropped a request whose reply subject is not a valid subject")
+                return
             self._spawn(self._serve(command, request.data, request.headers or {}, request.respond))
 
         return handler
@@ -185,6 +199,10 @@ class AggregateService:
             log.exception("command %s failed unexpectedly", command)
             reply = rejection(INTERNAL, f"internal error: {type(err).__name__}: {err}")
         self.handled += 1
+        if not reply["accepted"]:  # rejections quote input, which can be huge; the header repeats it
+            reply["message"] = _printable(clip(reply["message"], 500))
+            reply["errors"] = [{"path": clip(e["path"]), "message": clip(e["message"], 500)}
+                               for e in reply.get("errors", [])[:50]]
         try:
             await respond(orjson.dumps(reply), _error_headers(reply))
         except Exception:  # connection lost: the client sees a timeout, nothing else to do
@@ -202,7 +220,10 @@ class AggregateService:
         try:
             payload = orjson.loads(body) if body.strip() else {}
         except orjson.JSONDecodeError as err:
-            return rejection(BAD_REQUEST, f"the payload is not valid JSON: {err}")
+            return rejection(BAD_REQUEST, f"the payload is not valid JSON: {clip(str(err))}")
+        bad_payload = check_payload(payload)
+        if bad_payload:
+            return bad_payload.as_dict()
         request = CommandRequest(command, key, payload, headers)
         slot = self._slot(key)
         async with slot.lock:
