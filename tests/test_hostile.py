@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import os
 import re
 import string
 import uuid
@@ -61,10 +62,12 @@ OPEN = b'{"owner": "ann", "initial_balance": 150}'
 REPLY_TIMEOUT = 5.0  # seconds: a reply later than this counts as a hung handler
 
 # Enough examples to find something, few enough that the module runs in well under a minute.
-WIRE = settings(max_examples=40, deadline=None,
+# HOSTILE_SCALE=10 multiplies them, for a longer soak.
+SCALE = max(1, int(os.environ.get("HOSTILE_SCALE", "1")))
+WIRE = settings(max_examples=40 * SCALE, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                        HealthCheck.data_too_large, HealthCheck.filter_too_much])
-CHECKER = settings(max_examples=120, deadline=None,
+CHECKER = settings(max_examples=120 * SCALE, deadline=None,
                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                           HealthCheck.data_too_large, HealthCheck.filter_too_much])
 
@@ -935,7 +938,7 @@ def test_mutated_definitions_give_findings_or_success(tmp_path: Path, document: 
     assert_findings_or_success(path)
 
 
-@settings(CHECKER, max_examples=30)
+@settings(CHECKER, max_examples=30 * SCALE)
 @given(document=mutated_definitions())
 def test_validate_on_mutated_definitions_exits_0_or_1(tmp_path: Path, document: Any) -> None:
     path = _write_yaml(tmp_path, document)
@@ -988,7 +991,7 @@ def test_yaml_ish_text_gives_findings_or_success(tmp_path: Path, text: str) -> N
     assert_findings_or_success(path)
 
 
-@settings(CHECKER, max_examples=30)
+@settings(CHECKER, max_examples=30 * SCALE)
 @given(raw=st.one_of(mutated_text().map(lambda t: t.encode("utf-8")), st.binary(max_size=200)))
 def test_validate_on_arbitrary_bytes_exits_0_or_1(tmp_path: Path, raw: bytes) -> None:
     path = tmp_path / "agg.yaml"

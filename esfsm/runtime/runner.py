@@ -14,6 +14,7 @@ from pathlib import Path
 from nats.aio.client import Client
 
 from esfsm.compiler import CompiledAggregate
+from esfsm.errors import EsfsmError
 from esfsm.runtime.connection import DEFAULT_STORE, ConnectOptions, connect, resolve_servers
 from esfsm.runtime.projector import Projector
 from esfsm.runtime.server import EmbeddedServer
@@ -121,9 +122,18 @@ async def serve(aggregates: Iterable[CompiledAggregate], settings: RunSettings,
         servers = [embedded.url]
         info("started embedded nats-server", url=embedded.url, store=str(settings.store_dir.resolve()))
     try:
+        lost: list[bool] = []
+
+        async def closed() -> None:
+            if not stop.is_set():  # closed by the server or after giving up: exit so a supervisor restarts us
+                log.error("the NATS connection was closed; stopping")
+                lost.append(True)
+                stop.set()
+
         nc = await connect(servers, settings.options,
                            disconnected_cb=_log_async("disconnected from NATS"),
-                           reconnected_cb=_log_async("reconnected to NATS"))
+                           reconnected_cb=_log_async("reconnected to NATS"),
+                           closed_cb=closed)
         info("connected", url=str(nc.connected_url.geturl() if nc.connected_url else servers[0]))
         runtime = Runtime(nc, aggregates, settings.options.js_domain)
         try:
@@ -139,6 +149,8 @@ async def serve(aggregates: Iterable[CompiledAggregate], settings: RunSettings,
             await asyncio.to_thread(embedded.stop)
             info("stopped embedded nats-server")
     info("stopped")
+    if lost:
+        raise ConnectionLost("the NATS connection was closed while serving")
 
 
 async def _close(nc: Client) -> None:
@@ -148,6 +160,10 @@ async def _close(nc: Client) -> None:
     except Exception as err:  # reconnecting or already closed: nothing is left to flush
         log.warning("could not drain the connection (%s: %s); closing it", type(err).__name__, err)
         await nc.close()
+
+
+class ConnectionLost(EsfsmError):
+    """The connection closed under a running runtime (it exits 1 so it can be restarted)."""
 
 
 def _log_async(message: str):  # type: ignore[no-untyped-def]
