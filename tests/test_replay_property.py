@@ -22,13 +22,19 @@ commands = st.one_of(
 )
 
 
+def engine_after(project: Project, steps: list) -> MemoryEngine:
+    """A fresh engine that has handled steps (accepted or not)."""
+    engine = MemoryEngine([project.aggregates["bankaccount"]])
+    for name, key, payload in steps:
+        engine.handle("bankaccount", name, key, payload, ANN)
+    return engine
+
+
 @settings(max_examples=150, deadline=None)
 @given(st.lists(commands, max_size=40))
 def test_replaying_accepted_events_rebuilds_the_engine_state(project: Project, steps: list) -> None:
     compiled = project.aggregates["bankaccount"]
-    engine = MemoryEngine([compiled])
-    for name, key, payload in steps:
-        engine.handle("bankaccount", name, key, payload, ANN)
+    engine = engine_after(project, steps)
     for key in KEYS:
         live = engine.state("bankaccount", key)
         history = engine.history("bankaccount", key)
@@ -43,10 +49,7 @@ def test_replaying_accepted_events_rebuilds_the_engine_state(project: Project, s
 @settings(max_examples=60, deadline=None)
 @given(st.lists(commands, max_size=30))
 def test_a_fresh_engine_on_the_same_store_sees_the_same_states(project: Project, steps: list) -> None:
-    compiled = project.aggregates["bankaccount"]
-    first = MemoryEngine([compiled])
-    for name, key, payload in steps:
-        first.handle("bankaccount", name, key, payload, ANN)
-    second = MemoryEngine([compiled], store=first.store)
+    first = engine_after(project, steps)
+    second = MemoryEngine([project.aggregates["bankaccount"]], store=first.store)
     for key in KEYS:
         assert second.state("bankaccount", key) == first.state("bankaccount", key)
