@@ -11,9 +11,12 @@ extra timers beyond the request's own.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from nats.aio.client import Client
@@ -82,6 +85,61 @@ class Stored:
     body: bytes
 
 
+class Requester:
+    """Request/reply on one wildcard inbox subscription, for the hot path.
+
+    nats-py's `request` spends a NUID token and an `asyncio.wait_for` per call;
+    here a counter names the reply and one timer handle bounds the wait. The
+    inbox is under `_INBOX.` so the usual client permissions cover it.
+    """
+
+    def __init__(self, nc: Client) -> None:
+        self.nc = nc
+        self.prefix = nc.new_inbox() + "."
+        self._pending: dict[str, asyncio.Future[Msg]] = {}
+        self._sub: Any = None
+        self._count = 0
+
+    async def _deliver(self, msg: Msg) -> None:
+        future = self._pending.get(msg.subject[len(self.prefix):])
+        if future is not None and not future.done():
+            future.set_result(msg)
+
+    def _expire(self, token: str) -> None:
+        future = self._pending.get(token)
+        if future is not None and not future.done():
+            future.set_exception(TimeoutError())
+
+    async def request(self, subject: str, payload: bytes, timeout: float, headers: dict[str, str]) -> Msg:
+        if self._sub is None:
+            self._sub = await self.nc.subscribe(self.prefix + "*", cb=self._deliver)
+        self._count += 1
+        token = str(self._count)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Msg] = loop.create_future()
+        self._pending[token] = future
+        timer = loop.call_later(timeout, self._expire, token)
+        try:
+            await self.nc.publish(subject, payload, reply=self.prefix + token, headers=headers)
+            msg = await future
+        finally:
+            timer.cancel()
+            self._pending.pop(token, None)
+        if msg.headers and msg.headers.get("Status") == "503" and not msg.data:
+            raise NoRespondersError
+        return msg
+
+
+_REQUESTERS: weakref.WeakKeyDictionary[Client, Requester] = weakref.WeakKeyDictionary()
+
+
+def requester(nc: Client) -> Requester:
+    found = _REQUESTERS.get(nc)
+    if found is None:
+        found = _REQUESTERS[nc] = Requester(nc)
+    return found
+
+
 def _ack(msg: Msg) -> int:
     """The stream sequence from a publish ack, or the mapped error."""
     try:
@@ -107,10 +165,11 @@ async def append(
     """
     check = {EXPECTED_SEQ: str(expected_seq), EXPECTED_SEQ_SUBJECT: entity_subjects}
     ctype = {CONTENT_TYPE: "application/cloudevents+json"}
+    request = requester(nc).request
     try:
         if len(events) == 1:
             event = events[0]
-            reply = await nc.request(event.subject, event.body, timeout, headers={**check, **ctype, MSG_ID: event.msg_id})
+            reply = await request(event.subject, event.body, timeout, {**check, **ctype, MSG_ID: event.msg_id})
             return _ack(reply)
         batch = uuid.uuid4().hex
         last = len(events)
@@ -118,14 +177,14 @@ async def append(
             headers = {**ctype, BATCH_ID: batch, BATCH_SEQ: str(i), MSG_ID: event.msg_id}
             if i == 1:
                 headers.update(check)
-                reply = await nc.request(event.subject, event.body, timeout, headers=headers)
+                reply = await request(event.subject, event.body, timeout, headers)
                 if reply.data:  # an error already (the first message's ack is empty otherwise)
                     _ack(reply)
             elif i < last:
                 await nc.publish(event.subject, event.body, headers=headers)
             else:
                 headers[BATCH_COMMIT] = "1"
-                reply = await nc.request(event.subject, event.body, timeout, headers=headers)
+                reply = await request(event.subject, event.body, timeout, headers)
                 return _ack(reply)
     except NOT_SENT as err:
         raise UnavailableError(f"cannot reach JetStream ({type(err).__name__})") from err
