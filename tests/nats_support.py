@@ -12,13 +12,13 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
 from esfsm.runtime.server import EmbeddedServer, die_with_parent
+from esfsm.runtime.testing import LoopThread  # noqa: F401  (tests use it from here)
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,22 +91,6 @@ class RuntimeProcess:
 def run(coroutine: Coroutine[Any, Any, T], timeout: float = 120.0) -> T:
     """asyncio.run with a bound: a test that would hang fails instead, showing where it waited."""
     return asyncio.run(asyncio.wait_for(coroutine, timeout))
-
-
-class LoopThread:
-    """An asyncio loop in a thread, so synchronous tests can await things on it."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def run(self, coroutine: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
 
 
 class Cluster:
