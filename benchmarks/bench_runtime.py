@@ -189,6 +189,10 @@ async def drive(count: int, concurrency: int, one: Any, deadline: float) -> tupl
 # client processes
 
 
+def _seconds(value: float | None) -> str:
+    return "never" if value is None or value != value else f"{value:.1f}s"
+
+
 async def wait_drained(js: Any, limit: float) -> float | None:
     """When (monotonic) the runtime's snapshot consumer had nothing pending; None: not within limit."""
     started = time.monotonic()
@@ -529,7 +533,7 @@ def orchestrate(args: argparse.Namespace) -> int:
                         extra = (f" accepted={result['accepted']} rejected={result['rejected']}"
                                  f" opens/s={result['open_per_s']:,.0f}"
                                  f" snapshot_backlog={result['snapshot_backlog']}"
-                                 f" caught_up={result['snapshot_caught_up_s']:.1f}s")
+                                 f" caught_up={_seconds(result['snapshot_caught_up_s'])}")
                     cpu = " ".join(f"{k[4:-3]}={result[k]:.0f}" for k in CPU_KEYS if k in result)
                     print(f"run {run + 1} {mode:<8} {result['per_s']:>9,.0f}/s "
                           f"p50 {result['p50_ms']:6.2f} ms p99 {result['p99_ms']:6.2f} ms"

@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 from nats.aio.client import Client
-from nats.aio.msg import Msg
+from nats.js.errors import KeyWrongLastSequenceError
 from nats.errors import (
     ConnectionClosedError,
     ConnectionDrainingError,
@@ -32,8 +32,10 @@ from nats.errors import (
 )
 
 from esfsm.errors import EsfsmError
+from esfsm.runtime.wire import header_block, wire
 
 WRONG_LAST_SEQUENCE = 10071  # Nats-Expected-Last-Subject-Sequence mismatch
+WRONG_LAST_SEQUENCE_CONSTANT = 10164  # the same, as newer servers word it for KV
 EXPECTED_SEQ = "Nats-Expected-Last-Subject-Sequence"
 EXPECTED_SEQ_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"
 MSG_ID = "Nats-Msg-Id"
@@ -88,46 +90,58 @@ class Stored:
 class Requester:
     """Request/reply on one wildcard inbox subscription, for the hot path.
 
-    nats-py's `request` spends a NUID token and an `asyncio.wait_for` per call;
-    here a counter names the reply and one timer handle bounds the wait. The
-    inbox is under `_INBOX.` so the usual client permissions cover it.
+    nats-py's `request` spends a NUID token, an `asyncio.wait_for`, a `Msg` and a
+    task switch per call; here a counter names the reply, one timer handle bounds
+    the wait and the reply reaches its future straight from the read loop (see
+    wire.py). The inbox is under `_INBOX.` so the usual client permissions cover it.
     """
 
     def __init__(self, nc: Client) -> None:
         self.nc = nc
+        self.wire = wire(nc)
         self.prefix = nc.new_inbox() + "."
-        self._pending: dict[str, asyncio.Future[Msg]] = {}
+        self._pending: dict[str, asyncio.Future[tuple[bytes, dict[str, str] | None]]] = {}
         self._sub: Any = None
+        self._subscribing: asyncio.Lock | None = None
         self._count = 0
 
-    async def _deliver(self, msg: Msg) -> None:
-        future = self._pending.get(msg.subject[len(self.prefix):])
+    def _deliver(self, subject: str, reply: str, data: bytes, headers: dict[str, str] | None) -> None:
+        future = self._pending.get(subject[len(self.prefix):])
         if future is not None and not future.done():
-            future.set_result(msg)
+            future.set_result((data, headers))
 
     def _expire(self, token: str) -> None:
         future = self._pending.get(token)
         if future is not None and not future.done():
             future.set_exception(TimeoutError())
 
-    async def request(self, subject: str, payload: bytes, timeout: float, headers: dict[str, str]) -> Msg:
+    async def _subscribe(self) -> None:
+        if self._subscribing is None:
+            self._subscribing = asyncio.Lock()
+        async with self._subscribing:
+            if self._sub is None:
+                self._sub = await self.wire.subscribe(self.prefix + "*", self._deliver, parse_headers=False)
+
+    async def request(self, subject: str, payload: bytes, timeout: float,
+                      headers: bytes = b"") -> tuple[bytes, dict[str, str] | None]:
+        """The reply's (data, headers); headers is None unless it is a status message."""
         if self._sub is None:
-            self._sub = await self.nc.subscribe(self.prefix + "*", cb=self._deliver)
+            await self._subscribe()
         self._count += 1
         token = str(self._count)
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[Msg] = loop.create_future()
+        future: asyncio.Future[tuple[bytes, dict[str, str] | None]] = loop.create_future()
         self._pending[token] = future
         timer = loop.call_later(timeout, self._expire, token)
         try:
-            await self.nc.publish(subject, payload, reply=self.prefix + token, headers=headers)
-            msg = await future
+            self.wire.publish(subject, payload, self.prefix + token, headers)
+            data, reply_headers = await future
         finally:
             timer.cancel()
             self._pending.pop(token, None)
-        if msg.headers and msg.headers.get("Status") == "503" and not msg.data:
+        if reply_headers and reply_headers.get("Status") == "503" and not data:
             raise NoRespondersError
-        return msg
+        return data, reply_headers
 
 
 _REQUESTERS: weakref.WeakKeyDictionary[Client, Requester] = weakref.WeakKeyDictionary()
@@ -140,12 +154,12 @@ def requester(nc: Client) -> Requester:
     return found
 
 
-def _ack(msg: Msg) -> int:
+def _ack(data: bytes) -> int:
     """The stream sequence from a publish ack, or the mapped error."""
     try:
-        ack = orjson.loads(msg.data)
+        ack = orjson.loads(data)
     except orjson.JSONDecodeError as err:
-        raise StoreError(f"unexpected JetStream reply {msg.data[:200]!r}") from err
+        raise StoreError(f"unexpected JetStream reply {data[:200]!r}") from err
     error = ack.get("error")
     if error:
         if error.get("err_code") == WRONG_LAST_SEQUENCE:
@@ -169,28 +183,51 @@ async def append(
     try:
         if len(events) == 1:
             event = events[0]
-            reply = await request(event.subject, event.body, timeout, {**check, **ctype, MSG_ID: event.msg_id})
-            return _ack(reply)
+            data, _ = await request(event.subject, event.body, timeout,
+                                    header_block({**check, **ctype, MSG_ID: event.msg_id}))
+            return _ack(data)
         batch = uuid.uuid4().hex
         last = len(events)
         for i, event in enumerate(events, start=1):
             headers = {**ctype, BATCH_ID: batch, BATCH_SEQ: str(i), MSG_ID: event.msg_id}
             if i == 1:
                 headers.update(check)
-                reply = await request(event.subject, event.body, timeout, headers)
-                if reply.data:  # an error already (the first message's ack is empty otherwise)
-                    _ack(reply)
+                data, _ = await request(event.subject, event.body, timeout, header_block(headers))
+                if data:  # an error already (the first message's ack is empty otherwise)
+                    _ack(data)
             elif i < last:
-                await nc.publish(event.subject, event.body, headers=headers)
+                wire(nc).publish(event.subject, event.body, headers=header_block(headers))
             else:
                 headers[BATCH_COMMIT] = "1"
-                reply = await request(event.subject, event.body, timeout, headers)
-                return _ack(reply)
+                data, _ = await request(event.subject, event.body, timeout, header_block(headers))
+                return _ack(data)
     except NOT_SENT as err:
         raise UnavailableError(f"cannot reach JetStream ({type(err).__name__})") from err
     except TimeoutError as err:
         raise UnavailableError("JetStream did not acknowledge the append in time", maybe_stored=True) from err
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def kv_update(nc: Client, subject: str, value: bytes, last: int, timeout: float = 5.0) -> int:
+    """Compare-and-set write of one KV entry (what `KeyValue.update` does) on the lean
+    path; the new revision. Raises KeyWrongLastSequenceError when the entry moved on."""
+    try:
+        data, _ = await requester(nc).request(subject, value, timeout, header_block({EXPECTED_SEQ: str(last)}))
+    except NOT_SENT as err:
+        raise UnavailableError(f"cannot reach JetStream ({type(err).__name__})") from err
+    except TimeoutError as err:
+        raise UnavailableError("JetStream did not acknowledge a snapshot write in time", maybe_stored=True) from err
+    try:
+        ack = orjson.loads(data)
+    except orjson.JSONDecodeError as err:
+        raise StoreError(f"unexpected JetStream reply {data[:200]!r}") from err
+    error = ack.get("error")
+    if error:
+        if error.get("err_code") in (WRONG_LAST_SEQUENCE, WRONG_LAST_SEQUENCE_CONSTANT):
+            raise KeyWrongLastSequenceError(description=error.get("description", ""))
+        raise StoreError(f"JetStream refused the write to {subject}: {error.get('description')} "
+                         f"(code {error.get('code')}, err_code {error.get('err_code')})")
+    return int(ack["seq"])
 
 
 def api_prefix(domain: str | None = None) -> str:

@@ -26,7 +26,6 @@ from typing import Any
 
 import orjson
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.micro import add_service
 from nats.micro.request import Request
@@ -40,6 +39,7 @@ from esfsm.events import event_to_dict
 from esfsm.runtime.entity import Entity, accepted_reply
 from esfsm.runtime.jetstream import ConflictError, Outgoing, StoreError, UnavailableError
 from esfsm.runtime.store import AggregateStore
+from esfsm.runtime.wire import header_block, wire
 from esfsm.values import (
     BAD_REQUEST,
     COMMAND_ID_HEADER,
@@ -90,6 +90,7 @@ class AggregateService:
         self.nc = nc
         self.compiled = compiled
         self.store = store
+        self.wire = wire(nc)
         self.service: Service | None = None
         self._slots: OrderedDict[str, _Slot] = OrderedDict()
         self._rejections: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
@@ -122,7 +123,7 @@ class AggregateService:
                 name=name,
                 subject=f"{model.nats.commands}.{name}",
                 queue_group=model.name,
-                handler=self._handler(name),
+                handler=self._unrouted,
                 metadata={
                     "schema": orjson.dumps(command.model.schema).decode(),
                     "description": command.model.description,
@@ -135,44 +136,42 @@ class AggregateService:
         # the endpoints: NATS hands each request to exactly one member of the
         # group, so it may get known commands too, and serves them like the
         # endpoints do. (A group of its own would see every command twice.)
+        # Every request comes straight from the read loop (wire.py); the
+        # endpoints' statistics are kept here.
         prefix = f"{model.nats.commands}."
+        for endpoint in self.service._endpoints:
+            self.wire.route(endpoint._subscription, self._receiver(prefix, endpoint))
+        self._unknown = await self.wire.subscribe(f"{prefix}>", self._receiver(prefix, None), queue=model.name)
 
-        async def dispatch(msg: Msg) -> None:
-            if not msg.reply:
+    def _receiver(self, prefix: str, endpoint: Any) -> Any:
+        def receive(subject: str, reply: str, data: bytes, headers: dict[str, str] | None) -> None:
+            if not reply:
                 return
-            name = msg.subject[len(prefix):]
-
-            async def respond(body: bytes, headers: dict[str, str] | None) -> None:
-                await self.nc.publish(msg.reply, body, headers=headers)
-
-            if not _VALID_SUBJECT.fullmatch(msg.reply):  # the server would drop our connection
+            if endpoint is not None:
+                endpoint._num_requests += 1
+            if not _VALID_SUBJECT.fullmatch(reply):  # the server would drop our connection
                 log.warning("dropped a request whose reply subject is not a valid subject")
                 return
+            self._spawn(self._serve(subject[len(prefix):], data, headers or {}, reply))
 
-            self._spawn(self._serve(name, msg.data, msg.headers or {}, respond))
-
-        self._unknown = await self.nc.subscribe(f"{prefix}>", queue=model.name, cb=dispatch)
+        return receive
 
     async def stop(self) -> None:
         """Stop taking requests, then let the ones in flight finish."""
         if self._unknown is not None:
-            await self._unknown.unsubscribe()
+            await self.wire.unsubscribe(self._unknown)
             self._unknown = None
         if self.service is not None:
+            routed = [e._subscription for e in self.service._endpoints if e._subscription is not None]
             await self.service.stop()
+            for sub in routed:
+                self.wire.unroute(sub)
             self.service = None
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def _handler(self, command: str) -> Any:
-        async def handler(request: Request) -> None:
-            reply_to = getattr(getattr(request, "_msg", None), "reply", "") or ""
-            if not _VALID_SUBJECT.fullmatch(reply_to):  # the server would drop our connection
-                log.warning("dropped a request whose reply subject is not a valid subject")
-                return
-            self._spawn(self._serve(command, request.data, request.headers or {}, request.respond))
-
-        return handler
+    async def _unrouted(self, request: Request) -> None:  # pragma: no cover - requests arrive through wire.py
+        log.warning("request on %s took the slow path", request.subject)
 
     def _spawn(self, coroutine: Any) -> None:
         """Each request in a task of its own: nats-py awaits a callback before the next."""
@@ -192,7 +191,7 @@ class AggregateService:
 
     # -- one request ---------------------------------------------------------
 
-    async def _serve(self, command: str, body: bytes, headers: dict[str, str], respond: Any) -> None:
+    async def _serve(self, command: str, body: bytes, headers: dict[str, str], reply_to: str) -> None:
         try:
             reply = await self.process(command, body, headers)
         except Exception as err:  # the reply must still go out; the log keeps the cause
@@ -204,7 +203,8 @@ class AggregateService:
             reply["errors"] = [{"path": clip(e["path"]), "message": clip(e["message"], 500)}
                                for e in reply.get("errors", [])[:50]]
         try:
-            await respond(orjson.dumps(reply), _error_headers(reply))
+            error_headers = _error_headers(reply)
+            self.wire.publish(reply_to, orjson.dumps(reply), headers=header_block(error_headers) if error_headers else b"")
         except Exception:  # connection lost: the client sees a timeout, nothing else to do
             log.warning("could not send the reply to %s", command, exc_info=True)
 

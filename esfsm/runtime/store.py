@@ -23,6 +23,7 @@ from esfsm.runtime.jetstream import (
     UnavailableError,
     api_prefix,
     append,
+    kv_update,
     last_message,
     read_subject,
 )
@@ -168,7 +169,7 @@ class AggregateStore:
         assert self.kv is not None
         key, seq, value = entity.state.key, entity.seq, entity.to_json()  # before any await: entity may move on
         if revision:
-            written = await self.kv.update(key, value, last=revision)
+            written = await kv_update(self.nc, f"{self.kv._pre}{key}", value, revision, self.timeout)
         else:
             written = await self.kv.create(key, value)
         if len(self._written) > 100_000:

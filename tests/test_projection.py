@@ -1,0 +1,99 @@
+"""Handing CEL only the fields an expression reads (expressions.projection) changes
+nothing: same results, same errors, as the original program given whole maps."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from esfsm.errors import EvaluationError
+from esfsm.expressions import Expression, compile_expression, projection
+
+PROJECTED = [
+    "cmd.amount",
+    "cmd.amount <= data.balance",
+    "data.balance + event.amount",
+    "'x-username' in meta && meta['x-username'] != 'unauthorized'",
+    "!('x-role' in meta) || meta[\"x-role\"] == 'admin'",
+    "data.owner == 'ann' ? data.balance : 0",
+    "cmd.amount > 10 || cmd.flag",
+    "'a' in meta ? meta.a : 'none'",
+    "data.nested.x == 1",
+    "size(cmd.name) > 2 && state == 'open' && version < 5 && key != ''",
+]
+NOT_PROJECTED = [
+    "has(cmd.amount)",
+    "size(meta) > 1",
+    "x + 'a' in meta",
+    "cmd.items.all(i, i > 0)",
+    "cmd == {'amount': 1}",
+    "meta['x-' + 'a'] == 'b'",
+    "!'a' in meta",
+]
+
+scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**40), 2**40), st.text(max_size=4),
+                    st.floats(allow_nan=False, allow_infinity=False, width=32))
+fields = st.sampled_from(["amount", "balance", "owner", "flag", "name", "x", "a", "x-username", "x-role", "nested"])
+maps = st.dictionaries(fields, st.one_of(scalars, st.dictionaries(fields, scalars, max_size=2)), max_size=5)
+variables = st.fixed_dictionaries({
+    "cmd": maps, "data": maps, "event": maps,
+    "meta": st.dictionaries(fields, st.sampled_from(["ann", "admin", "unauthorized", ""]), max_size=3),
+    "state": st.sampled_from(["open", "none"]), "version": st.integers(0, 9), "key": st.text(max_size=3),
+})
+
+
+def outcome(evaluate: Any) -> tuple[str, Any]:
+    try:
+        value = evaluate()
+    except EvaluationError as err:
+        return "error", err.reason
+    return "value", (type(value).__name__, value)
+
+
+def original(source: str, names: tuple[str, ...], values: dict[str, Any]) -> tuple[str, Any]:
+    expression = Expression(source, "test")
+
+    def plain() -> Any:
+        try:
+            return compile_expression(source).execute({n: values[n] for n in names if n in values})
+        except Exception as err:
+            from esfsm.expressions import _reason
+            raise EvaluationError("test", source, _reason(err)) from err
+
+    assert expression.names == names
+    return outcome(plain)
+
+
+def test_which_expressions_are_projected() -> None:
+    for source in PROJECTED:
+        assert projection(source, Expression(source, "t").names) is not None, source
+    for source in NOT_PROJECTED:
+        try:
+            names = Expression(source, "t").names
+        except Exception:
+            continue  # does not even compile
+        assert projection(source, names) is None, source
+
+
+def test_a_single_field_read_skips_cel_only_for_scalars() -> None:
+    expression = Expression("cmd.items", "t")
+    items = [1, 2]
+    result = expression.evaluate({"cmd": {"items": items}})
+    assert result == [1, 2] and result is not items  # CEL's copy: later changes cannot leak into the payload
+    assert Expression("cmd.amount", "t").evaluate({"cmd": {"amount": 3}}) == 3
+    try:
+        expression.evaluate({"cmd": {"amount": 3}})
+    except EvaluationError as err:
+        assert err.reason == "no such key: 'items'"
+    else:
+        raise AssertionError("a missing field must fail as it does in CEL")
+
+
+@settings(max_examples=300, deadline=None)
+@given(values=variables, index=st.integers(0, len(PROJECTED) - 1))
+def test_projected_and_original_agree(values: dict[str, Any], index: int) -> None:
+    source = PROJECTED[index]
+    expression = Expression(source, "test")
+    assert outcome(lambda: expression.evaluate(values)) == original(source, expression.names, values)

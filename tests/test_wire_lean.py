@@ -1,0 +1,153 @@
+"""The lean path through nats-py (esfsm/runtime/wire.py) against a real nats-server.
+
+It relies on nats-py internals, so these tests pin what the runtime needs from
+it: direct delivery with and without header parsing, status messages, the raw
+publish (headers, order, the errors when it cannot send), and that requests
+taking the lean path still count in the micro service's statistics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import nats
+import pytest
+from nats.errors import ConnectionClosedError, MaxPayloadError, OutboundBufferLimitError
+
+from esfsm.runtime.projector import stream_sequence
+from esfsm.runtime.wire import header_block, wire
+
+
+def run(coroutine: Any) -> Any:
+    return asyncio.run(coroutine)
+
+
+def test_direct_subscription_gets_subject_reply_data_and_headers(nats_server: Any) -> None:
+    async def scenario() -> None:
+        nc = await nats.connect(nats_server.url)
+        other = await nats.connect(nats_server.url)
+        got: list[tuple[str, str, bytes, Any]] = []
+        raw: list[tuple[str, str, bytes, Any]] = []
+        lean = wire(nc)
+        assert wire(nc) is lean  # one per connection
+        await lean.subscribe("lean.parsed.>", lambda *m: got.append(m))
+        await lean.subscribe("lean.raw.>", lambda *m: raw.append(m), parse_headers=False)
+        await other.publish("lean.parsed.a", b"one", reply="reply.to", headers={"x-a": "1", "x-b": " two "})
+        await other.publish("lean.parsed.b", b"")
+        await other.publish("lean.raw.c", b"three", reply="r", headers={"x-a": "1"})
+        await other.flush()
+        for _ in range(50):
+            if len(got) == 2 and raw:
+                break
+            await asyncio.sleep(0.02)
+        assert got[0] == ("lean.parsed.a", "reply.to", b"one", {"x-a": "1", "x-b": "two"})
+        assert got[1] == ("lean.parsed.b", "", b"", None)
+        assert raw == [("lean.raw.c", "r", b"three", None)]  # headers not parsed when not asked for
+        # ordinary subscriptions on the same connection are untouched
+        seen = await nc.subscribe("plain.x")
+        await other.publish("plain.x", b"four", headers={"k": "v"})
+        msg = await seen.next_msg(timeout=2)
+        assert (msg.data, msg.headers) == (b"four", {"k": "v"})
+        await nc.close()
+        await other.close()
+
+    run(scenario())
+
+
+def test_status_messages_reach_a_raw_subscription_parsed(nats_server: Any) -> None:
+    """A request nobody serves gets a 503 status (no reply subject): parsed even without parse_headers."""
+    async def scenario() -> None:
+        nc = await nats.connect(nats_server.url)
+        got: list[Any] = []
+        lean = wire(nc)
+        inbox = nc.new_inbox()
+        await lean.subscribe(inbox, lambda *m: got.append(m), parse_headers=False)
+        lean.publish("nobody.listens.here", b"x", reply=inbox)
+        for _ in range(50):
+            if got:
+                break
+            await asyncio.sleep(0.02)
+        assert got and got[0][1] == "" and got[0][3]["Status"] == "503"
+        await nc.close()
+
+    run(scenario())
+
+
+def test_publish_sends_headers_and_keeps_order(nats_server: Any) -> None:
+    async def scenario() -> None:
+        nc = await nats.connect(nats_server.url)
+        listener = await nats.connect(nats_server.url)
+        sub = await listener.subscribe("order.>")
+        await listener.flush()
+        lean = wire(nc)
+        lean.publish("order.1", b"a", headers=header_block({"Nats-Msg-Id": "m1", "x-v": " padded "}))
+        await nc.publish("order.2", b"b")  # nats-py's own publish, in between
+        lean.publish_many([("order.3", b"c"), ("order.4", b""), ("order.5", b"e")])
+        received = [await sub.next_msg(timeout=2) for _ in range(5)]
+        assert [(m.subject, m.data) for m in received] == [
+            ("order.1", b"a"), ("order.2", b"b"), ("order.3", b"c"), ("order.4", b""), ("order.5", b"e")]
+        assert received[0].headers == {"Nats-Msg-Id": "m1", "x-v": "padded"}
+        with pytest.raises(MaxPayloadError):
+            lean.publish("order.6", b"x" * (nc.max_payload + 1))
+        await nc.close()
+        with pytest.raises(ConnectionClosedError):
+            lean.publish("order.7", b"late")
+        await listener.close()
+
+    run(scenario())
+
+
+def test_publish_while_disconnected_fails_at_once(tmp_path: Any) -> None:
+    """Never queued for after the reconnect: the caller answers 'nothing stored'."""
+    from nats_support import start_server
+
+    server = start_server(tmp_path)
+
+    async def scenario() -> None:
+        nc = await nats.connect(server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+        lean = wire(nc)
+        lean.publish("before", b"ok")
+        await nc.flush()
+        server.stop()
+        for _ in range(100):
+            if not nc.is_connected:
+                break
+            await asyncio.sleep(0.05)
+        with pytest.raises(OutboundBufferLimitError):
+            lean.publish("during", b"lost?")
+        assert nc._pending_data_size == 0
+        await nc.close()
+
+    try:
+        run(scenario())
+    finally:
+        server.stop()
+
+
+def test_lean_requests_still_count_in_the_service_statistics(nats_server: Any, runtime: Any) -> None:
+    async def scenario() -> None:
+        nc = await nats.connect(nats_server.url)
+
+        async def deposits() -> int:
+            stats = json.loads((await nc.request("$SRV.STATS.aggregate-bankaccount", b"", timeout=5)).data)
+            return sum(e["num_requests"] for e in stats["endpoints"] if e["name"] == "deposit")
+
+        before = await deposits()
+        for _ in range(20):
+            await nc.request("bank.cmds.deposit", b'{"amount": 1}', timeout=5,
+                             headers={"x-ergonats-entity-key": "wire-lean-stats", "x-username": "ann"})
+        # the catch-all in the same queue group takes its share; each request is counted once at most
+        counted = await deposits() - before
+        assert 0 < counted <= 20
+        await nc.close()
+
+    run(scenario())
+
+
+def test_stream_sequence_from_both_ack_subject_forms() -> None:
+    assert stream_sequence("$JS.ACK.BANK.AGG_bank.1.42.7.1700000000000000000.3") == 42
+    assert stream_sequence("$JS.ACK.hub.ACCHASH.BANK.AGG_bank.1.43.8.1700000000000000000.0.rand") == 43
+    assert stream_sequence("$JS.ACK.too.short") is None
+    assert stream_sequence("$JS.ACK.BANK.AGG_bank.1.x.7.1.3") is None
