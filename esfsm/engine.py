@@ -81,6 +81,8 @@ def clip(text: str, limit: int = 200) -> str:
 def check_payload(payload: Any) -> Rejected | None:
     """400 for what JSON allows but a definition cannot evaluate: nesting deeper than
     MAX_DEPTH, integers outside 64 bits, non-finite numbers."""
+    if _fine(payload, 0):  # the usual case, without building a path for every value
+        return None
     stack = [(payload, "", 0)]
     while stack:
         value, path, depth = stack.pop()
@@ -100,6 +102,24 @@ def check_payload(payload: Any) -> Rejected | None:
         if problem:
             return Rejected(BAD_REQUEST, problem, (ErrorDetail(path[:200], problem),))
     return None
+
+
+def _fine(value: Any, depth: int) -> bool:
+    """Whether check_payload has nothing to say about value (at depth)."""
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
+        return True
+    if kind is int:
+        return INT64[0] <= value <= INT64[1]
+    if depth >= MAX_DEPTH:
+        return False
+    if kind is dict:
+        return all(_fine(v, depth + 1) for v in value.values())
+    if kind is list:
+        return all(_fine(v, depth + 1) for v in value)
+    if kind is float:
+        return value == value and value not in (float("inf"), float("-inf"))
+    return False  # anything else: let the full walk decide
 
 
 def check_request(compiled: CompiledAggregate, command: str, key: object,

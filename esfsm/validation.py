@@ -65,13 +65,19 @@ def _portable(schema: Any) -> bool:
 
 def _plain(instance: Any) -> bool:
     """No value the two engines judge differently: integral floats, and non-JSON types."""
-    if isinstance(instance, dict):
-        return all(isinstance(k, str) and _plain(v) for k, v in instance.items())
-    if isinstance(instance, list):
+    kind = type(instance)
+    if kind is str or kind is int or kind is bool or instance is None:
+        return True
+    if kind is dict:
+        for k, v in instance.items():
+            if type(k) is not str or not (type(v) is str or type(v) is int or _plain(v)):
+                return False
+        return True
+    if kind is list:
         return all(_plain(v) for v in instance)
-    if isinstance(instance, float):
+    if kind is float:
         return not instance.is_integer()
-    return instance is None or isinstance(instance, (str, int, bool))
+    return isinstance(instance, (str, int)) and not isinstance(instance, float)  # subclasses: as before
 
 
 class SchemaCheck:

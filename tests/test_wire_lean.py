@@ -14,6 +14,8 @@ from typing import Any
 
 import nats
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from nats.errors import ConnectionClosedError, MaxPayloadError, OutboundBufferLimitError
 
 from esfsm.runtime.projector import stream_sequence
@@ -34,6 +36,7 @@ def test_direct_subscription_gets_subject_reply_data_and_headers(nats_server: An
         assert wire(nc) is lean  # one per connection
         await lean.subscribe("lean.parsed.>", lambda *m: got.append(m))
         await lean.subscribe("lean.raw.>", lambda *m: raw.append(m), parse_headers=False)
+        await nc.flush()  # the subscriptions are in place before the other connection publishes
         await other.publish("lean.parsed.a", b"one", reply="reply.to", headers={"x-a": "1", "x-b": " two "})
         await other.publish("lean.parsed.b", b"")
         await other.publish("lean.raw.c", b"three", reply="r", headers={"x-a": "1"})
@@ -47,6 +50,7 @@ def test_direct_subscription_gets_subject_reply_data_and_headers(nats_server: An
         assert raw == [("lean.raw.c", "r", b"three", None)]  # headers not parsed when not asked for
         # ordinary subscriptions on the same connection are untouched
         seen = await nc.subscribe("plain.x")
+        await nc.flush()
         await other.publish("plain.x", b"four", headers={"k": "v"})
         msg = await seen.next_msg(timeout=2)
         assert (msg.data, msg.headers) == (b"four", {"k": "v"})
@@ -151,3 +155,113 @@ def test_stream_sequence_from_both_ack_subject_forms() -> None:
     assert stream_sequence("$JS.ACK.hub.ACCHASH.BANK.AGG_bank.1.43.8.1700000000000000000.0.rand") == 43
     assert stream_sequence("$JS.ACK.too.short") is None
     assert stream_sequence("$JS.ACK.BANK.AGG_bank.1.x.7.1.3") is None
+
+
+class _Recorder:
+    """Stands in for the client: records what a parser hands it."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+
+    async def _process_msg(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: Any) -> None:
+        self.calls.append(("msg", sid, bytes(subject), bytes(reply), data, headers))
+
+    async def _process_ping(self) -> None:
+        self.calls.append(("ping",))
+
+    async def _process_pong(self) -> None:
+        self.calls.append(("pong",))
+
+    async def _process_info(self, info: Any) -> None:
+        self.calls.append(("info", info))
+
+    async def _process_err(self, err: str) -> None:
+        self.calls.append(("err", err))
+
+
+_protocol = st.lists(st.one_of(
+    st.tuples(st.just("MSG"), st.from_regex(r"[a-z]{1,8}(\.[a-z0-9]{1,5}){0,3}", fullmatch=True),
+              st.integers(1, 999), st.sampled_from(["", "_INBOX.x.1", "r"]), st.binary(max_size=300),
+              st.one_of(st.none(), st.dictionaries(st.sampled_from(["a", "Nats-Msg-Id", "x-k"]),
+                                                   st.text("abc xyz-", max_size=8), min_size=1))),
+    st.sampled_from([("PING",), ("PONG",), ("+OK",), ("INFO",), ("ERR",)]),
+), max_size=25)
+
+
+def _encode(items: list[tuple[Any, ...]]) -> bytes:
+    out = bytearray()
+    for item in items:
+        if item[0] == "MSG":
+            _, subject, sid, reply, payload, headers = item
+            reply_part = f" {reply}" if reply else ""
+            if headers is None:
+                out += f"MSG {subject} {sid}{reply_part} {len(payload)}\r\n".encode() + payload + b"\r\n"
+            else:
+                block = b"NATS/1.0\r\n" + b"".join(f"{k}: {v}\r\n".encode() for k, v in headers.items()) + b"\r\n"
+                out += (f"HMSG {subject} {sid}{reply_part} {len(block)} {len(block) + len(payload)}\r\n".encode()
+                        + block + payload + b"\r\n")
+        elif item[0] == "INFO":
+            out += b'INFO {"server_id":"x","max_payload":1048576}\r\n'
+        elif item[0] == "ERR":
+            out += b"-ERR 'Permissions Violation for Subscription to \"x\"'\r\n"
+        else:
+            out += item[0].encode() + b"\r\n"
+    return bytes(out)
+
+
+@settings(max_examples=150, deadline=None)
+@given(items=_protocol, cuts=st.lists(st.integers(0, 5000), max_size=8))
+def test_lean_parser_hands_over_what_nats_py_parser_does(items: list[tuple[Any, ...]], cuts: list[int]) -> None:
+    """Any protocol stream, split into reads anywhere: the same calls, in the same order."""
+    from nats.protocol.parser import Parser
+
+    from esfsm.runtime.wire import LeanParser
+
+    data = _encode(items)
+    bounds = sorted({0, len(data), *(c % (len(data) + 1) for c in cuts)})
+    chunks = [data[a:b] for a, b in zip(bounds, bounds[1:])]
+
+    async def feed(parser_class: Any) -> list[tuple[Any, ...]]:
+        recorder = _Recorder()
+        parser = parser_class(recorder)
+        for chunk in chunks:
+            await parser.parse(chunk)
+        assert not parser.buf  # everything consumed
+        return recorder.calls
+
+    assert run(feed(LeanParser)) == run(feed(Parser))
+
+
+def test_lean_parser_refuses_what_nats_py_refuses() -> None:
+    from nats.errors import ProtocolError
+
+    from esfsm.runtime.wire import LeanParser
+
+    for bad in (b"MSG a notanumber 3\r\nabc\r\n", b"HMSG a 1 9 3\r\nxyz\r\n", b"BOGUS line\r\n", b"MSG a\r\n"):
+        with pytest.raises(ProtocolError):
+            run(LeanParser(_Recorder()).parse(bad))
+
+
+def test_runtime_connections_read_with_the_lean_parser(nats_server: Any) -> None:
+    """Large and small messages, split across reads, arrive whole through esfsm's own client."""
+    from esfsm.runtime.connection import ConnectOptions, connect
+    from esfsm.runtime.wire import LeanParser
+
+    async def scenario() -> None:
+        nc = await connect([nats_server.url], ConnectOptions())
+        assert isinstance(nc._ps, LeanParser)
+        sender = await nats.connect(nats_server.url)
+        sub = await nc.subscribe("sizes.>")
+        await nc.flush()
+        sizes = [0, 1, 100, 4095, 4096, 70_000, 3, 200_000, 17]
+        for i, size in enumerate(sizes):
+            await sender.publish(f"sizes.{i}", bytes([i % 251]) * size, headers={"n": str(i)} if i % 2 else None)
+        await sender.flush()
+        for i, size in enumerate(sizes):
+            msg = await sub.next_msg(timeout=5)
+            assert (msg.subject, len(msg.data), msg.data[:1]) == (f"sizes.{i}", size, bytes([i % 251])[:size])
+            assert msg.headers == ({"n": str(i)} if i % 2 else None)
+        await sender.close()
+        await nc.close()
+
+    run(scenario())

@@ -16,6 +16,7 @@ from nats.aio.client import Client
 
 from esfsm.errors import EsfsmError
 from esfsm.runtime.server import embedded_url
+from esfsm.runtime.wire import LeanParser
 
 DEFAULT_STORE = Path(".esfsm")
 
@@ -122,7 +123,12 @@ class _RobustClient(Client):
     nats-py raises inside its read loop on some header blocks (a bare `NATS/1.0`,
     a status that is not UTF-8, …) and the loop stops: one such message would leave
     the runtime deaf until a reconnect minutes later. Here the message arrives with
-    no headers instead (a command without its entity key: a 400)."""
+    no headers instead (a command without its entity key: a 400). It reads with the
+    lean parser of wire.py."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._ps = LeanParser(self)
 
     async def _process_headers(self, headers: Any) -> dict[str, str] | None:
         try:

@@ -12,15 +12,22 @@ reconnect and resubscribe, TLS, auth, PING/PONG, flushing) and adds:
 * `publish`: the protocol line built in one step and queued for nats-py's own
   flusher, without awaiting anything.
 
-It uses nats-py internals (`_process_msg`, `_pending`, `_flush_queue`), which
-is why pyproject.toml bounds the nats-py version; tests/test_wire_lean.py pins
-the behaviour.
+The runtime's own connections (connection.py) also read with `LeanParser`:
+nats-py's parser deletes each message from the front of its buffer (moving
+the rest of a read each time) and matches every control line against
+regexes; this one walks the buffer with an offset and trims it once per read.
+
+It uses nats-py internals (`_process_msg`, `_pending`, `_flush_queue`, the
+parser's state), which is why pyproject.toml bounds the nats-py version;
+tests/test_wire_lean.py pins the behaviour.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import re
 import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -33,7 +40,9 @@ from nats.errors import (
     ConnectionDrainingError,
     MaxPayloadError,
     OutboundBufferLimitError,
+    ProtocolError,
 )
+from nats.protocol.parser import AWAITING_CONTROL_LINE, AWAITING_MSG_PAYLOAD, Parser
 
 log = logging.getLogger("esfsm.wire")
 
@@ -148,6 +157,83 @@ class Wire:
 
 async def _unused(msg: Any) -> None:  # pragma: no cover - direct subscriptions never reach it
     log.warning("a message on %s took the slow path", getattr(msg, "subject", "?"))
+
+
+_GAP = re.compile(rb"[ \t]+")  # how the server separates protocol arguments (not \v or \f)
+
+
+class LeanParser(Parser):
+    """nats-py's protocol parser, walking its buffer with an offset (see the module docstring).
+    Same operations, same calls into the client, same errors."""
+
+    async def parse(self, data: bytes = b"") -> None:
+        buf = self.buf
+        buf.extend(data)
+        pos = 0
+        try:
+            while pos < len(buf):
+                if self.state == AWAITING_MSG_PAYLOAD:
+                    end = pos + self.needed
+                    if len(buf) < end + 2:
+                        break
+                    split = pos + self.header_needed
+                    headers = bytes(buf[pos:split]) if self.header_needed else None
+                    payload = bytes(buf[split:end])
+                    pos = end + 2
+                    self.state, self.header_needed = AWAITING_CONTROL_LINE, 0
+                    arg = self.msg_arg
+                    await self.nc._process_msg(arg["sid"], arg["subject"], arg["reply"], payload, headers)
+                    if self.buf is not buf:  # reset by a reconnect meanwhile
+                        return
+                    continue
+                eol = buf.find(b"\r\n", pos)
+                if eol < 0:  # the rest of the line is still on its way
+                    break
+                line = bytes(buf[pos:eol])
+                pos = eol + 2
+                op = line[:4].upper()
+                if op == b"MSG " or op == b"MSG\t" or op == b"HMSG":
+                    self._message_line(line)
+                    continue
+                if line.startswith((b"+OK", b"+ok")):
+                    continue
+                if op == b"PING":
+                    await self.nc._process_ping()
+                elif op == b"PONG":
+                    await self.nc._process_pong()
+                elif op == b"INFO":
+                    await self.nc._process_info(json.loads(line[4:].strip().decode()))
+                elif line[:4].upper() == b"-ERR":
+                    await self.nc._process_err(line[4:].strip().decode().lower())
+                else:
+                    raise ProtocolError("nats: unknown protocol")
+                if self.buf is not buf:
+                    return
+        finally:
+            if self.buf is buf and pos:
+                del buf[:pos]
+
+    def _message_line(self, line: bytes) -> None:
+        args = _GAP.split(line.strip(b" \t"))
+        headered = args[0].upper() == b"HMSG"
+        try:
+            if headered:
+                if len(args) not in (5, 6):
+                    raise ValueError(len(args))
+                header_size, total = int(args[-2]), int(args[-1])
+            else:
+                if len(args) not in (4, 5):
+                    raise ValueError(len(args))
+                header_size, total = 0, int(args[-1])
+            self.msg_arg["subject"] = args[1]
+            self.msg_arg["sid"] = int(args[2])
+            self.msg_arg["reply"] = args[3] if len(args) == (6 if headered else 5) else b""
+        except ValueError:
+            raise ProtocolError("nats: malformed MSG") from None
+        if header_size < 0 or total < header_size:
+            raise ProtocolError("nats: malformed MSG")
+        self.needed, self.header_needed = total, header_size
+        self.state = AWAITING_MSG_PAYLOAD
 
 
 _WIRES: weakref.WeakKeyDictionary[Client, Wire] = weakref.WeakKeyDictionary()
