@@ -265,3 +265,18 @@ def test_runtime_connections_read_with_the_lean_parser(nats_server: Any) -> None
         await nc.close()
 
     run(scenario())
+
+
+def test_serving_tunes_the_garbage_collector() -> None:
+    import gc
+
+    from esfsm.runtime.runner import GC_THRESHOLDS, tune_gc
+
+    before = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_threshold() == GC_THRESHOLDS
+        assert gc.get_freeze_count() > 0  # what start-up loaded is out of the collector's way
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
