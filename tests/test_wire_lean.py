@@ -280,3 +280,48 @@ def test_serving_tunes_the_garbage_collector() -> None:
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+@settings(max_examples=400, deadline=None)
+@given(lines=st.lists(st.binary(max_size=20) | st.sampled_from(
+    [b"a: b", b"x-username: ann", b"K:V", b"bad line", b": empty", b"\xff: x", b"k: \xff\xfe", b"a b: c",
+     b"a\x0bb: c", b"dup: 1", b"dup: 2", b"  spaced  :  value  "]), max_size=6))
+def test_lean_header_parsing_matches_nats_py(lines: list[bytes]) -> None:
+    from nats.aio.client import Client
+
+    from esfsm.runtime.wire import header_lines
+
+    block = b"NATS/1.0\r\n" + b"".join(line + b"\r\n" for line in lines) + b"\r\n"
+    assert header_lines(block) == run(Client()._process_headers(block))
+
+
+def test_a_request_nobody_answers_times_out_on_time(nats_server: Any) -> None:
+    """The request mux bounds each wait with a periodic sweep, not a timer per request."""
+    import time
+
+    from nats.errors import TimeoutError as NatsTimeout
+
+    from esfsm.runtime.jetstream import SWEEP, requester
+
+    async def scenario() -> None:
+        nc = await nats.connect(nats_server.url)
+        silent = await nc.subscribe("silent.service")  # takes requests, never answers
+        await nc.flush()
+        mux = requester(nc)
+        started = time.monotonic()
+        results = await asyncio.gather(mux.request("silent.service", b"1", 0.3),
+                                       mux.request("silent.service", b"2", 0.6), return_exceptions=True)
+        elapsed = time.monotonic() - started
+        assert all(isinstance(r, NatsTimeout) for r in results)
+        assert 0.6 <= elapsed < 0.6 + SWEEP + 0.5
+        # answered requests are unaffected by the overdue ones around them
+        async def answer(msg: Any) -> None:
+            await nc.publish(msg.reply, msg.data)
+
+        echo = await nc.subscribe("echo.service", cb=answer)
+        assert (await mux.request("echo.service", b"hi", 2))[0] == b"hi"
+        await silent.unsubscribe()
+        await echo.unsubscribe()
+        await nc.close()
+
+    run(scenario())

@@ -5,8 +5,8 @@
 * reading one entity's events with batch direct get (ADR-31);
 * the last message of an entity (direct get ``last_by_subj``).
 
-Acks are parsed with orjson straight from the reply; no PubAck dataclass, no
-extra timers beyond the request's own.
+Acks are parsed with orjson straight from the reply; no PubAck dataclass and
+no timer per request.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 import weakref
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,7 @@ BATCH_SEQ = "Nats-Batch-Sequence"
 BATCH_COMMIT = "Nats-Batch-Commit"
 CONTENT_TYPE = "Content-Type"
 DIRECT_GET_BATCH = 256
+SWEEP = 0.1  # seconds between checks for overdue requests
 
 
 class StoreError(EsfsmError):
@@ -91,9 +93,10 @@ class Requester:
     """Request/reply on one wildcard inbox subscription, for the hot path.
 
     nats-py's `request` spends a NUID token, an `asyncio.wait_for`, a `Msg` and a
-    task switch per call; here a counter names the reply, one timer handle bounds
-    the wait and the reply reaches its future straight from the read loop (see
-    wire.py). The inbox is under `_INBOX.` so the usual client permissions cover it.
+    task switch per call; here a counter names the reply, a periodic sweep bounds
+    the wait (to within SWEEP seconds) and the reply reaches its future straight
+    from the read loop (see wire.py). The inbox is under `_INBOX.` so the usual
+    client permissions cover it.
     """
 
     def __init__(self, nc: Client) -> None:
@@ -104,41 +107,63 @@ class Requester:
         self._sub: Any = None
         self._subscribing: asyncio.Lock | None = None
         self._count = 0
+        # Deadlines in the order the requests went out, one queue per timeout value:
+        # a sweep a few times a second expires the overdue ones (no timer per request).
+        self._deadlines: dict[float, deque[tuple[float, str]]] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
 
     def _deliver(self, subject: str, reply: str, data: bytes, headers: dict[str, str] | None) -> None:
-        future = self._pending.get(subject[len(self.prefix):])
+        future = self._pending.pop(subject[len(self.prefix):], None)
         if future is not None and not future.done():
             future.set_result((data, headers))
 
-    def _expire(self, token: str) -> None:
-        future = self._pending.get(token)
-        if future is not None and not future.done():
-            future.set_exception(TimeoutError())
+    def _sweep(self) -> None:
+        self._sweeper = None
+        now = asyncio.get_running_loop().time()
+        pending = self._pending
+        for queue in self._deadlines.values():
+            while queue and (queue[0][1] not in pending or queue[0][0] <= now):
+                deadline, token = queue.popleft()
+                future = pending.pop(token, None)
+                if future is not None and not future.done():
+                    future.set_exception(TimeoutError())
+        if pending:
+            self._sweeper = asyncio.get_running_loop().call_later(SWEEP, self._sweep)
 
-    async def _subscribe(self) -> None:
+    async def ready(self) -> None:
+        """Subscribe the inbox (once); send() needs it."""
+        if self._sub is not None:
+            return
         if self._subscribing is None:
             self._subscribing = asyncio.Lock()
         async with self._subscribing:
             if self._sub is None:
                 self._sub = await self.wire.subscribe(self.prefix + "*", self._deliver, parse_headers=False)
 
-    async def request(self, subject: str, payload: bytes, timeout: float,
-                      headers: bytes = b"") -> tuple[bytes, dict[str, str] | None]:
-        """The reply's (data, headers); headers is None unless it is a status message."""
-        if self._sub is None:
-            await self._subscribe()
+    def send(self, subject: str, payload: bytes, timeout: float,
+             headers: bytes = b"") -> asyncio.Future[tuple[bytes, dict[str, str] | None]]:
+        """Publish a request now; the future gets the reply's (data, headers), or TimeoutError.
+        Several can be in flight without a task each (after `await ready()`)."""
         self._count += 1
         token = str(self._count)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[tuple[bytes, dict[str, str] | None]] = loop.create_future()
+        self.wire.publish(subject, payload, self.prefix + token, headers)  # raises if it cannot go out
         self._pending[token] = future
-        timer = loop.call_later(timeout, self._expire, token)
-        try:
-            self.wire.publish(subject, payload, self.prefix + token, headers)
-            data, reply_headers = await future
-        finally:
-            timer.cancel()
-            self._pending.pop(token, None)
+        queue = self._deadlines.get(timeout)
+        if queue is None:
+            queue = self._deadlines[timeout] = deque()
+        queue.append((loop.time() + timeout, token))
+        if self._sweeper is None:
+            self._sweeper = loop.call_later(SWEEP, self._sweep)
+        return future
+
+    async def request(self, subject: str, payload: bytes, timeout: float,
+                      headers: bytes = b"") -> tuple[bytes, dict[str, str] | None]:
+        """The reply's (data, headers); headers is None unless it is a status message."""
+        if self._sub is None:
+            await self.ready()
+        data, reply_headers = await self.send(subject, payload, timeout, headers)
         if reply_headers and reply_headers.get("Status") == "503" and not data:
             raise NoRespondersError
         return data, reply_headers
@@ -208,15 +233,13 @@ async def append(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-async def kv_update(nc: Client, subject: str, value: bytes, last: int, timeout: float = 5.0) -> int:
-    """Compare-and-set write of one KV entry (what `KeyValue.update` does) on the lean
-    path; the new revision. Raises KeyWrongLastSequenceError when the entry moved on."""
-    try:
-        data, _ = await requester(nc).request(subject, value, timeout, header_block({EXPECTED_SEQ: str(last)}))
-    except NOT_SENT as err:
-        raise UnavailableError(f"cannot reach JetStream ({type(err).__name__})") from err
-    except TimeoutError as err:
-        raise UnavailableError("JetStream did not acknowledge a snapshot write in time", maybe_stored=True) from err
+def kv_update_request(subject: str, value: bytes, last: int) -> tuple[str, bytes, bytes]:
+    """(subject, payload, headers) of a compare-and-set KV write (what `KeyValue.update` sends)."""
+    return subject, value, header_block({EXPECTED_SEQ: str(last)})
+
+
+def kv_update_result(subject: str, data: bytes) -> int:
+    """The new revision from a KV write's ack; KeyWrongLastSequenceError when the entry moved on."""
     try:
         ack = orjson.loads(data)
     except orjson.JSONDecodeError as err:
@@ -228,6 +251,18 @@ async def kv_update(nc: Client, subject: str, value: bytes, last: int, timeout: 
         raise StoreError(f"JetStream refused the write to {subject}: {error.get('description')} "
                          f"(code {error.get('code')}, err_code {error.get('err_code')})")
     return int(ack["seq"])
+
+
+async def kv_update(nc: Client, subject: str, value: bytes, last: int, timeout: float = 5.0) -> int:
+    """Compare-and-set write of one KV entry on the lean path; the new revision."""
+    try:
+        _, payload, headers = kv_update_request(subject, value, last)
+        data, _ = await requester(nc).request(subject, payload, timeout, headers)
+    except NOT_SENT as err:
+        raise UnavailableError(f"cannot reach JetStream ({type(err).__name__})") from err
+    except TimeoutError as err:
+        raise UnavailableError("JetStream did not acknowledge a snapshot write in time", maybe_stored=True) from err
+    return kv_update_result(subject, data)
 
 
 def api_prefix(domain: str | None = None) -> str:

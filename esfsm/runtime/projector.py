@@ -159,13 +159,28 @@ class Projector:
         for key, seq, _ in batch:
             if key is not None and seq is not None:
                 newest[key] = max(newest.get(key, 0), seq)
+        # Warm entities over the revision this process wrote last: all at once, no reads.
+        # The rest (and any of those that raced) read the snapshot first, CONCURRENCY at a time.
+        fast: list[tuple[Entity, int]] = []
+        slow: list[str] = []
+        for key, seq in newest.items():
+            cached, hint = self.cached(key), self._revisions.get(key, 0)
+            if cached is not None and self.store.can_write_over(key, seq, cached, hint):
+                fast.append((cached, hint))
+            else:
+                slow.append(key)
+        if fast:
+            for (entity, _), outcome in zip(fast, await self.store.write_over(fast)):
+                if isinstance(outcome, BaseException):
+                    slow.append(entity.state.key)
+                else:
+                    self._written(entity.state.key, outcome)
         limit = asyncio.Semaphore(CONCURRENCY)
 
         async def write(key: str, seq: int) -> bool:
             async with limit:
                 try:
-                    revision = await self.store.write_snapshot(key, seq, self.cached(key),
-                                                               revision_hint=self._revisions.get(key, 0))
+                    revision = await self.store.write_snapshot(key, seq, self.cached(key))
                 except (StoreError, EsfsmError) as err:
                     log.error("snapshot of %s %r failed: %s", self.store.compiled.name, key, err)
                     return False
@@ -173,16 +188,18 @@ class Projector:
                     log.warning("snapshot of %s %r failed: %s", self.store.compiled.name, key, err)
                     return False
                 if revision:
-                    if len(self._revisions) > 100_000:
-                        self._revisions.clear()  # only a hint: a miss costs one read
-                    self._revisions[key] = revision
-                    self.written += 1
+                    self._written(key, revision)
                 return True
 
-        keys = list(newest)
-        results = await asyncio.gather(*[write(key, newest[key]) for key in keys])
-        failed = {key for key, ok in zip(keys, results) if not ok}
+        results = await asyncio.gather(*[write(key, newest[key]) for key in slow])
+        failed = {key for key, ok in zip(slow, results) if not ok}
         self.wire.publish_many([(reply, NAK if key in failed else ACK) for key, _, reply in batch])
+
+    def _written(self, key: str, revision: int) -> None:
+        if len(self._revisions) > 100_000:
+            self._revisions.clear()  # only a hint: a miss costs one read
+        self._revisions[key] = revision
+        self.written += 1
 
     def stop(self) -> None:
         self._stopping.set()

@@ -24,8 +24,11 @@ from esfsm.runtime.jetstream import (
     api_prefix,
     append,
     kv_update,
+    kv_update_request,
+    kv_update_result,
     last_message,
     read_subject,
+    requester,
 )
 
 log = logging.getLogger("esfsm.store")
@@ -177,6 +180,41 @@ class AggregateStore:
         self._written[key] = (written, seq)
         return written
 
+    def can_write_over(self, key: str, newer_than: int, cached: Entity | None, revision_hint: int) -> bool:
+        """Whether cached may overwrite revision_hint without reading the snapshot first: this
+        process wrote that revision, and cached is at least as recent as it and newer_than."""
+        written = self._written.get(key)
+        return bool(revision_hint and cached is not None and written is not None and written[0] == revision_hint
+                    and cached.seq >= max(newer_than, written[1]))
+
+    async def write_over(self, writes: list[tuple[Entity, int]]) -> list[int | BaseException]:
+        """Compare-and-set writes of several entities over the revisions given, all in flight
+        at once (no task each); per entity the new revision or the error."""
+        assert self.kv is not None
+        mux = requester(self.nc)
+        await mux.ready()
+        sent: list[tuple[str, str, int, asyncio.Future[tuple[bytes, dict[str, str] | None]] | BaseException]] = []
+        for entity, revision in writes:
+            key, seq = entity.state.key, entity.seq
+            subject, payload, headers = kv_update_request(f"{self.kv._pre}{key}", entity.to_json(), revision)
+            try:
+                sent.append((key, subject, seq, mux.send(subject, payload, self.timeout, headers)))
+            except Exception as err:  # disconnected: nothing went out
+                sent.append((key, subject, seq, err))
+        results: list[int | BaseException] = []
+        for key, subject, seq, future in sent:
+            try:
+                if isinstance(future, BaseException):
+                    raise future
+                data, _ = await future
+                written = kv_update_result(subject, data)
+            except Exception as err:
+                results.append(err)
+                continue
+            self._written[key] = (written, seq)
+            results.append(written)
+        return results
+
     async def write_snapshot(self, key: str, newer_than: int, cached: Entity | None = None, tries: int = 5,
                              revision_hint: int = 0) -> int:
         """Bring key's snapshot to at least stream sequence newer_than; returns the revision
@@ -186,9 +224,8 @@ class AggregateStore:
         With revision_hint (the revision this process wrote last) and a warm entity at least
         as recent as what it wrote then, it first tries a single compare-and-set write,
         without reading the snapshot."""
-        written = self._written.get(key)
-        if (revision_hint and cached is not None and written is not None and written[0] == revision_hint
-                and cached.seq >= max(newer_than, written[1])):
+        if self.can_write_over(key, newer_than, cached, revision_hint):
+            assert cached is not None
             try:
                 return await self.save_snapshot(cached, revision_hint)
             except (KeyWrongLastSequenceError, BadRequestError):

@@ -59,6 +59,24 @@ def header_block(headers: Mapping[str, str]) -> bytes:
     return b"".join(lines)
 
 
+def header_lines(block: bytes) -> dict[str, str] | None:
+    """The headers of a block without a status line, parsed as nats-py does
+    (`Client._parse_header_lines` after the version line), without its awaits."""
+    out: dict[str, str] = {}
+    for line in block[10:].split(b"\r\n"):
+        name, sep, value = line.partition(b":")
+        if not sep:
+            continue
+        try:
+            key = name.strip().decode("ascii")
+        except UnicodeDecodeError:
+            continue
+        if key and len(key.split()) != 1:  # whitespace inside the name
+            continue
+        out[key] = value.strip().decode("utf-8", "replace")
+    return out or None
+
+
 class _Direct:
     __slots__ = ("handler", "parse_headers")
 
@@ -87,7 +105,10 @@ class Wire:
             stats["in_bytes"] += len(data)
             parsed = None
             if headers and (target.parse_headers or not reply):  # status messages come without a reply
-                parsed = await process_headers(headers)
+                if headers[8:9] == b" ":  # a status line: nats-py's own parsing
+                    parsed = await process_headers(headers)
+                else:
+                    parsed = header_lines(headers)
             try:
                 target.handler(subject.decode(errors="replace"), reply.decode(errors="replace"), data, parsed)
             except Exception:  # a handler bug must not stop the connection's read loop
