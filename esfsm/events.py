@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
+from random import getrandbits
 from typing import Any
 
 from cloudevents.core.base import BaseCloudEvent
@@ -60,12 +60,16 @@ _VALIDATED: set[tuple[str, str, bool]] = set()
 
 
 def new_event_id() -> str:
-    """A random (version 4) UUID as text, without building a uuid.UUID."""
-    h = os.urandom(16).hex()
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
+    """A random (version 4) UUID as text, without building a uuid.UUID. The bits come from
+    `random` (seeded from the OS at start and again in a forked child): ids must be unique,
+    not secret, and this is a tenth of the cost of asking the OS for each."""
+    n = (getrandbits(128) & _CLEAR) | _V4
+    h = "%032x" % n
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-_VARIANT = "89ab"
+_CLEAR = ~((0xF << 76) | (0x3 << 62)) & ((1 << 128) - 1)  # version nibble, variant bits
+_V4 = (0x4 << 76) | (0x2 << 62)  # version 4, RFC 4122 variant (10xx)
 
 
 def event_to_json(event: BaseCloudEvent) -> bytes:

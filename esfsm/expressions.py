@@ -138,8 +138,9 @@ def to_json_value(value: Any) -> Any:
 def format_time(value: dt.datetime) -> str:
     if value.tzinfo is None:
         value = value.replace(tzinfo=dt.timezone.utc)
-    text = value.astimezone(dt.timezone.utc).isoformat()
-    return text.replace("+00:00", "Z")
+    elif value.tzinfo is not dt.timezone.utc:
+        value = value.astimezone(dt.timezone.utc)
+    return value.isoformat().replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)

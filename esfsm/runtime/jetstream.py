@@ -313,13 +313,14 @@ async def last_message(
 ) -> Stored | None:
     """The last message on subjects (wildcards allowed), or None if there is none."""
     try:
-        msg = await nc.request(f"{api}.DIRECT.GET.{stream}", orjson.dumps({"last_by_subj": subjects}), timeout)
+        data, headers = await requester(nc).request(f"{api}.DIRECT.GET.{stream}",
+                                                    orjson.dumps({"last_by_subj": subjects}), timeout)
     except (TimeoutError, *NOT_SENT) as err:
         raise UnavailableError(f"JetStream did not answer a read of {subjects} ({type(err).__name__})") from err
-    headers = msg.headers or {}
+    headers = headers or {}
     status = headers.get("Status")
     if status == "404":
         return None
     if status:
         raise StoreError(f"direct get of {subjects} failed: {status} {headers.get('Description', '')}")
-    return Stored(int(headers["Nats-Sequence"]), headers["Nats-Subject"], headers, msg.data)
+    return Stored(int(headers["Nats-Sequence"]), headers["Nats-Subject"], headers, data)

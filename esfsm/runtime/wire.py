@@ -235,20 +235,25 @@ class LeanParser(Parser):
                 del buf[:pos]
 
     def _message_line(self, line: bytes) -> None:
-        args = _GAP.split(line.strip(b" \t"))
-        headered = args[0].upper() == b"HMSG"
+        if b"\t" in line or b"  " in line or line[:1] == b" " or line[-1:] == b" ":
+            args = _GAP.split(line.strip(b" \t"))
+        else:  # the server's usual single spaces
+            args = line.split(b" ")
+        headered = len(args[0]) == 4  # HMSG, else MSG
+        count = len(args)
         try:
             if headered:
-                if len(args) not in (5, 6):
-                    raise ValueError(len(args))
+                if count != 5 and count != 6:
+                    raise ValueError(count)
                 header_size, total = int(args[-2]), int(args[-1])
+                reply = args[3] if count == 6 else b""
             else:
-                if len(args) not in (4, 5):
-                    raise ValueError(len(args))
+                if count != 4 and count != 5:
+                    raise ValueError(count)
                 header_size, total = 0, int(args[-1])
-            self.msg_arg["subject"] = args[1]
-            self.msg_arg["sid"] = int(args[2])
-            self.msg_arg["reply"] = args[3] if len(args) == (6 if headered else 5) else b""
+                reply = args[3] if count == 5 else b""
+            arg = self.msg_arg
+            arg["subject"], arg["sid"], arg["reply"] = args[1], int(args[2]), reply
         except ValueError:
             raise ProtocolError("nats: malformed MSG") from None
         if header_size < 0 or total < header_size:
