@@ -96,25 +96,41 @@ class Wire:
         direct = self._direct
 
         async def process_msg(sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+            if self.dispatch(sid, subject, reply, data, headers):
+                return
             target = direct.get(sid)
             if target is None:
                 await original(sid, subject, reply, data, headers)
                 return
-            stats = nc.stats
-            stats["in_msgs"] += 1
-            stats["in_bytes"] += len(data)
-            parsed = None
-            if headers and (target.parse_headers or not reply):  # status messages come without a reply
-                if headers[8:9] == b" ":  # a status line: nats-py's own parsing
-                    parsed = await process_headers(headers)
-                else:
-                    parsed = header_lines(headers)
-            try:
-                target.handler(subject.decode(errors="replace"), reply.decode(errors="replace"), data, parsed)
-            except Exception:  # a handler bug must not stop the connection's read loop
-                log.exception("handling a message on %r failed", subject[:200])
+            parsed = await process_headers(headers)  # a status line
+            self._call(target, subject, reply, data, parsed)
 
         nc._process_msg = process_msg  # type: ignore[method-assign]
+        nc._esfsm_wire = self  # type: ignore[attr-defined]  # LeanParser dispatches without a coroutine
+
+    def dispatch(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> bool:
+        """Hand a message to its direct subscription at once; False if it is not one (or
+        carries a status line, which nats-py parses)."""
+        target = self._direct.get(sid)
+        if target is None:
+            return False
+        parsed = None
+        if headers and (target.parse_headers or not reply):  # status messages come without a reply
+            if headers[8:9] == b" ":
+                return False
+            parsed = header_lines(headers)
+        self._call(target, subject, reply, data, parsed)
+        return True
+
+    def _call(self, target: _Direct, subject: bytes, reply: bytes, data: bytes,
+              parsed: dict[str, str] | None) -> None:
+        stats = self.nc.stats
+        stats["in_msgs"] += 1
+        stats["in_bytes"] += len(data)
+        try:
+            target.handler(subject.decode(errors="replace"), reply.decode(errors="replace"), data, parsed)
+        except Exception:  # a handler bug must not stop the connection's read loop
+            log.exception("handling a message on %r failed", subject[:200])
 
     async def subscribe(self, subject: str, handler: Handler, queue: str = "",
                         parse_headers: bool = True) -> Subscription:
@@ -203,9 +219,11 @@ class LeanParser(Parser):
                     pos = end + 2
                     self.state, self.header_needed = AWAITING_CONTROL_LINE, 0
                     arg = self.msg_arg
-                    await self.nc._process_msg(arg["sid"], arg["subject"], arg["reply"], payload, headers)
-                    if self.buf is not buf:  # reset by a reconnect meanwhile
-                        return
+                    lean = getattr(self.nc, "_esfsm_wire", None)
+                    if lean is None or not lean.dispatch(arg["sid"], arg["subject"], arg["reply"], payload, headers):
+                        await self.nc._process_msg(arg["sid"], arg["subject"], arg["reply"], payload, headers)
+                        if self.buf is not buf:  # reset by a reconnect meanwhile
+                            return
                     continue
                 eol = buf.find(b"\r\n", pos)
                 if eol < 0:  # the rest of the line is still on its way
