@@ -16,7 +16,7 @@ import datetime as dt
 import functools
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import cel
@@ -171,10 +171,21 @@ class Expression:
             if values is not None:  # every field the expression reads is there
                 if plan.single is not None:
                     return values[plan.single]
+                key = plan.memo_key(values)
+                if key is not None:
+                    known = plan.memo.get(key, _UNKNOWN)
+                    if known is not _UNKNOWN:
+                        return known
                 try:
-                    return plan.program.execute(values)
+                    result = plan.program.execute(values)
                 except Exception:  # the original program gives the error its own words
                     pass
+                else:
+                    if key is not None and isinstance(result, _SCALARS):
+                        if len(plan.memo) >= MEMO_SIZE:
+                            plan.memo.clear()
+                        plan.memo[key] = result
+                    return result
         try:
             used = {name: variables[name] for name in self.names if name in variables}
             return self.program.execute(used)
@@ -205,6 +216,9 @@ _PLAIN_STRING = re.compile(r"""\A(?:'([^'\\\n]*)'|"([^"\\\n]*)")\Z""")
 _BEFORE_IN = re.compile(r"(?:^|\(|&&|\|\||,|\?|:)\s*$")
 _AFTER_IN = re.compile(r"\s*(?:$|\)|&&|\|\||,|\?|:)")
 _SCALARS = (str, int, float, bool, type(None))
+_UNKNOWN = object()
+MEMO_SIZE = 256  # results remembered per projected expression (then forgotten all at once)
+MEMO_TEXT = 200  # longer strings are not remembered
 
 
 @dataclass(frozen=True)
@@ -213,6 +227,24 @@ class Projection:
     reads: tuple[tuple[str, str, str, str], ...]  # (new name, variable, "field" | "present", key)
     passed: tuple[str, ...]  # variables handed over whole
     single: str | None  # the expression is one field read: its value, without CEL
+
+    memo: dict[tuple[Any, ...], Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def memo_key(self, values: dict[str, Any]) -> tuple[Any, ...] | None:
+        """What the result depends on, when it is a few short scalars (None otherwise).
+        CEL here is deterministic and `now` is never projected, so equal inputs give equal
+        results: a rule over the same header value is evaluated once."""
+        key = []
+        for value in values.values():
+            kind = type(value)
+            if kind is str:
+                if len(value) > MEMO_TEXT:
+                    return None
+            elif not (kind is int or kind is bool or value is None):  # floats: 0.0 == -0.0, 1/x differs
+                return None
+            key.append(kind)
+            key.append(value)
+        return tuple(key)
 
     def inputs(self, variables: Mapping[str, Any]) -> dict[str, Any] | None:
         values: dict[str, Any] = {}

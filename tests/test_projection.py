@@ -97,3 +97,35 @@ def test_projected_and_original_agree(values: dict[str, Any], index: int) -> Non
     source = PROJECTED[index]
     expression = Expression(source, "test")
     assert outcome(lambda: expression.evaluate(values)) == original(source, expression.names, values)
+
+
+@settings(max_examples=200, deadline=None)
+@given(values=variables, index=st.integers(0, len(PROJECTED) - 1))
+def test_remembered_results_equal_fresh_ones(values: dict[str, Any], index: int) -> None:
+    """The second evaluation may come from the memo: it must equal the original program's."""
+    source = PROJECTED[index]
+    expression = Expression(source, "test")
+    first = outcome(lambda: expression.evaluate(values))
+    second = outcome(lambda: expression.evaluate(values))
+    assert first == second == original(source, expression.names, values)
+
+
+def test_what_is_remembered() -> None:
+    rule = Expression("'x-username' in meta && meta['x-username'] != 'unauthorized'", "t")
+    plan = rule.projection
+    assert plan is not None
+    plan.memo.clear()
+    assert rule.evaluate({"meta": {"x-username": "ann", "x-esfsm-command-id": "c1"}}) is True
+    assert rule.evaluate({"meta": {"x-username": "ann", "x-esfsm-command-id": "c2"}}) is True
+    assert len(plan.memo) == 1  # the command id is not read, so both share one entry
+    assert rule.evaluate({"meta": {"x-username": "unauthorized"}}) is False
+    assert len(plan.memo) == 2
+    assert rule.evaluate({"meta": {"x-username": "x" * 500}}) is True and len(plan.memo) == 2  # long: not kept
+    clock = Expression("now > timestamp('2020-01-01T00:00:00Z') && cmd.amount > 1", "t")
+    import datetime as dt
+    now = dt.datetime.now(dt.timezone.utc)
+    assert clock.evaluate({"now": now, "cmd": {"amount": 2}}) is True
+    assert clock.projection is not None and not clock.projection.memo  # reads `now`: never remembered
+    half = Expression("1.0 / cmd.x", "t")
+    assert half.evaluate({"cmd": {"x": 0.5}}) == 2.0
+    assert half.projection is not None and not half.projection.memo  # floats are not remembered
