@@ -206,29 +206,31 @@ class LeanParser(Parser):
     async def parse(self, data: bytes = b"") -> None:
         buf = self.buf
         buf.extend(data)
+        view = bytes(buf)  # one copy per read; every slice below is then a single copy
+        size = len(view)
+        lean = getattr(self.nc, "_esfsm_wire", None)
         pos = 0
         try:
-            while pos < len(buf):
+            while pos < size:
                 if self.state == AWAITING_MSG_PAYLOAD:
                     end = pos + self.needed
-                    if len(buf) < end + 2:
+                    if size < end + 2:
                         break
                     split = pos + self.header_needed
-                    headers = bytes(buf[pos:split]) if self.header_needed else None
-                    payload = bytes(buf[split:end])
+                    headers = view[pos:split] if self.header_needed else None
+                    payload = view[split:end]
                     pos = end + 2
                     self.state, self.header_needed = AWAITING_CONTROL_LINE, 0
                     arg = self.msg_arg
-                    lean = getattr(self.nc, "_esfsm_wire", None)
                     if lean is None or not lean.dispatch(arg["sid"], arg["subject"], arg["reply"], payload, headers):
                         await self.nc._process_msg(arg["sid"], arg["subject"], arg["reply"], payload, headers)
                         if self.buf is not buf:  # reset by a reconnect meanwhile
                             return
                     continue
-                eol = buf.find(b"\r\n", pos)
+                eol = view.find(b"\r\n", pos)
                 if eol < 0:  # the rest of the line is still on its way
                     break
-                line = bytes(buf[pos:eol])
+                line = view[pos:eol]
                 pos = eol + 2
                 op = line[:4].upper()
                 if op == b"MSG " or op == b"MSG\t" or op == b"HMSG":
