@@ -45,7 +45,7 @@ does not stop cleanly) is printed as ``FAILED: ...`` and the exit status is
 Usage (from anywhere; paths are resolved from this file)::
 
     python benchmarks/bench_runtime.py [--commands 20000] [--keys 1000]
-        [--concurrency 64] [--repeat 1] [--seed 42] [--settle 10] [--drain 180]
+        [--concurrency 64] [--repeat 3] [--seed 42] [--settle 10] [--drain 180]
         [--py-spy OUT.svg] [--keep]
 
 ``--py-spy OUT`` records the runtime process with py-spy (if installed) during
@@ -616,7 +616,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--commands", type=int, default=20_000)
     parser.add_argument("--keys", type=int, default=1_000)
     parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="runs of both loops, alternating; the table shows medians (the machine is noisy)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--settle", type=float, default=10.0, help="seconds to wait for the KV snapshots")
     parser.add_argument("--drain", type=float, default=180.0,

@@ -69,6 +69,8 @@ def test_commands_events_and_state_follow_the_contract(nats_server: Any) -> None
         # The durable consumer of the seed.
         consumer = await js.consumer_info("BANK_EVENTS", "AGG_bankaccount")
         assert consumer.config.durable_name == "AGG_bankaccount"
+        assert consumer.config.filter_subject == "bank.events.>"
+        assert consumer.config.headers_only  # the snapshot writer needs subjects and sequences only
         await nc.close()
 
     run(scenario())

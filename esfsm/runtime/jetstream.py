@@ -205,14 +205,13 @@ async def append(
     """
     check = {EXPECTED_SEQ: str(expected_seq), EXPECTED_SEQ_SUBJECT: entity_subjects}
     ctype = {CONTENT_TYPE: EVENT_CONTENT_TYPE}
-    request = requester(nc).request
+    mux = requester(nc)
+    request = mux.request
     try:
         if len(events) == 1:
-            event = events[0]
-            headers = (f"NATS/1.0\r\n{EXPECTED_SEQ}: {expected_seq}\r\n{EXPECTED_SEQ_SUBJECT}: {entity_subjects}\r\n"
-                       f"{CONTENT_TYPE}: {EVENT_CONTENT_TYPE}\r\n{MSG_ID}: {event.msg_id}\r\n\r\n")  # header_block, inlined
-            data, _ = await request(event.subject, event.body, timeout, headers.encode())
-            return _ack(data)
+            await mux.ready()
+            data, headers = await append_one(nc, entity_subjects, expected_seq, events[0], timeout)
+            return append_result(data, headers)
         batch = uuid.uuid4().hex
         last = len(events)
         for i, event in enumerate(events, start=1):
@@ -265,6 +264,22 @@ async def kv_update(nc: Client, subject: str, value: bytes, last: int, timeout: 
     except TimeoutError as err:
         raise UnavailableError("JetStream did not acknowledge a snapshot write in time", maybe_stored=True) from err
     return kv_update_result(subject, data)
+
+
+def append_one(nc: Client, entity_subjects: str, expected_seq: int, event: Outgoing,
+               timeout: float = 5.0) -> asyncio.Future[tuple[bytes, dict[str, str] | None]]:
+    """Start the append of a single event (the request mux must be ready); the future gets
+    the ack for append_result, or TimeoutError. Raises NOT_SENT errors when it cannot go out."""
+    headers = (f"NATS/1.0\r\n{EXPECTED_SEQ}: {expected_seq}\r\n{EXPECTED_SEQ_SUBJECT}: {entity_subjects}\r\n"
+               f"{CONTENT_TYPE}: {EVENT_CONTENT_TYPE}\r\n{MSG_ID}: {event.msg_id}\r\n\r\n")  # header_block, inlined
+    return requester(nc).send(event.subject, event.body, timeout, headers.encode())
+
+
+def append_result(data: bytes, headers: dict[str, str] | None) -> int:
+    """The stream sequence from an append's reply; NoRespondersError, ConflictError or StoreError."""
+    if headers and headers.get("Status") == "503" and not data:
+        raise NoRespondersError
+    return _ack(data)
 
 
 def api_prefix(domain: str | None = None) -> str:

@@ -18,15 +18,17 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import logging
 import re
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from nats.aio.client import Client
 from nats.aio.subscription import Subscription
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import EndpointConfig, Service, ServiceConfig
@@ -37,7 +39,15 @@ from esfsm.engine import check_payload, check_request, clip, expected_version, v
 from esfsm.errors import EsfsmError
 from esfsm.events import event_to_dict
 from esfsm.runtime.entity import Entity, accepted_reply
-from esfsm.runtime.jetstream import ConflictError, Outgoing, StoreError, UnavailableError
+from esfsm.runtime.jetstream import (
+    NOT_SENT,
+    ConflictError,
+    Outgoing,
+    StoreError,
+    UnavailableError,
+    append_result,
+    requester,
+)
 from esfsm.runtime.store import AggregateStore
 from esfsm.runtime.wire import header_block, wire
 from esfsm.values import (
@@ -48,6 +58,7 @@ from esfsm.values import (
     KEY_HEADER,
     UNAVAILABLE,
     CommandRequest,
+    EntityState,
     ErrorDetail,
     Rejected,
 )
@@ -60,9 +71,57 @@ TEST_NOW_HEADER = "x-esfsm-test-now"
 _VALID_SUBJECT = re.compile(r"[!-~]+")  # printable ASCII, no spaces or control characters
 
 
+class _Turn:
+    """First come, first served per entity key; try_acquire lets the fast path take a free
+    turn without awaiting (asyncio.Lock has no such call)."""
+
+    __slots__ = ("held", "waiters")
+
+    def __init__(self) -> None:
+        self.held = False
+        self.waiters: deque[asyncio.Future[None]] = deque()
+
+    def locked(self) -> bool:
+        return self.held or bool(self.waiters)
+
+    def try_acquire(self) -> bool:
+        if self.held or self.waiters:
+            return False
+        self.held = True
+        return True
+
+    async def acquire(self) -> None:
+        if self.try_acquire():
+            return
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiters.append(turn)
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():
+                self.release()  # handed to us just as we were cancelled: pass it on
+            elif turn in self.waiters:
+                self.waiters.remove(turn)
+            raise
+
+    def release(self) -> None:
+        while self.waiters:
+            turn = self.waiters.popleft()
+            if not turn.done():
+                turn.set_result(None)  # handed over: still held
+                return
+        self.held = False
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
+
+
 @dataclass
 class _Slot:
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    lock: _Turn = field(default_factory=_Turn)
     entity: Entity | None = None
 
 
@@ -96,7 +155,9 @@ class AggregateService:
         self._rejections: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
         self._unknown: Subscription | None = None
+        self._inflight = 0  # commands holding their entity's turn outside a task of their own
         self.handled = 0
+        self.fast_served = 0  # commands decided and stored without a task (see _fast)
         # Only `esfsm test --nats` sets this: the clock then comes from the header
         # x-esfsm-test-now, so scenarios with a fixed `now` run on NATS too.
         self.test_clock = test_clock
@@ -118,6 +179,7 @@ class AggregateService:
                 "bucket": model.nats.bucket,
             },
         ))
+        await requester(self.nc).ready()  # the fast path sends appends without awaiting
         for name, command in self.compiled.commands.items():
             await self.service.add_endpoint(EndpointConfig(
                 name=name,
@@ -152,7 +214,9 @@ class AggregateService:
             if not _VALID_SUBJECT.fullmatch(reply):  # the server would drop our connection
                 log.warning("dropped a request whose reply subject is not a valid subject")
                 return
-            self._spawn(self._serve(subject[len(prefix):], data, headers or {}, reply))
+            command, headers = subject[len(prefix):], headers or {}
+            if not self._fast(command, data, headers, reply):
+                self._spawn(self._serve(command, data, headers, reply))
 
         return receive
 
@@ -167,8 +231,11 @@ class AggregateService:
             for sub in routed:
                 self.wire.unroute(sub)
             self.service = None
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        while self._tasks or self._inflight:  # each one ends: an ack, or the request's timeout
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+            else:
+                await asyncio.sleep(0.01)
 
     async def _unrouted(self, request: Request) -> None:  # pragma: no cover - requests arrive through wire.py
         log.warning("request on %s took the slow path", request.subject)
@@ -197,6 +264,9 @@ class AggregateService:
         except Exception as err:  # the reply must still go out; the log keeps the cause
             log.exception("command %s failed unexpectedly", command)
             reply = rejection(INTERNAL, f"internal error: {type(err).__name__}: {err}")
+        self._respond(command, reply, reply_to)
+
+    def _respond(self, command: str, reply: dict[str, Any], reply_to: str) -> None:
         self.handled += 1
         if not reply["accepted"]:  # rejections quote input, which can be huge; the header repeats it
             reply["message"] = _printable(clip(reply["message"], 500))
@@ -210,6 +280,17 @@ class AggregateService:
 
     async def process(self, command: str, body: bytes, headers: dict[str, str]) -> dict[str, Any]:
         """Decide and store one command; the reply as a dict."""
+        prepared = self._prepare(command, body, headers)
+        if isinstance(prepared, dict):
+            return prepared
+        request, expected = prepared
+        slot = self._slot(request.key)
+        async with slot.lock:
+            return await self._held(slot, request, expected)
+
+    def _prepare(self, command: str, body: bytes,
+                 headers: dict[str, str]) -> dict[str, Any] | tuple[CommandRequest, int | None]:
+        """The checks that need no entity: the request and its expected version, or the rejection."""
         key = headers.get(KEY_HEADER)
         problem = check_request(self.compiled, command, key, headers)
         if problem:
@@ -224,23 +305,27 @@ class AggregateService:
         bad_payload = check_payload(payload)
         if bad_payload:
             return bad_payload.as_dict()
-        request = CommandRequest(command, key, payload, headers)
-        slot = self._slot(key)
-        async with slot.lock:
-            try:
-                return await self._decide_and_store(slot, request, expected)
-            except UnavailableError as err:
-                slot.entity = None  # whatever happened, reload next time
-                if err.maybe_stored:
-                    return rejection(UNAVAILABLE, f"{err}; the command may have been stored: retry it with the same "
-                                                  f"{COMMAND_ID_HEADER} to learn its outcome")
-                return rejection(UNAVAILABLE, f"JetStream is unavailable, nothing was stored: {err}")
-            except StoreError as err:
-                slot.entity = None
-                return rejection(INTERNAL, f"storage failure, nothing was stored: {err}")
-            except EsfsmError as err:  # the stored history cannot be replayed
-                slot.entity = None
-                return rejection(INTERNAL, str(err))
+        return CommandRequest(command, key, payload, headers), expected
+
+    async def _held(self, slot: _Slot, request: CommandRequest, expected: int | None,
+                    stale: bool = False) -> dict[str, Any]:
+        """Decide and store with the entity's turn held; the reply as a dict."""
+        try:
+            if stale and slot.entity is not None:  # the fast path's append met a newer event
+                await self.store.catch_up(slot.entity)
+            return await self._decide_and_store(slot, request, expected)
+        except UnavailableError as err:
+            slot.entity = None  # whatever happened, reload next time
+            if err.maybe_stored:
+                return rejection(UNAVAILABLE, f"{err}; the command may have been stored: retry it with the same "
+                                              f"{COMMAND_ID_HEADER} to learn its outcome")
+            return rejection(UNAVAILABLE, f"JetStream is unavailable, nothing was stored: {err}")
+        except StoreError as err:
+            slot.entity = None
+            return rejection(INTERNAL, f"storage failure, nothing was stored: {err}")
+        except EsfsmError as err:  # the stored history cannot be replayed
+            slot.entity = None
+            return rejection(INTERNAL, str(err))
 
     def _slot(self, key: str) -> _Slot:
         slot = self._slots.get(key)
@@ -300,6 +385,130 @@ class AggregateService:
             return reply
         return rejection(CONFLICT, f"entity {key!r} is being changed concurrently; "
                                    f"gave up after {MAX_ATTEMPTS} attempts, nothing was stored")
+
+    # -- the fast path: a warm entity, no task ----------------------------------
+
+    def _fast(self, command: str, body: bytes, headers: dict[str, str], reply_to: str) -> bool:
+        """Serve a command straight from the read loop when its entity is warm and its turn
+        is free: decide now, start the append, answer from the ack's callback. Anything
+        else (a cold entity, a queue for the key, a rejection to double-check, several
+        events, a failed append) continues on the ordinary path, the turn still held, so
+        commands of one entity keep their order. False: not taken at all."""
+        key = headers.get(KEY_HEADER)
+        slot = self._slots.get(key) if isinstance(key, str) else None
+        if slot is None or slot.entity is None or slot.lock.locked():
+            return False
+        prepared = self._prepare(command, body, headers)
+        if isinstance(prepared, dict):  # 400 / 404: the entity is not involved
+            self._respond(command, prepared, reply_to)
+            return True
+        request, expected = prepared
+        slot.lock.try_acquire()  # free: checked above, and nothing ran since
+        self._slots.move_to_end(request.key)
+        self._inflight += 1
+        try:
+            started = self._start_append(slot, request, expected, reply_to)
+        except Exception:  # e.g. disconnected: the ordinary path reports it
+            log.debug("fast path of %s fell back", command, exc_info=True)
+            started = False
+        if not started:
+            self._continue(slot, request, reply_to, self._held(slot, request, expected))
+        return True
+
+    def _start_append(self, slot: _Slot, request: CommandRequest, expected: int | None, reply_to: str) -> bool:
+        entity = slot.entity
+        assert entity is not None
+        command_id = request.headers.get(COMMAND_ID_HEADER)
+        if command_id is not None and (command_id in entity.commands or (request.key, command_id) in self._rejections):
+            return False  # answered before: the ordinary path repeats that answer
+        if expected is not None and expected != entity.state.version:
+            return False
+        decision = self.compiled.decide(entity.state, request, self._now(request.headers))
+        if not decision.accepted or len(decision.events) != 1:
+            return False  # a rejection is only answered after a freshness check; a batch takes steps
+        document = event_to_dict(decision.events[0])
+        outgoing = Outgoing(self.store.subject(request.key, document["type"]), orjson.dumps(document),
+                            document["id"])
+        expected_seq = entity.seq
+        future = self.store.append_one(request.key, expected_seq, outgoing)
+        future.add_done_callback(functools.partial(
+            self._acked, slot, request, expected, decision.state, document, outgoing, expected_seq, reply_to))
+        return True
+
+    def _acked(self, slot: _Slot, request: CommandRequest, expected: int | None, state: EntityState,
+               document: dict[str, Any], outgoing: Outgoing, expected_seq: int, reply_to: str,
+               future: asyncio.Future[tuple[bytes, dict[str, str] | None]]) -> None:
+        """The append's ack arrived (or its wait ran out): finish the command."""
+        try:
+            data, headers = future.result()
+            seq = append_result(data, headers)
+        except asyncio.CancelledError:  # the loop is closing
+            self._done(slot)
+            return
+        except ConflictError:  # another process appended first: catch up and decide again
+            self._continue(slot, request, reply_to, self._held(slot, request, expected, stale=True))
+            return
+        except NatsTimeoutError:  # no ack: it may be stored; find out as the ordinary path does
+            self._continue(slot, request, reply_to, self._resume(slot, outgoing, expected_seq, state, document,
+                                                                 request))
+            return
+        except NOT_SENT as err:
+            slot.entity = None
+            reply = rejection(UNAVAILABLE, f"JetStream is unavailable, nothing was stored: "
+                                           f"cannot reach JetStream ({type(err).__name__})")
+        except StoreError as err:
+            slot.entity = None
+            reply = rejection(INTERNAL, f"storage failure, nothing was stored: {err}")
+        except Exception as err:  # the reply must still go out; the log keeps the cause
+            log.exception("command %s failed unexpectedly", request.name)
+            slot.entity = None
+            reply = rejection(INTERNAL, f"internal error: {type(err).__name__}: {err}")
+        else:
+            reply = self._applied(slot, request, state, seq, document)
+            self.fast_served += 1
+        self._done(slot)
+        self._respond(request.name, reply, reply_to)
+
+    def _applied(self, slot: _Slot, request: CommandRequest, state: EntityState, seq: int,
+                 document: dict[str, Any]) -> dict[str, Any]:
+        entity = slot.entity
+        assert entity is not None
+        entity.state = state
+        entity.seq = seq
+        reply = accepted_reply(state.version, state.state, [document])
+        command_id = request.headers.get(COMMAND_ID_HEADER)
+        if command_id is not None:
+            entity.remember(command_id, reply)
+        return reply
+
+    async def _resume(self, slot: _Slot, outgoing: Outgoing, expected_seq: int, state: EntityState,
+                      document: dict[str, Any], request: CommandRequest) -> dict[str, Any]:
+        """After a fast append got no ack: stored or not, as _decide_and_store finds out."""
+        seq = await self._stored_after_all(request.key, expected_seq, [outgoing])
+        if seq is None:
+            slot.entity = None
+            return rejection(UNAVAILABLE, "JetStream did not acknowledge the append in time; the command may have "
+                                          f"been stored: retry it with the same {COMMAND_ID_HEADER} to learn its "
+                                          "outcome")
+        return self._applied(slot, request, state, seq, document)
+
+    def _continue(self, slot: _Slot, request: CommandRequest, reply_to: str, step: Any) -> None:
+        """Finish a command on the ordinary path, in a task, its entity's turn still held."""
+        async def finish() -> None:
+            try:
+                reply = await step
+            except Exception as err:  # the reply must still go out; the log keeps the cause
+                log.exception("command %s failed unexpectedly", request.name)
+                reply = rejection(INTERNAL, f"internal error: {type(err).__name__}: {err}")
+            finally:
+                self._done(slot)
+            self._respond(request.name, reply, reply_to)
+
+        self._spawn(finish())
+
+    def _done(self, slot: _Slot) -> None:
+        slot.lock.release()
+        self._inflight -= 1
 
     def _now(self, headers: dict[str, str] | Any) -> dt.datetime | None:
         if not self.test_clock or TEST_NOW_HEADER not in headers:

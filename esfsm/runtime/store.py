@@ -23,6 +23,7 @@ from esfsm.runtime.jetstream import (
     UnavailableError,
     api_prefix,
     append,
+    append_one,
     kv_update,
     kv_update_request,
     kv_update_result,
@@ -88,12 +89,17 @@ class AggregateStore:
         await self.js.add_consumer(self.names.stream, ConsumerConfig(
             durable_name=self.durable, filter_subject=f"{self.names.events}.>", ack_wait=10,
             max_ack_pending=20_000, description=f"esfsm snapshots of aggregate {self.compiled.name}",
+            headers_only=True,  # the snapshot writer reads subjects and sequences, never the events themselves
         ))
 
     # -- events --------------------------------------------------------------
 
     async def append(self, key: str, expected_seq: int, events: Sequence[Outgoing]) -> int:
         return await append(self.nc, self.entity_subjects(key), expected_seq, events, self.timeout)
+
+    def append_one(self, key: str, expected_seq: int, event: Outgoing) -> asyncio.Future[tuple[bytes, dict[str, str] | None]]:
+        """Start a single-event append now (see jetstream.append_one)."""
+        return append_one(self.nc, self.entity_subjects(key), expected_seq, event, self.timeout)
 
     async def last_seq(self, key: str) -> int:
         """The sequence of the entity's last event (0: none). On a replicated stream the
