@@ -4,9 +4,16 @@ The hot path of a command is: parse → decide on the entity's state kept in
 memory → one JetStream append with the per-entity concurrency check → reply.
 The KV snapshot is written off this path (see projector.py).
 
-* Commands for different entities run concurrently: nats.micro hands over one
-  request at a time per endpoint, so each request runs in a task of its own.
-* Commands for one entity are applied in arrival order (a FIFO lock per key).
+* Requests arrive straight from the connection's read loop (wire.py). When
+  the entity is warm and nothing is queued for it, the command is decided and
+  its append sent right there, and the reply goes out from the ack's
+  callback: no task, lock or future wait per command (`_fast`). Every other
+  case, and every failure of the fast path, runs in a task of its own.
+* Commands for different entities run concurrently; nats.micro would hand
+  over one request at a time per endpoint, which is why neither path waits
+  for the one before.
+* Commands for one entity are applied in arrival order: a FIFO turn per key
+  (`_Turn`), which a fast command keeps while it falls back to a task.
 * The concurrency check is the safety net across processes: on a conflict
   the entity is caught up from the stream and the command decided again.
 * A rejection (or an accepted command that emits nothing) is only answered
