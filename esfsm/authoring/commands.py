@@ -103,7 +103,9 @@ def graph(aggregate: str, paths: tuple[Path, ...], fmt: str | None, output: Path
         raise click.ClickException(str(err)) from err
     if output is None:
         if chosen == "png":
-            click.get_binary_stream("stdout").write(content)
+            stdout = sys.stdout.buffer  # click.get_binary_stream is deprecated from Click 8.5
+            stdout.write(content)
+            stdout.flush()
         else:
             click.echo(content.decode(), nl=False)
         return
