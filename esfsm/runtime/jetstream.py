@@ -15,7 +15,7 @@ import asyncio
 import uuid
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +33,7 @@ from nats.errors import (
 )
 
 from esfsm.errors import EsfsmError
-from esfsm.runtime.wire import header_block, wire
+from esfsm.runtime.wire import header_block, one_per_client, wire
 
 WRONG_LAST_SEQUENCE = 10071  # Nats-Expected-Last-Subject-Sequence mismatch
 WRONG_LAST_SEQUENCE_CONSTANT = 10164  # the same, as newer servers word it for KV
@@ -174,25 +174,29 @@ _REQUESTERS: weakref.WeakKeyDictionary[Client, Requester] = weakref.WeakKeyDicti
 
 
 def requester(nc: Client) -> Requester:
-    found = _REQUESTERS.get(nc)
-    if found is None:
-        found = _REQUESTERS[nc] = Requester(nc)
-    return found
+    """The request mux of nc (made on first use)."""
+    return one_per_client(_REQUESTERS, nc, Requester)
 
 
-def _ack(data: bytes) -> int:
-    """The stream sequence from a publish ack, or the mapped error."""
+def _publish_ack(data: bytes, what: str, conflict: Callable[[str], Exception]) -> int:
+    """The stream sequence from the ack of a publish to a stream (an append, a KV write);
+    conflict(description) when its expected last sequence did not match."""
     try:
         ack = orjson.loads(data)
     except orjson.JSONDecodeError as err:
         raise StoreError(f"unexpected JetStream reply {data[:200]!r}") from err
     error = ack.get("error")
     if error:
-        if error.get("err_code") == WRONG_LAST_SEQUENCE:
-            raise ConflictError(error.get("description", ""))
-        raise StoreError(f"JetStream refused the append: {error.get('description')} "
+        if error.get("err_code") in (WRONG_LAST_SEQUENCE, WRONG_LAST_SEQUENCE_CONSTANT):
+            raise conflict(error.get("description", ""))
+        raise StoreError(f"JetStream refused {what}: {error.get('description')} "
                          f"(code {error.get('code')}, err_code {error.get('err_code')})")
     return int(ack["seq"])
+
+
+def _ack(data: bytes) -> int:
+    """The stream sequence from an append's ack; ConflictError or StoreError."""
+    return _publish_ack(data, "the append", ConflictError)
 
 
 async def append(
@@ -241,17 +245,8 @@ def kv_update_request(subject: str, value: bytes, last: int) -> tuple[str, bytes
 
 def kv_update_result(subject: str, data: bytes) -> int:
     """The new revision from a KV write's ack; KeyWrongLastSequenceError when the entry moved on."""
-    try:
-        ack = orjson.loads(data)
-    except orjson.JSONDecodeError as err:
-        raise StoreError(f"unexpected JetStream reply {data[:200]!r}") from err
-    error = ack.get("error")
-    if error:
-        if error.get("err_code") in (WRONG_LAST_SEQUENCE, WRONG_LAST_SEQUENCE_CONSTANT):
-            raise KeyWrongLastSequenceError(description=error.get("description", ""))
-        raise StoreError(f"JetStream refused the write to {subject}: {error.get('description')} "
-                         f"(code {error.get('code')}, err_code {error.get('err_code')})")
-    return int(ack["seq"])
+    return _publish_ack(data, f"the write to {subject}", lambda description: KeyWrongLastSequenceError(
+        description=description))
 
 
 async def kv_update(nc: Client, subject: str, value: bytes, last: int, timeout: float = 5.0) -> int:

@@ -30,7 +30,7 @@ import logging
 import re
 import weakref
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from nats.aio.client import Client
 from nats.aio.subscription import Subscription
@@ -283,11 +283,17 @@ class LeanParser(Parser):
 
 
 _WIRES: weakref.WeakKeyDictionary[Client, Wire] = weakref.WeakKeyDictionary()
+_T = TypeVar("_T")
+
+
+def one_per_client(registry: weakref.WeakKeyDictionary[Client, _T], nc: Client, make: Callable[[Client], _T]) -> _T:
+    """registry's object for nc, made by make(nc) on first use (and gone with the client)."""
+    found = registry.get(nc)
+    if found is None:
+        found = registry[nc] = make(nc)
+    return found
 
 
 def wire(nc: Client) -> Wire:
     """The Wire of nc (made on first use)."""
-    found = _WIRES.get(nc)
-    if found is None:
-        found = _WIRES[nc] = Wire(nc)
-    return found
+    return one_per_client(_WIRES, nc, Wire)
