@@ -75,6 +75,7 @@ MAX_ATTEMPTS = 8  # decide + append attempts per command before a 409
 MAX_ENTITIES = 100_000  # entities kept warm in memory per aggregate
 MAX_REJECTIONS = 10_000  # rejected command ids remembered per process
 TEST_NOW_HEADER = "x-esfsm-test-now"
+STOP_WAIT = 30.0  # seconds stop() waits for the commands in flight (each is bounded by its own timeouts)
 _VALID_SUBJECT = re.compile(r"[!-~]+")  # printable ASCII, no spaces or control characters
 
 
@@ -238,9 +239,13 @@ class AggregateService:
             for sub in routed:
                 self.wire.unroute(sub)
             self.service = None
+        deadline = asyncio.get_running_loop().time() + STOP_WAIT
         while self._tasks or self._inflight:  # each one ends: an ack, or the request's timeout
+            if asyncio.get_running_loop().time() > deadline:
+                log.warning("stopped with %d commands still in flight", len(self._tasks) + self._inflight)
+                break
             if self._tasks:
-                await asyncio.gather(*self._tasks, return_exceptions=True)
+                await asyncio.wait(list(self._tasks), timeout=1)
             else:
                 await asyncio.sleep(0.01)
 
