@@ -196,13 +196,22 @@ def test_an_append_left_unanswered_is_resolved_like_on_the_ordinary_path(own_ser
             await client.flush()
             real = service.store.append_one
 
-            def into_the_void(k: str, expected_seq: int, event: Any) -> Any:
+            def into_the_void(k: str, expected_seq: int, event: Any, then: Any) -> None:
                 service.store.append_one = real  # once
-                return requester(service.nc).send("silent.append", event.body, 0.3)
+                requester(service.nc).send_then("silent.append", event.body, 0.3, b"", then)
+
+            resumed = []
+            resume = service._resume
+
+            def counting(*args: Any) -> Any:
+                resumed.append(args)
+                return resume(*args)
 
             service.store.append_one = into_the_void  # type: ignore[method-assign]
+            service._resume = counting  # type: ignore[method-assign]
             reply = await send(client, "deposit", key, {"amount": 5})
             assert reply["accepted"] and reply["version"] == 2
+            assert len(resumed) == 1  # the fast path waited for the ack, then resolved it
             assert [e["type"] for e in await events_of(service, key)] == ["account_opened", "funds_deposited"]
             assert (await send(client, "deposit", key, {"amount": 1}))["version"] == 3
             await silent.unsubscribe()

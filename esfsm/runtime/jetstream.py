@@ -12,6 +12,7 @@ no timer per request.
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 import weakref
 from collections import deque
@@ -35,6 +36,7 @@ from nats.errors import (
 from esfsm.errors import EsfsmError
 from esfsm.runtime.wire import header_block, one_per_client, wire
 
+log = logging.getLogger("esfsm.jetstream")
 WRONG_LAST_SEQUENCE = 10071  # Nats-Expected-Last-Subject-Sequence mismatch
 WRONG_LAST_SEQUENCE_CONSTANT = 10164  # the same, as newer servers word it for KV
 EXPECTED_SEQ = "Nats-Expected-Last-Subject-Sequence"
@@ -90,6 +92,10 @@ class Stored:
     body: bytes
 
 
+# then(answer, error) of Requester.send_then: ((data, headers), None), or (None, the error)
+Answer = Callable[["tuple[bytes, dict[str, str] | None] | None", "BaseException | None"], None]
+
+
 class Requester:
     """Request/reply on one wildcard inbox subscription, for the hot path.
 
@@ -104,7 +110,7 @@ class Requester:
         self.nc = nc
         self.wire = wire(nc)
         self.prefix = nc.new_inbox() + "."
-        self._pending: dict[str, asyncio.Future[tuple[bytes, dict[str, str] | None]]] = {}
+        self._pending: dict[str, asyncio.Future[tuple[bytes, dict[str, str] | None]] | Answer] = {}
         self._sub: Any = None
         self._subscribing: asyncio.Lock | None = None
         self._count = 0
@@ -114,9 +120,14 @@ class Requester:
         self._sweeper: asyncio.TimerHandle | None = None
 
     def _deliver(self, subject: str, reply: str, data: bytes, headers: dict[str, str] | None) -> None:
-        future = self._pending.pop(subject[len(self.prefix):], None)
-        if future is not None and not future.done():
-            future.set_result((data, headers))
+        waiter = self._pending.pop(subject[len(self.prefix):], None)
+        if waiter is None:
+            return
+        if isinstance(waiter, asyncio.Future):
+            if not waiter.done():
+                waiter.set_result((data, headers))
+        else:
+            waiter((data, headers), None)
 
     def _sweep(self) -> None:
         self._sweeper = None
@@ -125,9 +136,17 @@ class Requester:
         for queue in self._deadlines.values():
             while queue and (queue[0][1] not in pending or queue[0][0] <= now):
                 deadline, token = queue.popleft()
-                future = pending.pop(token, None)
-                if future is not None and not future.done():
-                    future.set_exception(TimeoutError())
+                waiter = pending.pop(token, None)
+                if waiter is None:
+                    continue
+                if isinstance(waiter, asyncio.Future):
+                    if not waiter.done():
+                        waiter.set_exception(TimeoutError())
+                else:
+                    try:
+                        waiter(None, TimeoutError())
+                    except Exception:  # the other waiters must still be told
+                        log.exception("a request's timeout callback failed")
         if pending:
             self._sweeper = asyncio.get_running_loop().call_later(SWEEP, self._sweep)
 
@@ -145,19 +164,28 @@ class Requester:
              headers: bytes = b"") -> asyncio.Future[tuple[bytes, dict[str, str] | None]]:
         """Publish a request now; the future gets the reply's (data, headers), or TimeoutError.
         Several can be in flight without a task each (after `await ready()`)."""
+        future: asyncio.Future[tuple[bytes, dict[str, str] | None]] = asyncio.get_running_loop().create_future()
+        self._send(subject, payload, timeout, headers, future)
+        return future
+
+    def send_then(self, subject: str, payload: bytes, timeout: float, headers: bytes, then: Answer) -> None:
+        """Publish a request now; then((data, headers), None) is called from the read loop when
+        the reply arrives, or then(None, TimeoutError()) when it does not in time."""
+        self._send(subject, payload, timeout, headers, then)
+
+    def _send(self, subject: str, payload: bytes, timeout: float, headers: bytes,
+              waiter: asyncio.Future[tuple[bytes, dict[str, str] | None]] | Answer) -> None:
         self._count += 1
         token = str(self._count)
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[tuple[bytes, dict[str, str] | None]] = loop.create_future()
         self.wire.publish(subject, payload, self.prefix + token, headers)  # raises if it cannot go out
-        self._pending[token] = future
+        self._pending[token] = waiter
         queue = self._deadlines.get(timeout)
         if queue is None:
             queue = self._deadlines[timeout] = deque()
+        loop = asyncio.get_running_loop()
         queue.append((loop.time() + timeout, token))
         if self._sweeper is None:
             self._sweeper = loop.call_later(SWEEP, self._sweep)
-        return future
 
     async def request(self, subject: str, payload: bytes, timeout: float,
                       headers: bytes = b"") -> tuple[bytes, dict[str, str] | None]:
@@ -262,12 +290,16 @@ async def kv_update(nc: Client, subject: str, value: bytes, last: int, timeout: 
 
 
 def append_one(nc: Client, entity_subjects: str, expected_seq: int, event: Outgoing,
-               timeout: float = 5.0) -> asyncio.Future[tuple[bytes, dict[str, str] | None]]:
-    """Start the append of a single event (the request mux must be ready); the future gets
-    the ack for append_result, or TimeoutError. Raises NOT_SENT errors when it cannot go out."""
+               timeout: float = 5.0, then: Answer | None = None) -> asyncio.Future[tuple[bytes, dict[str, str] | None]] | None:
+    """Start the append of a single event (the request mux must be ready). Without then, a
+    future gets the ack for append_result, or TimeoutError; with then, it is called with
+    them instead (see Requester.send_then). Raises NOT_SENT errors when it cannot go out."""
     headers = (f"NATS/1.0\r\n{EXPECTED_SEQ}: {expected_seq}\r\n{EXPECTED_SEQ_SUBJECT}: {entity_subjects}\r\n"
-               f"{CONTENT_TYPE}: {EVENT_CONTENT_TYPE}\r\n{MSG_ID}: {event.msg_id}\r\n\r\n")  # header_block, inlined
-    return requester(nc).send(event.subject, event.body, timeout, headers.encode())
+               f"{CONTENT_TYPE}: {EVENT_CONTENT_TYPE}\r\n{MSG_ID}: {event.msg_id}\r\n\r\n").encode()  # header_block
+    if then is None:
+        return requester(nc).send(event.subject, event.body, timeout, headers)
+    requester(nc).send_then(event.subject, event.body, timeout, headers, then)
+    return None
 
 
 def append_result(data: bytes, headers: dict[str, str] | None) -> int:

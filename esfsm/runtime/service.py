@@ -35,6 +35,7 @@ from typing import Any
 import orjson
 from nats.aio.client import Client
 from nats.aio.subscription import Subscription
+from nats.errors import MaxPayloadError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.micro import add_service
 from nats.micro.request import Request
@@ -420,8 +421,10 @@ class AggregateService:
         self._inflight += 1
         try:
             started = self._start_append(slot, request, expected, reply_to)
-        except Exception:  # e.g. disconnected: the ordinary path reports it
-            log.debug("fast path of %s fell back", command, exc_info=True)
+        except (*NOT_SENT, MaxPayloadError):  # disconnected, say: the ordinary path reports it
+            started = False
+        except Exception:  # a bug: the ordinary path still answers, the log says where
+            log.warning("the fast path of %s failed; serving it the ordinary way", command, exc_info=True)
             started = False
         if not started:
             self._continue(slot, request, reply_to, self._held(slot, request, expected))
@@ -442,21 +445,19 @@ class AggregateService:
         outgoing = Outgoing(self.store.subject(request.key, document["type"]), orjson.dumps(document),
                             document["id"])
         expected_seq = entity.seq
-        future = self.store.append_one(request.key, expected_seq, outgoing)
-        future.add_done_callback(functools.partial(
+        self.store.append_one(request.key, expected_seq, outgoing, functools.partial(
             self._acked, slot, request, expected, decision.state, document, outgoing, expected_seq, reply_to))
         return True
 
     def _acked(self, slot: _Slot, request: CommandRequest, expected: int | None, state: EntityState,
                document: dict[str, Any], outgoing: Outgoing, expected_seq: int, reply_to: str,
-               future: asyncio.Future[tuple[bytes, dict[str, str] | None]]) -> None:
+               answer: tuple[bytes, dict[str, str] | None] | None, error: BaseException | None) -> None:
         """The append's ack arrived (or its wait ran out): finish the command."""
         try:
-            data, headers = future.result()
-            seq = append_result(data, headers)
-        except asyncio.CancelledError:  # the loop is closing
-            self._done(slot)
-            return
+            if error is not None:
+                raise error
+            assert answer is not None
+            seq = append_result(*answer)
         except ConflictError:  # another process appended first: catch up and decide again
             self._continue(slot, request, reply_to, self._held(slot, request, expected, stale=True))
             return

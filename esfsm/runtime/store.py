@@ -18,6 +18,7 @@ from esfsm.compiler import CompiledAggregate
 from esfsm.runtime.entity import Entity, fold
 from esfsm.runtime.jetstream import (
     NOT_SENT,
+    Answer,
     Outgoing,
     StoreError,
     UnavailableError,
@@ -97,9 +98,9 @@ class AggregateStore:
     async def append(self, key: str, expected_seq: int, events: Sequence[Outgoing]) -> int:
         return await append(self.nc, self.entity_subjects(key), expected_seq, events, self.timeout)
 
-    def append_one(self, key: str, expected_seq: int, event: Outgoing) -> asyncio.Future[tuple[bytes, dict[str, str] | None]]:
-        """Start a single-event append now (see jetstream.append_one)."""
-        return append_one(self.nc, self.entity_subjects(key), expected_seq, event, self.timeout)
+    def append_one(self, key: str, expected_seq: int, event: Outgoing, then: Answer) -> None:
+        """Start a single-event append now; then gets its ack (see jetstream.append_one)."""
+        append_one(self.nc, self.entity_subjects(key), expected_seq, event, self.timeout, then)
 
     async def last_seq(self, key: str) -> int:
         """The sequence of the entity's last event (0: none). On a replicated stream the
