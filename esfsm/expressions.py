@@ -120,8 +120,13 @@ def comprehensions(source: str) -> list[Comprehension]:
     ]
 
 
+_JSON_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
 def to_json_value(value: Any) -> Any:
     """CEL results as JSON values: timestamps become RFC 3339 strings, durations seconds."""
+    if type(value) in _JSON_SCALARS:
+        return value
     if isinstance(value, dict):
         return {str(k): to_json_value(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -334,21 +339,28 @@ class Template:
         self._build = _compile_template(raw, where)
 
     def evaluate(self, variables: Mapping[str, Any]) -> Any:
-        return to_json_value(self._build(variables))
+        return self._build(variables)  # JSON values already: each expression's result is converted
 
 
 def _compile_template(raw: Any, where: str) -> Any:
     if isinstance(raw, str):
         expression = Expression(raw, where)
         expression.names  # compile now, not on first use
-        return expression.evaluate
+        evaluate = expression.evaluate
+
+        def leaf(variables: Mapping[str, Any]) -> Any:
+            value = evaluate(variables)
+            return value if type(value) in _JSON_SCALARS else to_json_value(value)
+
+        return leaf
     if isinstance(raw, Mapping):
-        parts = [(k, _compile_template(v, f"{where}/{k}")) for k, v in raw.items()]
+        parts = [(str(k), _compile_template(v, f"{where}/{k}")) for k, v in raw.items()]
         return lambda variables: {k: build(variables) for k, build in parts}
     if isinstance(raw, list):
         items = [_compile_template(v, f"{where}/{i}") for i, v in enumerate(raw)]
         return lambda variables: [build(variables) for build in items]
-    return lambda variables: raw
+    value = to_json_value(raw)
+    return lambda variables: value
 
 
 def template_expressions(raw: Any, where: str) -> list[tuple[str, str]]:
