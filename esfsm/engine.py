@@ -9,6 +9,7 @@ tests, ``esfsm test`` and most of the test suite run on it.
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -118,7 +119,7 @@ def _fine(value: Any, depth: int) -> bool:
     if kind is list:
         return all(_fine(v, depth + 1) for v in value)
     if kind is float:
-        return value == value and value not in (float("inf"), float("-inf"))
+        return math.isfinite(value)
     return False  # anything else: let the full walk decide
 
 

@@ -64,7 +64,7 @@ def new_event_id() -> str:
     `random` (seeded from the OS at start and again in a forked child): ids must be unique,
     not secret, and this is a tenth of the cost of asking the OS for each."""
     n = (getrandbits(128) & _CLEAR) | _V4
-    h = "%032x" % n
+    h = f"{n:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 

@@ -142,9 +142,9 @@ def to_json_value(value: Any) -> Any:
 
 def format_time(value: dt.datetime) -> str:
     if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.timezone.utc)
-    elif value.tzinfo is not dt.timezone.utc:
-        value = value.astimezone(dt.timezone.utc)
+        value = value.replace(tzinfo=dt.UTC)
+    elif value.tzinfo is not dt.UTC:
+        value = value.astimezone(dt.UTC)
     return value.isoformat().replace("+00:00", "Z")
 
 
@@ -183,7 +183,7 @@ class Expression:
                         return known
                 try:
                     result = plan.program.execute(values)
-                except Exception:  # the original program gives the error its own words
+                except Exception:  # noqa: BLE001,S110 - any CEL error: the original program gives it its own words
                     pass
                 else:
                     if key is not None and isinstance(result, _SCALARS):
@@ -315,7 +315,7 @@ def projection(source: str, names: tuple[str, ...]) -> Projection | None:
         rewritten = rewritten[:start] + name + rewritten[end:]
     try:
         program = compile_expression(rewritten)
-    except Exception:
+    except Exception:  # noqa: BLE001 - a rewrite CEL does not take: evaluate the original instead
         return None
     if set(program.variables()) - set(reads.values()) - set(passed):
         return None  # the rewrite read something else: do not trust it

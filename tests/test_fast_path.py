@@ -15,12 +15,12 @@ from typing import Any
 
 import nats
 import pytest
+from nats_support import run, start_server
 
 from esfsm.compiler import CompiledAggregate
 from esfsm.project import Project
 from esfsm.runtime.service import AggregateService
 from esfsm.runtime.store import AggregateStore
-from nats_support import run, start_server
 
 KEY = "x-ergonats-entity-key"
 

@@ -9,6 +9,7 @@ taking the lean path still count in the micro service's statistics.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from typing import Any
 
@@ -229,7 +230,7 @@ def test_lean_parser_hands_over_what_nats_py_parser_does(items: list[tuple[Any, 
 
     data = _encode(items)
     bounds = sorted({0, len(data), *(c % (len(data) + 1) for c in cuts)})
-    chunks = [data[a:b] for a, b in zip(bounds, bounds[1:])]
+    chunks = [data[a:b] for a, b in itertools.pairwise(bounds)]
 
     async def feed(parser_class: Any) -> list[tuple[Any, ...]]:
         recorder = _Recorder()

@@ -22,7 +22,6 @@ from typing import Any
 
 import orjson
 from nats.aio.client import Client
-from nats.js.errors import KeyWrongLastSequenceError
 from nats.errors import (
     ConnectionClosedError,
     ConnectionDrainingError,
@@ -32,6 +31,7 @@ from nats.errors import (
     StaleConnectionError,
     TimeoutError,
 )
+from nats.js.errors import KeyWrongLastSequenceError
 
 from esfsm.errors import EsfsmError
 from esfsm.runtime.wire import header_block, one_per_client, wire
@@ -135,7 +135,7 @@ class Requester:
         pending = self._pending
         for queue in self._deadlines.values():
             while queue and (queue[0][1] not in pending or queue[0][0] <= now):
-                deadline, token = queue.popleft()
+                _, token = queue.popleft()
                 waiter = pending.pop(token, None)
                 if waiter is None:
                     continue

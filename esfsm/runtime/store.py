@@ -206,7 +206,7 @@ class AggregateStore:
             subject, payload, headers = kv_update_request(f"{self.kv._pre}{key}", entity.to_json(), revision)
             try:
                 sent.append((key, subject, seq, mux.send(subject, payload, self.timeout, headers)))
-            except Exception as err:  # disconnected: nothing went out
+            except Exception as err:  # noqa: BLE001 - disconnected, say: nothing went out; reported per entity
                 sent.append((key, subject, seq, err))
         results: list[int | BaseException] = []
         for key, subject, seq, future in sent:
@@ -215,7 +215,7 @@ class AggregateStore:
                     raise future
                 data, _ = await future
                 written = kv_update_result(subject, data)
-            except Exception as err:
+            except Exception as err:  # noqa: BLE001 - reported per entity, the caller decides
                 results.append(err)
                 continue
             self._written[key] = (written, seq)
