@@ -103,8 +103,8 @@ class Projector:
             status = (headers or {}).get("Status")
             if status == "100":  # heartbeat
                 return
-            if status == "408" or (status == "409" and "Max" not in (headers or {}).get("Description", "")):
-                self._pull()  # 408: expired; 409 "Batch Completed" and the like: ask again
+            if status == "408":  # the request expired: ask again at once
+                self._pull()
             else:
                 log.debug("pull from %s ended: %s %s", self.store.durable, status,
                           (headers or {}).get("Description", ""))
