@@ -336,3 +336,29 @@ def test_a_request_nobody_answers_times_out_on_time(nats_server: Any) -> None:
         await nc.close()
 
     run(scenario())
+
+
+def test_the_snapshot_writer_pulls_again_at_once_only_after_an_expired_request(nats_server: Any) -> None:
+    """408: the pull request expired, ask again now; anything else (no responders, a 409 of
+    any kind) waits, so a missing or misconfigured consumer is not asked in a tight loop."""
+    from esfsm.project import load_project
+    from esfsm.runtime.projector import Projector
+    from esfsm.runtime.store import AggregateStore
+    from nats_support import ROOT
+
+    compiled = load_project([ROOT / "definitions" / "bankaccount.yaml"]).aggregates["bankaccount"]
+
+    async def scenario() -> None:
+        nc = await nats.connect(nats_server.url)
+        projector = Projector(AggregateStore(nc, compiled))
+        calls: list[str] = []
+        projector._pull = lambda: calls.append("now")  # type: ignore[method-assign]
+        projector._pull_later = lambda: calls.append("later")  # type: ignore[method-assign]
+        for status, description in [("408", "Request Timeout"), ("503", ""), ("409", "Consumer Deleted"),
+                                    ("409", "Consumer is push based"), ("409", "Exceeded MaxWaiting"),
+                                    ("100", "Idle Heartbeat")]:
+            projector._deliver("_INBOX.x", "", b"", {"Status": status, "Description": description})
+        assert calls == ["now", "later", "later", "later", "later"]
+        await nc.close()
+
+    run(scenario())
