@@ -57,10 +57,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import random
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -190,7 +190,7 @@ async def drive(count: int, concurrency: int, one: Any, deadline: float) -> tupl
 
 
 def _seconds(value: float | None) -> str:
-    return "never" if value is None or value != value else f"{value:.1f}s"
+    return "never" if value is None or math.isnan(value) else f"{value:.1f}s"
 
 
 async def wait_drained(js: Any, limit: float) -> float | None:
@@ -450,16 +450,10 @@ class Runtime:
     def stop(self, timeout: float = 15.0) -> int | None:
         if self.process is None:
             return None
-        code: int | None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                code = self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                code = self.process.wait()
-        else:
-            code = self.process.returncode
+        # esfsm is imported by the orchestrator only, never by the client processes
+        from esfsm.runtime.server import stop_process
+
+        code = stop_process(self.process, timeout)
         self.process = None
         return code
 

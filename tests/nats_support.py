@@ -17,7 +17,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
-from esfsm.runtime.server import EmbeddedServer, die_with_parent
+from esfsm.runtime.server import EmbeddedServer, die_with_parent, stop_process
 from esfsm.runtime.testing import LoopThread  # noqa: F401  (tests use it from here)
 
 T = TypeVar("T")
@@ -70,12 +70,7 @@ class RuntimeProcess:
     def terminate(self, timeout: float = 15.0) -> int:
         if self.process is None:
             return 0
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            code = self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            code = self.process.wait()
+        code = stop_process(self.process, timeout)
         self.process = None
         self._log.close()
         return code

@@ -14,6 +14,8 @@ import pytest
 
 from conftest import DEFINITIONS
 
+from esfsm.runtime.server import stop_process
+
 ENV = {k: v for k, v in os.environ.items() if k != "NATS_URL"}
 
 
@@ -34,13 +36,7 @@ def running(tmp_path: Path):  # type: ignore[no-untyped-def]
         assert time.monotonic() < deadline, (tmp_path / "run.log").read_text()
         time.sleep(0.05)
     yield process
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)  # so it stops its embedded server too
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    stop_process(process, 30)  # SIGTERM first, so it stops its embedded server too
     log.close()
 
 

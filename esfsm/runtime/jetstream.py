@@ -266,9 +266,9 @@ async def append(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def kv_update_request(subject: str, value: bytes, last: int) -> tuple[str, bytes, bytes]:
-    """(subject, payload, headers) of a compare-and-set KV write (what `KeyValue.update` sends)."""
-    return subject, value, header_block({EXPECTED_SEQ: str(last)})
+def kv_update_headers(last: int) -> bytes:
+    """The headers of a compare-and-set KV write over revision last (what `KeyValue.update` sends)."""
+    return header_block({EXPECTED_SEQ: str(last)})
 
 
 def kv_update_result(subject: str, data: bytes) -> int:
@@ -280,8 +280,7 @@ def kv_update_result(subject: str, data: bytes) -> int:
 async def kv_update(nc: Client, subject: str, value: bytes, last: int, timeout: float = 5.0) -> int:
     """Compare-and-set write of one KV entry on the lean path; the new revision."""
     try:
-        _, payload, headers = kv_update_request(subject, value, last)
-        data, _ = await requester(nc).request(subject, payload, timeout, headers)
+        data, _ = await requester(nc).request(subject, value, timeout, kv_update_headers(last))
     except NOT_SENT as err:
         raise UnavailableError(f"cannot reach JetStream ({type(err).__name__})") from err
     except TimeoutError as err:

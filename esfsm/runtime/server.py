@@ -64,6 +64,18 @@ def free_port(start: int = DEFAULT_PORT, host: str = "127.0.0.1", tries: int = 2
     raise ServerError(f"no free port in {start}..{start + tries - 1} on {host}")
 
 
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
+    """SIGTERM, wait up to timeout, then SIGKILL; the exit code (as is, if it had exited)."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
 @dataclass
 class EmbeddedServer:
     """A nats-server process with JetStream, its store under store_dir."""
@@ -116,13 +128,7 @@ class EmbeddedServer:
     def stop(self, timeout: float = 10.0) -> None:
         if self.process is None:
             return
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout)
         self.process = None
         try:
             (self.store_dir / STATE_FILE).unlink()

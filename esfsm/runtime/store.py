@@ -26,7 +26,7 @@ from esfsm.runtime.jetstream import (
     append,
     append_one,
     kv_update,
-    kv_update_request,
+    kv_update_headers,
     kv_update_result,
     last_message,
     read_subject,
@@ -203,9 +203,10 @@ class AggregateStore:
         sent: list[tuple[str, str, int, asyncio.Future[tuple[bytes, dict[str, str] | None]] | BaseException]] = []
         for entity, revision in writes:
             key, seq = entity.state.key, entity.seq
-            subject, payload, headers = kv_update_request(f"{self.kv._pre}{key}", entity.to_json(), revision)
+            subject = f"{self.kv._pre}{key}"
             try:
-                sent.append((key, subject, seq, mux.send(subject, payload, self.timeout, headers)))
+                sent.append((key, subject, seq, mux.send(subject, entity.to_json(), self.timeout,
+                                                         kv_update_headers(revision))))
             except Exception as err:  # noqa: BLE001 - disconnected, say: nothing went out; reported per entity
                 sent.append((key, subject, seq, err))
         results: list[int | BaseException] = []
