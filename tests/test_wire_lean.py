@@ -341,10 +341,11 @@ def test_a_request_nobody_answers_times_out_on_time(nats_server: Any) -> None:
 def test_the_snapshot_writer_pulls_again_at_once_only_after_an_expired_request(nats_server: Any) -> None:
     """408: the pull request expired, ask again now; anything else (no responders, a 409 of
     any kind) waits, so a missing or misconfigured consumer is not asked in a tight loop."""
+    from nats_support import ROOT
+
     from esfsm.project import load_project
     from esfsm.runtime.projector import Projector
     from esfsm.runtime.store import AggregateStore
-    from nats_support import ROOT
 
     compiled = load_project([ROOT / "definitions" / "bankaccount.yaml"]).aggregates["bankaccount"]
 
