@@ -338,28 +338,50 @@ def test_a_request_nobody_answers_times_out_on_time(nats_server: Any) -> None:
     run(scenario())
 
 
-def test_the_snapshot_writer_pulls_again_at_once_only_after_an_expired_request(nats_server: Any) -> None:
-    """408: the pull request expired, ask again now; anything else (no responders, a 409 of
-    any kind) waits, so a missing or misconfigured consumer is not asked in a tight loop."""
+def test_the_snapshot_writer_waits_after_a_pull_ends_in_trouble(nats_server: Any) -> None:
+    """404 (nothing there) and 408 (expired) end a pull request quietly; anything else (no
+    responders, a 409 of any kind) is trouble and the loop waits RETRY before asking again,
+    so a missing or misconfigured consumer is not asked in a tight loop."""
     from nats_support import ROOT
 
     from esfsm.project import load_project
+    from esfsm.runtime import projector as module
     from esfsm.runtime.projector import Projector
     from esfsm.runtime.store import AggregateStore
 
     compiled = load_project([ROOT / "definitions" / "bankaccount.yaml"]).aggregates["bankaccount"]
 
+    class Missing(AggregateStore):
+        durable = "AGG_never_created"  # type: ignore[assignment]
+
     async def scenario() -> None:
         nc = await nats.connect(nats_server.url)
         projector = Projector(AggregateStore(nc, compiled))
-        calls: list[str] = []
-        projector._pull = lambda: calls.append("now")  # type: ignore[method-assign]
-        projector._pull_later = lambda: calls.append("later")  # type: ignore[method-assign]
-        for status, description in [("408", "Request Timeout"), ("503", ""), ("409", "Consumer Deleted"),
-                                    ("409", "Consumer is push based"), ("409", "Exceeded MaxWaiting"),
-                                    ("100", "Idle Heartbeat")]:
+        for status, description, ends, trouble in [
+                ("404", "No Messages", True, False), ("408", "Request Timeout", True, False),
+                ("503", "", True, True), ("409", "Consumer Deleted", True, True),
+                ("409", "Consumer is push based", True, True), ("409", "Exceeded MaxWaiting", True, True),
+                ("100", "Idle Heartbeat", False, False)]:
+            projector._ended.clear()
+            projector._trouble = False
             projector._deliver("_INBOX.x", "", b"", {"Status": status, "Description": description})
-        assert calls == ["now", "later", "later", "later", "later"]
+            assert (projector._ended.is_set(), projector._trouble) == (ends, trouble), status
+
+        # Live: the consumer does not exist, every pull gets 503 no responders.
+        missing = Projector(Missing(nc, compiled))
+        sent: list[bool] = []
+        request = missing._request
+
+        async def counted(*args: Any) -> None:
+            await request(*args)
+            sent.append(missing._trouble)
+
+        missing._request = counted  # type: ignore[method-assign]
+        task = asyncio.create_task(missing.run())
+        await asyncio.sleep(4 * module.RETRY - 0.2)
+        missing.stop()
+        await asyncio.wait_for(task, 5)
+        assert 2 <= len(sent) <= 4 and all(sent), sent
         await nc.close()
 
     run(scenario())
