@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import datetime as dt
 import json
 import os
 import re
@@ -36,6 +37,7 @@ from typing import Any
 
 import nats
 import nats.errors
+import orjson
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -45,6 +47,7 @@ from jsonschema import Draft202012Validator, validators
 from nats_support import LoopThread, RuntimeProcess, start_server
 
 from esfsm.cli import main
+from esfsm.events import event_to_dict, new_event
 from esfsm.project import check_paths
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -659,14 +662,22 @@ def test_payloads_at_and_above_max_payload(bank: Wire, nats_server: Any, runtime
     at_limit = limit - _header_block(headers)
     assert_rejected(bank.request("bank.cmds.open_account", b" " * (at_limit - 1) + b"x", headers), 400)
 
-    # A valid command whose event cannot fit in one message: a reply, and nothing stored.
+    # A valid command whose event cannot fit in one message: a 400, and nothing stored. Also
+    # when the event alone would fit as a payload but not with its headers (~250 B): the server
+    # would close the runtime's connection for that, so it is never sent.
     prefix, suffix = b'{"owner": "', b'", "initial_balance": 150}'
-    body = prefix + b"a" * (at_limit - len(prefix) - len(suffix)) + suffix
-    assert len(body) == at_limit
-    reply = bank.request("bank.cmds.open_account", body, headers)
-    check_contract(reply)
-    assert reply.body["accepted"] is False and reply.body["code"] in (400, 500), reply.body
-    assert bank.stored(key) == 0
+    envelope = len(orjson.dumps(event_to_dict(new_event("bankaccount", "account_opened", key, 1,
+                                                        {"owner": "", "initial_balance": 150},
+                                                        dt.datetime.now(dt.UTC)))))
+    for event_size in (limit + 100, limit - 100, limit - 200):
+        body = prefix + b"a" * (event_size - envelope) + suffix
+        assert len(body) <= at_limit
+        reply = bank.request("bank.cmds.open_account", body, headers)
+        check_contract(reply)
+        assert reply.body["accepted"] is False and reply.body["code"] == 400, reply.body
+        assert "max_payload" in reply.body["message"]
+        assert bank.stored(key) == 0
+        bank.assert_alive(runtime)
 
     # nats-py checks only the payload against the limit; with headers on top the SERVER
     # refuses and closes that client's connection. The runtime is not affected.

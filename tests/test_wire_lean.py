@@ -106,6 +106,12 @@ def test_publish_sends_headers_and_keeps_order(nats_server: Any) -> None:
         assert received[0].headers == {"Nats-Msg-Id": "m1", "x-v": "padded"}
         with pytest.raises(MaxPayloadError):
             lean.publish("order.6", b"x" * (nc.max_payload + 1))
+        block = header_block({"x-v": "1"})  # the server counts headers too, and closes a connection that goes over
+        with pytest.raises(MaxPayloadError):
+            lean.publish("order.6", b"x" * (nc.max_payload - len(block) + 1), headers=block)
+        lean.publish("order.6", b"x" * (nc.max_payload - len(block)), headers=block)
+        assert len((await sub.next_msg(timeout=2)).data) == nc.max_payload - len(block)
+        assert nc.is_connected
         await nc.close()
         with pytest.raises(ConnectionClosedError):
             lean.publish("order.7", b"late")

@@ -74,6 +74,7 @@ from esfsm.values import (
 log = logging.getLogger("esfsm.service")
 MAX_ATTEMPTS = 8  # decide + append attempts per command before a 409
 MAX_ENTITIES = 100_000  # entities kept warm in memory per aggregate
+HEADROOM = 512  # bytes: more than an append's headers (batch ones included) or an accepted reply's JSON add
 MAX_REJECTIONS = 10_000  # rejected command ids remembered per process
 TEST_NOW_HEADER = "x-esfsm-test-now"
 STOP_WAIT = 30.0  # seconds stop() waits for the commands in flight (each is bounded by its own timeouts)
@@ -379,6 +380,9 @@ class AggregateService:
             outgoing = [
                 Outgoing(self.store.subject(key, doc["type"]), orjson.dumps(doc), doc["id"]) for doc in documents
             ]
+            too_big = self._too_big(key, decision.state.state, outgoing)
+            if too_big:
+                return too_big
             try:
                 seq = await self.store.append(key, entity.seq, outgoing)
             except ConflictError:
@@ -444,6 +448,8 @@ class AggregateService:
         document = event_to_dict(decision.events[0])
         outgoing = Outgoing(self.store.subject(request.key, document["type"]), orjson.dumps(document),
                             document["id"])
+        if len(outgoing.body) + self._headroom(request.key, decision.state.state) > self.nc.max_payload:
+            return False  # the ordinary path rejects it
         expected_seq = entity.seq
         self.store.append_one(request.key, expected_seq, outgoing, functools.partial(
             self._acked, slot, request, expected, decision.state, document, outgoing, expected_seq, reply_to))
@@ -522,6 +528,23 @@ class AggregateService:
     def _done(self, slot: _Slot) -> None:
         slot.lock.release()
         self._inflight -= 1
+
+    def _headroom(self, key: str, state: str) -> int:
+        """A bound on what an append adds to an event (its headers) and what an accepted reply
+        adds to its events (the JSON around them)."""
+        return HEADROOM + len(self.store.entity_subjects(key)) + len(state)
+
+    def _too_big(self, key: str, state: str, outgoing: list[Outgoing]) -> dict[str, Any] | None:
+        """A 400 when an event with its headers, or the accepted reply that quotes the events,
+        would exceed the server's max_payload: the server would refuse the message (and close
+        the connection that sent it), so nothing is stored."""
+        size = sum(len(event.body) for event in outgoing)
+        limit = self.nc.max_payload
+        if size + self._headroom(key, state) <= limit:
+            return None
+        return rejection(BAD_REQUEST, f"the events of this command would be {size} bytes; with their headers "
+                                      f"and the reply that quotes them that is over the NATS server's "
+                                      f"max_payload of {limit} bytes; nothing was stored")
 
     def _now(self, headers: dict[str, str] | Any) -> dt.datetime | None:
         if not self.test_clock or TEST_NOW_HEADER not in headers:

@@ -162,7 +162,7 @@ class Wire:
             raise ConnectionDrainingError
         if not nc.is_connected:  # never buffered for later: the caller reports "nothing sent"
             raise OutboundBufferLimitError
-        if len(payload) > nc._max_payload:
+        if len(payload) + len(headers) > nc._max_payload:  # the server counts both, and would close us
             raise MaxPayloadError
         if headers:
             command = b"HPUB %s %s %d %d\r\n%s%s\r\n" % (
