@@ -15,13 +15,35 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import re
+import sys
+import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import cel
-
 from esfsm.errors import EvaluationError
+
+
+def _import_cel() -> types.ModuleType:
+    """`import cel` also imports the package's interactive shell (`cel.cli`: typer and
+    prompt_toolkit), about 0.3 s of every esfsm command's start. A placeholder stands in
+    for `cel.cli` while the package loads and is taken away after, so a later
+    `import cel.cli` still gets the real shell."""
+    if "cel" in sys.modules:
+        return sys.modules["cel"]
+    placeholder = types.ModuleType("cel.cli")
+    stood_in = sys.modules.setdefault("cel.cli", placeholder) is placeholder
+    try:
+        import cel
+    finally:
+        if stood_in and sys.modules.get("cel.cli") is placeholder:
+            del sys.modules["cel.cli"]
+    if getattr(cel, "cli", None) is placeholder:
+        del cel.cli
+    return cel
+
+
+cel = _import_cel()
 
 DECIDE_VARIABLES = frozenset({"cmd", "data", "state", "key", "version", "meta", "now"})
 APPLY_VARIABLES = frozenset({"event", "data", "state", "key", "version"})

@@ -31,3 +31,20 @@ def test_the_wheel_takes_them_as_package_data() -> None:
 def test_the_checks_read_them_from_the_repository_in_a_checkout() -> None:
     assert SCHEMA_DIR == (ROOT / "schemas").resolve()
     assert dsl_schema("aggregate")["$schema"].startswith("https://json-schema.org/")
+
+
+def test_loading_cel_leaves_its_interactive_shell_out() -> None:
+    """`cel`'s package imports its shell (typer, prompt_toolkit: ~0.3 s of every esfsm
+    command's start); esfsm loads the engine without it, and `import cel.cli` still works."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, esfsm.expressions as e\n"
+        "assert 'prompt_toolkit' not in sys.modules and 'typer' not in sys.modules, 'shell loaded'\n"
+        "assert e.compile_expression('cmd.a + 1').execute({'cmd': {'a': 2}}) == 3\n"
+        "import cel.cli\n"
+        "assert hasattr(cel.cli, 'typer'), 'the placeholder stayed'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], check=False, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
