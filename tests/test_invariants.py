@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -21,13 +22,14 @@ import pytest
 from esfsm.compiler import CompiledAggregate
 from esfsm.events import event_from_json
 from esfsm.project import Project
-from esfsm.runtime.entity import Entity
+from esfsm.runtime.entity import Entity, SnapshotTooLarge
 from esfsm.runtime.jetstream import ConflictError, Outgoing
 from esfsm.runtime.projector import Projector
 from esfsm.runtime.rebuild import rebuild
 from esfsm.runtime.server import EmbeddedServer
 from esfsm.runtime.service import AggregateService
 from esfsm.runtime.store import AggregateStore
+from esfsm.values import EntityState
 from nats_support import RuntimeProcess, run, start_server
 
 ANN = {"x-username": "ann"}
@@ -230,6 +232,63 @@ def test_converges_after_a_crash_between_append_and_state_write(
                 assert snapshot is not None and snapshot.state == compiled.replay(k, history)
 
     run(scenario())
+
+
+def test_snapshot_leaves_out_old_replies_to_fit_and_refuses_a_state_that_cannot() -> None:
+    entity = Entity(EntityState("k", "open", {"owner": "ann"}, 3), 7,
+                    OrderedDict((f"c{i}", {"accepted": True, "pad": "x" * 100}) for i in range(3)))
+    whole = entity.to_json()
+    assert entity.to_json(len(whole)) == whole  # fits: unchanged
+    trimmed = json.loads(entity.to_json(len(whole) - 50))
+    assert list(trimmed["commands"]) == ["c1", "c2"]  # the oldest left out first
+    assert json.loads(entity.to_json(120))["commands"] == {}
+    assert list(entity.commands) == ["c0", "c1", "c2"]  # the entity itself keeps them
+    with pytest.raises(SnapshotTooLarge, match="over the 40 bytes"):
+        entity.to_json(40)
+
+
+def test_converges_when_snapshots_do_not_fit_in_a_message(tmp_path: Path, project: Project,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """A snapshot over max_payload could never be written (the writer used to retry it every
+    second, for ever): old replies are left out of it, and a state that alone does not fit is
+    reported and acknowledged, while the other entities' snapshots are written."""
+    compiled = project.aggregates["bankaccount"]
+    monkeypatch.setattr(AggregateStore, "snapshot_limit", property(lambda self: 600))
+    server = start_server(tmp_path / "nats")
+
+    async def scenario() -> None:
+        async with processes(server.url, compiled, 1) as (a,):
+            replies, huge, small = key(), key(), key()
+            for k, owner, extra in [(replies, "r" * 300, {"x-esfsm-command-id": "c1"}), (huge, "h" * 800, {}),
+                                    (small, "ann", {})]:
+                reply = await a.process("open_account", body({"owner": owner, "initial_balance": 150}),
+                                        headers(k, **extra))
+                assert reply["accepted"], reply
+            projector = Projector(a.store, a.cached)
+            task = asyncio.create_task(projector.run())
+            try:
+                for _ in range(100):
+                    info = await a.store.js.consumer_info(compiled.model.nats.stream, a.store.durable)
+                    if info.num_pending == 0 and info.num_ack_pending == 0:
+                        break
+                    await asyncio.sleep(0.05)
+                assert (info.num_pending, info.num_ack_pending) == (0, 0)  # acknowledged, not retried
+            finally:
+                projector.stop()
+                await task
+            with_replies, _ = await a.store.snapshot(replies)
+            assert with_replies is not None and with_replies.state.version == 1 and not with_replies.commands
+            assert a.cached(replies).commands  # the process still answers a retry from memory
+            assert (await a.store.snapshot(huge))[0] is None
+            assert (await a.store.snapshot(small))[0] is not None
+        assert any(f"'{huge}' is" in r.getMessage() and "over the 600 bytes" in r.getMessage()
+                   for r in caplog.records)
+
+    try:
+        run(scenario())
+    finally:
+        server.stop()
 
 
 def test_converges_after_the_runtime_is_killed_under_load(tmp_path: Path, project: Project) -> None:

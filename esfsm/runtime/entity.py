@@ -17,11 +17,21 @@ import orjson
 from cloudevents.core.base import BaseCloudEvent
 
 from esfsm.compiler import CompiledAggregate
+from esfsm.errors import EsfsmError
 from esfsm.events import event_from_json, event_to_dict
 from esfsm.values import EntityState
 
 RECENT_COMMANDS = 32  # command ids remembered per entity (idempotent retries)
 COMMAND_ID_EXTENSION = "commandid"
+
+
+class SnapshotTooLarge(EsfsmError):
+    """An entity's state is too big for one NATS message, so its KV snapshot cannot be written
+    (the stream, and every load's catch-up from it, are not affected)."""
+
+    def __init__(self, key: str, size: int, limit: int) -> None:
+        super().__init__(f"the state of {key!r} is {size} bytes as JSON, over the {limit} bytes a KV "
+                         f"snapshot can hold (the server's max_payload); its snapshot is not written")
 
 
 @dataclass
@@ -36,15 +46,28 @@ class Entity:
         while len(self.commands) > RECENT_COMMANDS:
             self.commands.popitem(last=False)
 
-    def to_json(self) -> bytes:
-        return orjson.dumps({
+    def to_json(self, limit: int | None = None) -> bytes:
+        """The KV value. With limit (bytes), the oldest remembered replies are left out until
+        it fits: they only answer retries, and a snapshot over the server's max_payload could
+        never be written. SnapshotTooLarge when the state alone does not fit."""
+        record = {
             "version": self.state.version,
             "key": self.state.key,
             "state": self.state.state,
             "data": self.state.data,
             "seq": self.seq,
             "commands": self.commands,
-        })
+        }
+        value = orjson.dumps(record)
+        if limit is None or len(value) <= limit:
+            return value
+        commands = record["commands"] = OrderedDict(self.commands)
+        while commands:
+            commands.popitem(last=False)
+            value = orjson.dumps(record)
+            if len(value) <= limit:
+                return value
+        raise SnapshotTooLarge(self.state.key, len(value), limit)
 
     @classmethod
     def from_json(cls, raw: bytes) -> Entity:

@@ -30,7 +30,7 @@ from collections.abc import Callable
 import orjson
 
 from esfsm.errors import EsfsmError
-from esfsm.runtime.entity import Entity
+from esfsm.runtime.entity import Entity, SnapshotTooLarge
 from esfsm.runtime.jetstream import StoreError
 from esfsm.runtime.store import AggregateStore
 from esfsm.runtime.wire import wire
@@ -193,6 +193,9 @@ class Projector:
             async with limit:
                 try:
                     revision = await self.store.write_snapshot(key, seq, self.cached(key))
+                except SnapshotTooLarge as err:  # retrying cannot help; the entity's next event tries again
+                    log.error("%s", err)
+                    return True
                 except (StoreError, EsfsmError) as err:
                     log.error("snapshot of %s %r failed: %s", self.store.compiled.name, key, err)
                     return False

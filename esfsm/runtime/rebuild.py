@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from nats.js.errors import BadRequestError, KeyWrongLastSequenceError
 
-from esfsm.runtime.entity import Entity
+from esfsm.runtime.entity import Entity, SnapshotTooLarge
 from esfsm.runtime.store import AggregateStore
+
+log = logging.getLogger("esfsm.rebuild")
 
 
 async def entity_keys(store: AggregateStore) -> list[str]:
@@ -28,6 +31,9 @@ async def rebuild(store: AggregateStore, progress: Callable[[str], None] = lambd
             entity = await store.catch_up(Entity(store.compiled.initial_state(key)))
             try:
                 await store.save_snapshot(entity, revision)
+                break
+            except SnapshotTooLarge as err:  # the others are still rebuilt
+                log.error("%s", err)
                 break
             except (KeyWrongLastSequenceError, BadRequestError):
                 continue

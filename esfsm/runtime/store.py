@@ -35,6 +35,7 @@ from esfsm.runtime.jetstream import (
 
 log = logging.getLogger("esfsm.store")
 DUPLICATE_WINDOW = 120.0  # seconds: Nats-Msg-Id deduplication of retried appends
+KV_HEADROOM = 256  # bytes: more than a KV write's headers take of max_payload
 
 
 class AggregateStore:
@@ -177,7 +178,7 @@ class AggregateStore:
         Raises KeyWrongLastSequenceError when another writer got there first.
         """
         assert self.kv is not None
-        key, seq, value = entity.state.key, entity.seq, entity.to_json()  # before any await: entity may move on
+        key, seq, value = entity.state.key, entity.seq, entity.to_json(self.snapshot_limit)  # before any await
         if revision:
             written = await kv_update(self.nc, f"{self.kv._pre}{key}", value, revision, self.timeout)
         else:
@@ -186,6 +187,11 @@ class AggregateStore:
             self._written.clear()  # only guards the fast path of write_snapshot: a miss costs one read
         self._written[key] = (written, seq)
         return written
+
+    @property
+    def snapshot_limit(self) -> int:
+        """The largest KV value a write can carry: max_payload less its headers."""
+        return self.nc.max_payload - KV_HEADROOM
 
     def can_write_over(self, key: str, newer_than: int, cached: Entity | None, revision_hint: int) -> bool:
         """Whether cached may overwrite revision_hint without reading the snapshot first: this
@@ -205,7 +211,7 @@ class AggregateStore:
             key, seq = entity.state.key, entity.seq
             subject = f"{self.kv._pre}{key}"
             try:
-                sent.append((key, subject, seq, mux.send(subject, entity.to_json(), self.timeout,
+                sent.append((key, subject, seq, mux.send(subject, entity.to_json(self.snapshot_limit), self.timeout,
                                                          kv_update_headers(revision))))
             except Exception as err:  # noqa: BLE001 - disconnected, say: nothing went out; reported per entity
                 sent.append((key, subject, seq, err))
