@@ -17,8 +17,9 @@ itself is not parsed), and a batch's acks leave in one write. Events are not
 taken as they trickle in: a probe (a pull of one, open up to EXPIRES) waits for
 the first, then a sweep (`no_wait`) takes everything there is at once. Under
 load the next sweep comes MIN_CYCLE later, so the server hands a cycle's events
-over in a few large writes instead of one wake-up per event; that halves what
-the snapshots cost the server and this process per command.
+over in a few large writes instead of one wake-up per event (measured: about
+half of what the snapshots cost the server per command, a third of what they
+cost this process).
 """
 
 from __future__ import annotations
