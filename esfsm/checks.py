@@ -40,9 +40,10 @@ from esfsm.loader import Document
 # The JSON Schemas of the DSL live in the repository's schemas/; esfsm/schemas links
 # there, so a wheel carries them inside the package. Where the link is not a folder
 # (a checkout without symlinks), the repository's own is used.
-SCHEMA_DIR = (Path(__file__).resolve().parent / "schemas").resolve()
+_PACKAGE = Path(__file__).resolve().parent
+SCHEMA_DIR = (_PACKAGE / "schemas").resolve()
 if not SCHEMA_DIR.is_dir():
-    SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+    SCHEMA_DIR = _PACKAGE.parent / "schemas"
 SUBJECT_TOKEN = re.compile(r"[^.*>\s]+")
 STREAM_NAME = re.compile(r"[^.*>\s/\\]{1,255}")
 BUCKET_NAME = re.compile(r"[A-Za-z0-9_-]{1,255}")

@@ -448,7 +448,7 @@ class AggregateService:
         document = event_to_dict(decision.events[0])
         outgoing = Outgoing(self.store.subject(request.key, document["type"]), orjson.dumps(document),
                             document["id"])
-        if len(outgoing.body) + self._headroom(request.key, decision.state.state) > self.nc.max_payload:
+        if self._too_big(request.key, decision.state.state, [outgoing]):
             return False  # the ordinary path rejects it
         expected_seq = entity.seq
         self.store.append_one(request.key, expected_seq, outgoing, functools.partial(
@@ -529,18 +529,14 @@ class AggregateService:
         slot.lock.release()
         self._inflight -= 1
 
-    def _headroom(self, key: str, state: str) -> int:
-        """A bound on what an append adds to an event (its headers) and what an accepted reply
-        adds to its events (the JSON around them)."""
-        return HEADROOM + len(self.store.entity_subjects(key)) + len(state)
-
     def _too_big(self, key: str, state: str, outgoing: list[Outgoing]) -> dict[str, Any] | None:
         """A 400 when an event with its headers, or the accepted reply that quotes the events,
         would exceed the server's max_payload: the server would refuse the message (and close
-        the connection that sent it), so nothing is stored."""
+        the connection that sent it), so nothing is stored. HEADROOM, the entity's subjects and
+        the state's name bound what the headers and the reply's JSON add to the events."""
         size = sum(len(event.body) for event in outgoing)
         limit = self.nc.max_payload
-        if size + self._headroom(key, state) <= limit:
+        if size + HEADROOM + len(self.store.entity_subjects(key)) + len(state) <= limit:
             return None
         return rejection(BAD_REQUEST, f"the events of this command would be {size} bytes; with their headers "
                                       f"and the reply that quotes them that is over the NATS server's "

@@ -183,10 +183,13 @@ class AggregateStore:
             written = await kv_update(self.nc, f"{self.kv._pre}{key}", value, revision, self.timeout)
         else:
             written = await self.kv.create(key, value)
+        self._note_written(key, written, seq)
+        return written
+
+    def _note_written(self, key: str, revision: int, seq: int) -> None:
         if len(self._written) > 100_000:
             self._written.clear()  # only guards the fast path of write_snapshot: a miss costs one read
-        self._written[key] = (written, seq)
-        return written
+        self._written[key] = (revision, seq)
 
     @property
     def snapshot_limit(self) -> int:
@@ -225,7 +228,7 @@ class AggregateStore:
             except Exception as err:  # noqa: BLE001 - reported per entity, the caller decides
                 results.append(err)
                 continue
-            self._written[key] = (written, seq)
+            self._note_written(key, written, seq)
             results.append(written)
         return results
 
