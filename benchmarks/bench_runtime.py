@@ -123,6 +123,19 @@ def cpu_seconds(pid: int | None) -> float | None:
         return None
 
 
+def tree_cpu_seconds(pid: int) -> float | None:
+    """CPU seconds of pid and of its children (the worker processes of `esfsm run --workers`)."""
+    total = cpu_seconds(pid)
+    if total is None:
+        return None
+    try:
+        children = [int(c) for t in Path(f"/proc/{pid}/task").iterdir()
+                    for c in (t / "children").read_text().split()]
+    except (OSError, ValueError):
+        children = []
+    return total + sum(tree_cpu_seconds(child) or 0.0 for child in children)
+
+
 class CpuMeter:
     """CPU used by the runtime, the server and this client during the timed loop."""
 
@@ -131,14 +144,14 @@ class CpuMeter:
         self.start: dict[str, float | None] = {}
 
     def __enter__(self) -> CpuMeter:
-        self.start = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        self.start = {name: tree_cpu_seconds(pid) for name, pid in self.pids.items()}
         self.start["client"] = time.process_time()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.used: dict[str, float] = {}
         for name, pid in self.pids.items():
-            now, before = cpu_seconds(pid), self.start.get(name)
+            now, before = tree_cpu_seconds(pid), self.start.get(name)
             if now is not None and before is not None:
                 self.used[name] = now - before
         self.used["client"] = time.process_time() - (self.start["client"] or 0.0)
@@ -417,8 +430,9 @@ def ephemeral_port() -> int:
 class Runtime:
     """`python -m esfsm run bankaccount.yaml --server URL` in a child process."""
 
-    def __init__(self, url: str, workdir: Path, script: str | None = None) -> None:
+    def __init__(self, url: str, workdir: Path, script: str | None = None, workers: int = 1) -> None:
         self.url = url
+        self.workers = workers
         self.entry = [script] if script else ["-m", "esfsm"]
         self.workdir = workdir
         self.log_path = workdir / "runtime.log"
@@ -429,14 +443,16 @@ class Runtime:
         env = {k: v for k, v in os.environ.items() if k != "NATS_URL"}
         self.process = subprocess.Popen(
             [sys.executable, *self.entry, "run", str(DEFINITION), "--server", self.url,
-             "--store-dir", str(self.workdir / "esfsm-store"), "--log-level", "info"],
+             "--store-dir", str(self.workdir / "esfsm-store"), "--log-level", "info",
+             *(["--workers", str(self.workers)] if self.workers > 1 else [])],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.workdir, env=env)
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"runtime exited with {self.process.returncode}:\n{self.log()}")
-            if "msg=ready" in self.log():
+            ready = "worker=0 msg=ready" if self.workers > 1 else "msg=ready"
+            if ready in self.log():
                 return
             time.sleep(0.05)
         raise RuntimeError(f"runtime not ready within {timeout:.0f}s:\n{self.log()}")
@@ -499,13 +515,13 @@ def orchestrate(args: argparse.Namespace) -> int:
     profiler: subprocess.Popen[bytes] | None = None
     try:
         server.start()
-        runtime = Runtime(server.url, workdir, args.runtime_script)
+        runtime = Runtime(server.url, workdir, args.runtime_script, args.workers)
         runtime.start()
         assert runtime.process is not None
         print(f"nats-server {server.url} (pid {server.process.pid if server.process else '?'}), "
               f"runtime pid {runtime.process.pid}, workdir {workdir}", flush=True)
         print(f"N={args.commands} commands over K={args.keys} keys, C={args.concurrency} in flight, "
-              f"repeat {args.repeat}", flush=True)
+              f"repeat {args.repeat}, runtime workers {args.workers}", flush=True)
         pids = {"runtime": runtime.process.pid, "server": server.process.pid if server.process else 0}
         fatal = False
         for run in range(args.repeat):
@@ -612,6 +628,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=3,
                         help="runs of both loops, alternating; the table shows medians (the machine is noisy)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="`esfsm run --workers`: runtime processes sharing out the keys (CPU counts them all)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--settle", type=float, default=10.0, help="seconds to wait for the KV snapshots")
     parser.add_argument("--drain", type=float, default=180.0,

@@ -49,6 +49,19 @@ class ConnectOptions:
             context.load_cert_chain(self.tls_cert, self.tls_key)
         return context
 
+    def for_worker(self) -> tuple[list[str], dict[str, str]]:
+        """The `esfsm run` arguments and environment that give a worker process these options
+        (secrets go in the environment, never on a command line that `ps` shows)."""
+        args: list[str] = []
+        for flag, value in (("--nkey", self.nkey_seed), ("--creds", self.creds), ("--tls-ca", self.tls_ca),
+                            ("--tls-cert", self.tls_cert), ("--tls-key", self.tls_key),
+                            ("--js-domain", self.js_domain)):
+            if value is not None:
+                args += [flag, str(value)]
+        env = {name: value for name, value in (("NATS_USER", self.user), ("NATS_PASSWORD", self.password),
+                                               ("NATS_TOKEN", self.token)) if value is not None}
+        return args, env
+
     def connect_kwargs(self) -> dict[str, Any]:
         # pending_size=0: while disconnected a publish fails at once instead of being
         # buffered and sent after the reconnect, when its command may have been answered 503.

@@ -33,6 +33,7 @@ import orjson
 from esfsm.errors import EsfsmError
 from esfsm.runtime.entity import Entity, SnapshotTooLarge
 from esfsm.runtime.jetstream import StoreError
+from esfsm.runtime.partition import Partition
 from esfsm.runtime.store import AggregateStore
 from esfsm.runtime.wire import wire
 
@@ -46,6 +47,7 @@ MIN_CYCLE = 2.0  # seconds: under load, several events of an entity share one wr
 BUSY = 50  # a batch at least this large means load: pace the next cycle
 RETRY = 0.5  # seconds before pulling again after an error status (JetStream down, consumer missing)
 ACK, NAK = b"+ACK", b'-NAK {"delay": 1000000000}'
+HAND_OVER = 1000  # events per message handed to the worker that owns their keys
 
 
 def stream_sequence(ack_subject: str) -> int | None:
@@ -63,9 +65,12 @@ def stream_sequence(ack_subject: str) -> int | None:
 
 
 class Projector:
-    def __init__(self, store: AggregateStore, cached: Callable[[str], Entity | None] = lambda key: None) -> None:
+    def __init__(self, store: AggregateStore, cached: Callable[[str], Entity | None] = lambda key: None,
+                 partition: Partition | None = None) -> None:
         self.store = store
         self.cached = cached
+        self.partition = partition if partition is not None and partition.count > 1 else None
+        self.handed_over = 0  # events passed to the worker owning their keys
         self.prefix = store.names.events + "."
         self.written = 0
         self.wire = wire(store.nc)
@@ -123,14 +128,52 @@ class Projector:
     # -- writing snapshots ----------------------------------------------------
 
     async def run(self) -> None:
-        sub = await self.wire.subscribe(self._inbox, self._deliver, parse_headers=False)
+        subs = [await self.wire.subscribe(self._inbox, self._deliver, parse_headers=False)]
+        if self.partition is not None:
+            subs.append(await self.wire.subscribe(
+                self.partition.snapshots(self.partition.index, self.store.compiled.name), self._taken,
+                parse_headers=False))
         try:
             await self._loop()
         finally:
-            try:
-                await self.wire.unsubscribe(sub)
-            except Exception:  # already closed with the connection
-                log.debug("unsubscribe of %s failed", self.store.durable, exc_info=True)
+            for sub in subs:
+                try:
+                    await self.wire.unsubscribe(sub)
+                except Exception:  # already closed with the connection
+                    log.debug("unsubscribe of %s failed", self.store.durable, exc_info=True)
+
+    def _taken(self, subject: str, reply: str, data: bytes, headers: dict[str, str] | None) -> None:
+        """From the read loop: events of this worker's keys, handed over by another worker's
+        writer; written with the next batch (or acknowledged by nobody: redelivered)."""
+        try:
+            self._batch.extend((key, seq, ack) for key, seq, ack in orjson.loads(data))
+        except (orjson.JSONDecodeError, TypeError, ValueError):
+            log.warning("ignored a malformed hand-over on %s", subject)
+
+    def _hand_over(self, batch: list[tuple[str | None, int | None, str]]) -> list[tuple[str | None, int | None, str]]:
+        """Pass the events of keys other workers own to them; the rest, to write here."""
+        partition = self.partition
+        if partition is None:
+            return batch
+        mine: list[tuple[str | None, int | None, str]] = []
+        theirs: dict[int, list[tuple[str | None, int | None, str]]] = {}
+        for item in batch:
+            key = item[0]
+            owner = partition.owner(key) if key is not None and item[1] is not None else partition.index
+            if owner == partition.index:
+                mine.append(item)
+            else:
+                theirs.setdefault(owner, []).append(item)
+        for owner, items in theirs.items():
+            subject = partition.snapshots(owner, self.store.compiled.name)
+            for start in range(0, len(items), HAND_OVER):
+                try:
+                    self.wire.publish(subject, orjson.dumps(items[start:start + HAND_OVER]))
+                except Exception as err:  # disconnected: not acknowledged, so redelivered later
+                    log.debug("hand-over to worker %d failed: %s", owner, type(err).__name__)
+                    break
+                self.handed_over += len(items[start:start + HAND_OVER])
+        return mine
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -168,6 +211,7 @@ class Projector:
                 pass
 
     async def project(self, batch: list[tuple[str | None, int | None, str]]) -> None:
+        batch = self._hand_over(batch)
         newest: dict[str, int] = {}
         for key, seq, _ in batch:
             if key is not None and seq is not None:

@@ -6,19 +6,23 @@ import asyncio
 import datetime as dt
 import gc
 import logging
+import os
+import secrets
 import signal
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from nats.aio.client import Client
 
 from esfsm.compiler import CompiledAggregate
 from esfsm.errors import EsfsmError
 from esfsm.runtime.connection import DEFAULT_STORE, ConnectOptions, connect, resolve_servers
+from esfsm.runtime.partition import Partition
 from esfsm.runtime.projector import Projector
-from esfsm.runtime.server import EmbeddedServer
+from esfsm.runtime.server import EmbeddedServer, die_with_parent
 from esfsm.runtime.service import AggregateService
 from esfsm.runtime.store import AggregateStore
 
@@ -26,12 +30,18 @@ log = logging.getLogger("esfsm.run")
 
 
 class LogfmtFormatter(logging.Formatter):
-    """One structured line per record: ts=… level=… logger=… msg="…" key=value…"""
+    """One structured line per record: ts=… level=… logger=… [worker=…] msg="…" key=value…"""
+
+    def __init__(self, worker: int | None = None) -> None:
+        super().__init__()
+        self.worker = worker
 
     def format(self, record: logging.LogRecord) -> str:
         ts = dt.datetime.fromtimestamp(record.created, dt.timezone.utc).isoformat(timespec="milliseconds")
-        parts = [f"ts={ts.replace('+00:00', 'Z')}", f"level={record.levelname.lower()}", f"logger={record.name}",
-                 f"msg={_quote(record.getMessage())}"]
+        parts = [f"ts={ts.replace('+00:00', 'Z')}", f"level={record.levelname.lower()}", f"logger={record.name}"]
+        if self.worker is not None:
+            parts.append(f"worker={self.worker}")
+        parts.append(f"msg={_quote(record.getMessage())}")
         for key, value in getattr(record, "fields", {}).items():
             parts.append(f"{key}={_quote(str(value))}")
         if record.exc_info:
@@ -45,9 +55,9 @@ def _quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
-def setup_logging(level: str = "info") -> None:
+def setup_logging(level: str = "info", worker: int | None = None) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(LogfmtFormatter())
+    handler.setFormatter(LogfmtFormatter(worker))
     root = logging.getLogger("esfsm")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -66,28 +76,55 @@ class Runtime:
     aggregates: list[CompiledAggregate]
     domain: str | None = None
     test_clock: bool = False
+    partition: Partition | None = None  # one of several workers (partition.py)
     services: dict[str, AggregateService] = field(default_factory=dict)
     projectors: list[Projector] = field(default_factory=list)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _ping: Any = None
 
     async def start(self) -> None:
+        await self.prepare()
+        await self.open()
+
+    async def prepare(self) -> None:
+        """Streams, buckets and consumers in place; with a partition, listening for the
+        commands other workers pass on (and answering their pings)."""
         for compiled in self.aggregates:
             store = AggregateStore(self.nc, compiled, domain=self.domain)
             await store.ensure()
-            service = AggregateService(self.nc, compiled, store, self.test_clock)
-            await service.start()
-            projector = Projector(store, service.cached)
-            self._tasks.append(asyncio.create_task(projector.run(), name=f"projector-{compiled.name}"))
+            service = AggregateService(self.nc, compiled, store, self.test_clock, self.partition)
+            await service.listen_passed()
             self.services[compiled.name] = service
+        if self.partition is not None and self.partition.count > 1:
+            self._ping = await self.partition.listen(self.nc)
+
+    async def open(self, stop: asyncio.Event | None = None) -> bool:
+        """Join the queue groups (once every other worker listens) and start the snapshot
+        writers; False if stop was set while waiting for the other workers."""
+        if self._ping is not None:
+            assert self.partition is not None
+            if not await self.partition.wait_for_peers(self.nc, stop=stop):
+                return False
+        for service in self.services.values():
+            compiled = service.compiled
+            await service.start()
+            projector = Projector(service.store, service.cached, self.partition)
+            self._tasks.append(asyncio.create_task(projector.run(), name=f"projector-{compiled.name}"))
             self.projectors.append(projector)
             names = compiled.model.nats
             info("serving aggregate", aggregate=compiled.name, service=compiled.model.service_name,
                  commands=f"{names.commands}.>", stream=names.stream, bucket=names.bucket)
+        return True
 
     async def stop(self) -> None:
         """Stop taking commands, finish those in flight, then stop the snapshot writers."""
         for service in self.services.values():
             await service.stop()
+        if self._ping is not None:
+            try:
+                await self._ping.unsubscribe()
+            except Exception:  # the connection is gone: so is the subscription
+                pass
         for projector in self.projectors:
             projector.stop()
         if self._tasks:
@@ -102,6 +139,9 @@ class RunSettings:
     options: ConnectOptions = field(default_factory=ConnectOptions)
     store_dir: Path = DEFAULT_STORE
     port: int = 0  # embedded server: 0 = 4222 or the next free port
+    workers: int = 1  # processes serving the aggregates, keys shared out among them (partition.py)
+    worker_args: tuple[str, ...] = ()  # the `esfsm run` arguments a worker gets besides --server and --worker
+    partition: Partition | None = None  # set in a worker that `esfsm run --workers N` started
 
 
 GC_THRESHOLDS = (50_000, 20, 20)
@@ -135,13 +175,13 @@ async def serve(aggregates: Iterable[CompiledAggregate], settings: RunSettings,
         await asyncio.to_thread(embedded.start)
         servers = [embedded.url]
         info("started embedded nats-server", url=embedded.url, store=str(settings.store_dir.resolve()))
+    lost: list[str] = []
+    workers: Workers | None = None
     try:
-        lost: list[bool] = []
-
         async def closed() -> None:
             if not stop.is_set():  # closed by the server or after giving up: exit so a supervisor restarts us
                 log.error("the NATS connection was closed; stopping")
-                lost.append(True)
+                lost.append("the NATS connection was closed while serving")
                 stop.set()
 
         nc = await connect(servers, settings.options,
@@ -149,23 +189,109 @@ async def serve(aggregates: Iterable[CompiledAggregate], settings: RunSettings,
                            reconnected_cb=_log_async("reconnected to NATS"),
                            closed_cb=closed)
         info("connected", url=str(nc.connected_url.geturl() if nc.connected_url else servers[0]))
-        runtime = Runtime(nc, aggregates, settings.options.js_domain)
+        partition = settings.partition
+        if settings.workers > 1:
+            partition = Partition(secrets.token_hex(4), 0, settings.workers)
+        runtime = Runtime(nc, aggregates, settings.options.js_domain, partition=partition)
+        watch: asyncio.Task[None] | None = None
         try:
-            await runtime.start()
-            tune_gc()
-            info("ready", aggregates=",".join(a.name for a in aggregates))
+            await runtime.prepare()
+            if settings.workers > 1:
+                assert partition is not None
+                workers = Workers(partition, settings, servers, stop, lost)
+                await workers.start()
+            elif settings.partition is not None:
+                watch = asyncio.create_task(_watch_parent(stop, lost))
+            if await runtime.open(stop):
+                tune_gc()
+                info("ready", aggregates=",".join(a.name for a in aggregates),
+                     **({"workers": settings.workers} if workers else {}))
             await stop.wait()
             info("draining")
         finally:
+            if workers is not None:
+                workers.terminate()  # they drain alongside this one
+            if watch is not None:
+                watch.cancel()
             await runtime.stop()
             await _close(nc)
+            if workers is not None:
+                await workers.wait()
     finally:
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
             info("stopped embedded nats-server")
     info("stopped")
     if lost:
-        raise ConnectionLost("the NATS connection was closed while serving")
+        raise ConnectionLost("; ".join(lost))
+
+
+WORKER_STOP_WAIT = 45.0  # seconds a worker gets to drain after SIGTERM (its commands in flight wait up to 30)
+
+
+class Workers:
+    """The other worker processes of `esfsm run --workers N`: `esfsm run --worker GROUP:I/N`,
+    each on its own connection to the same servers. One that exits while serving stops the
+    whole run (exit status 1), as a lost connection does: a supervisor restarts it whole."""
+
+    def __init__(self, partition: Partition, settings: RunSettings, servers: list[str], stop: asyncio.Event,
+                 lost: list[str]) -> None:
+        self.partition, self.settings, self.servers, self.stop, self.lost = partition, settings, servers, stop, lost
+        self.processes: dict[int, asyncio.subprocess.Process] = {}
+        self._watchers: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        args, env = self.settings.options.for_worker()
+        for index in range(1, self.partition.count):
+            command = [sys.executable, "-m", "esfsm", "run", *self.settings.worker_args, *args,
+                       "--worker", str(Partition(self.partition.group, index, self.partition.count))]
+            for server in self.servers:
+                command += ["--server", server]
+            process = await asyncio.create_subprocess_exec(*command, env={**os.environ, **env},
+                                                           stdin=asyncio.subprocess.DEVNULL,
+                                                           preexec_fn=die_with_parent)
+            self.processes[index] = process
+            info("started worker process", number=index, pid=process.pid)
+            self._watchers.append(asyncio.create_task(self._watch(index, process)))
+
+    async def _watch(self, index: int, process: asyncio.subprocess.Process) -> None:
+        code = await process.wait()
+        if not self.stop.is_set():
+            log.error("worker %d exited with status %s while serving; stopping", index, code)
+            self.lost.append(f"worker {index} exited with status {code}")
+            self.stop.set()
+
+    def terminate(self) -> None:
+        for process in self.processes.values():
+            if process.returncode is None:
+                try:
+                    process.terminate()
+                except ProcessLookupError:
+                    pass
+
+    async def wait(self) -> None:
+        for index, process in self.processes.items():
+            try:
+                code = await asyncio.wait_for(process.wait(), WORKER_STOP_WAIT)
+            except TimeoutError:
+                log.error("worker %d did not stop within %.0f s; killing it", index, WORKER_STOP_WAIT)
+                process.kill()
+                code = await process.wait()
+            if code != 0 and not any(f"worker {index} " in reason for reason in self.lost):
+                self.lost.append(f"worker {index} exited with status {code}")
+        for watcher in self._watchers:
+            watcher.cancel()
+
+
+async def _watch_parent(stop: asyncio.Event, lost: list[str]) -> None:
+    """A worker stops when the `esfsm run` that started it is gone."""
+    parent = os.getppid()
+    while not stop.is_set():
+        await asyncio.sleep(1.0)
+        if os.getppid() != parent:
+            log.error("the esfsm run that started this worker is gone; stopping")
+            lost.append("the parent process is gone")
+            stop.set()
 
 
 async def _close(nc: Client) -> None:
@@ -178,7 +304,8 @@ async def _close(nc: Client) -> None:
 
 
 class ConnectionLost(EsfsmError):
-    """The connection closed under a running runtime (it exits 1 so it can be restarted)."""
+    """The connection closed under a running runtime, or one of its workers exited (it exits 1
+    so that it can be restarted)."""
 
 
 def _log_async(message: str):  # type: ignore[no-untyped-def]

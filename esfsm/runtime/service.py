@@ -56,6 +56,7 @@ from esfsm.runtime.jetstream import (
     append_result,
     requester,
 )
+from esfsm.runtime.partition import Partition
 from esfsm.runtime.store import AggregateStore
 from esfsm.runtime.wire import header_block, wire
 from esfsm.values import (
@@ -155,8 +156,11 @@ class AggregateService:
     """The micro service `aggregate-<name>`: an endpoint per command, queue group `<name>`."""
 
     def __init__(self, nc: Client, compiled: CompiledAggregate, store: AggregateStore,
-                 test_clock: bool = False) -> None:
+                 test_clock: bool = False, partition: Partition | None = None) -> None:
         self.nc = nc
+        self.partition = partition if partition is not None and partition.count > 1 else None
+        self._passed: Subscription | None = None  # commands other workers pass to this one (partition.py)
+        self.passed_on = 0  # commands this process passed to the worker owning their key
         self.compiled = compiled
         self.store = store
         self.wire = wire(nc)
@@ -174,7 +178,15 @@ class AggregateService:
 
     # -- life cycle ----------------------------------------------------------
 
+    async def listen_passed(self) -> None:
+        """With a partition: take the commands the other workers pass on (before any of them
+        can pass one, see partition.py)."""
+        if self.partition is not None and self._passed is None:
+            prefix = self.partition.subject(self.partition.index, f"{self.compiled.model.nats.commands}.")
+            self._passed = await self.wire.subscribe(f"{prefix}>", self._receiver(prefix, None, passed=True))
+
     async def start(self) -> None:
+        await self.listen_passed()
         model = self.compiled.model
         self.service = await add_service(self.nc, ServiceConfig(
             name=model.service_name,
@@ -215,7 +227,9 @@ class AggregateService:
             self.wire.route(endpoint._subscription, self._receiver(prefix, endpoint))
         self._unknown = await self.wire.subscribe(f"{prefix}>", self._receiver(prefix, None), queue=model.name)
 
-    def _receiver(self, prefix: str, endpoint: Any) -> Any:
+    def _receiver(self, prefix: str, endpoint: Any, passed: bool = False) -> Any:
+        partition = None if passed else self.partition
+
         def receive(subject: str, reply: str, data: bytes, headers: dict[str, str] | None) -> None:
             if not reply:
                 return
@@ -225,13 +239,33 @@ class AggregateService:
                 log.warning("dropped a request whose reply subject is not a valid subject")
                 return
             command, headers = subject[len(prefix):], headers or {}
+            if partition is not None and self._pass_on(partition, subject, reply, data, headers):
+                return
             if not self._fast(command, data, headers, reply):
                 self._spawn(self._serve(command, data, headers, reply))
 
         return receive
 
+    def _pass_on(self, partition: Partition, subject: str, reply: str, data: bytes,
+                 headers: dict[str, str]) -> bool:
+        """Send a command for a key another worker owns to that worker (it answers the client)."""
+        key = headers.get(KEY_HEADER)
+        if key is None:
+            return False  # a 400 whatever worker answers it
+        owner = partition.owner(key)
+        if owner == partition.index:
+            return False
+        try:
+            self.wire.publish(partition.subject(owner, subject), data, reply, header_block(headers))
+        except Exception:  # disconnected, say: served here, the concurrency check keeps it right
+            log.debug("could not pass a command on to worker %d", owner, exc_info=True)
+            return False
+        self.passed_on += 1
+        return True
+
     async def stop(self) -> None:
-        """Stop taking requests, then let the ones in flight finish."""
+        """Stop taking requests, then let the ones in flight finish. Commands other workers
+        pass on are taken until the end: they may still be in the queue group."""
         if self._unknown is not None:
             await self.wire.unsubscribe(self._unknown)
             self._unknown = None
@@ -250,6 +284,9 @@ class AggregateService:
                 await asyncio.wait(list(self._tasks), timeout=1)
             else:
                 await asyncio.sleep(0.01)
+        if self._passed is not None:
+            await self.wire.unsubscribe(self._passed)
+            self._passed = None
 
     async def _unrouted(self, request: Request) -> None:  # pragma: no cover - requests arrive through wire.py
         log.warning("request on %s took the slow path", request.subject)
