@@ -20,6 +20,8 @@ from typing import Any
 import nats
 import pytest
 from click.testing import CliRunner
+from nats.js.errors import KeyNotFoundError
+from nats_support import RUNTIME_PATHS, run, start_server
 
 from esfsm.cli import main
 from esfsm.project import Project
@@ -27,7 +29,6 @@ from esfsm.runtime.connection import ConnectOptions, connect
 from esfsm.runtime.partition import Partition
 from esfsm.runtime.runner import Runtime
 from esfsm.runtime.server import die_with_parent, stop_process
-from nats_support import RUNTIME_PATHS, run, start_server
 
 ANN = {"x-username": "ann"}
 
@@ -108,18 +109,18 @@ def test_two_workers_each_answer_for_their_own_keys(tmp_path: Path, project: Pro
 async def _has(kv: Any, k: str) -> bool:
     try:
         await kv.get(k)
-    except Exception:
+    except KeyNotFoundError:
         return False
     return True
 
 
 def _start(url: str, log: Path, *extra: str) -> subprocess.Popen[bytes]:
-    out = open(log, "ab")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "esfsm", "run", *RUNTIME_PATHS, "--server", url, "--workers", "2", *extra],
-        stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        env={k: v for k, v in os.environ.items() if k != "NATS_URL"}, preexec_fn=die_with_parent)
-    out.close()
+    with open(log, "ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "esfsm", "run", *RUNTIME_PATHS, "--server", url, "--workers", "2", *extra],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={k: v for k, v in os.environ.items() if k != "NATS_URL"},
+            preexec_fn=die_with_parent)  # noqa: PLW1509 - it only calls prctl
     deadline = time.monotonic() + 30
     while "worker=0 msg=ready" not in log.read_text():
         assert process.poll() is None, log.read_text()

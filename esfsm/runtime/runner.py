@@ -123,8 +123,8 @@ class Runtime:
         if self._ping is not None:
             try:
                 await self._ping.unsubscribe()
-            except Exception:  # the connection is gone: so is the subscription
-                pass
+            except Exception as err:  # noqa: BLE001 - the connection is gone: so is the subscription
+                log.debug("unsubscribing the worker ping failed: %s", type(err).__name__)
         for projector in self.projectors:
             projector.stop()
         if self._tasks:
