@@ -114,12 +114,12 @@ async def _has(kv: Any, k: str) -> bool:
     return True
 
 
-def _start(url: str, log: Path, *extra: str) -> subprocess.Popen[bytes]:
+def _start(url: str, log: Path, *extra: str, session: bool = False) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "esfsm", "run", *RUNTIME_PATHS, "--server", url, "--workers", "2", *extra],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={k: v for k, v in os.environ.items() if k != "NATS_URL"},
+            env={k: v for k, v in os.environ.items() if k != "NATS_URL"}, start_new_session=session,
             preexec_fn=die_with_parent)  # noqa: PLW1509 - it only calls prctl
     deadline = time.monotonic() + 30
     while "worker=0 msg=ready" not in log.read_text():
@@ -171,6 +171,25 @@ def test_run_with_workers_serves_and_drains_on_sigterm(tmp_path: Path) -> None:
         text = log.read_text()
         assert "worker=1 msg=stopped" in text and "worker=0 msg=stopped" in text
         assert "level=error" not in text
+    finally:
+        if process.poll() is None:
+            process.kill()
+        server.stop()
+
+
+def test_ctrl_c_to_the_process_group_stops_every_worker_cleanly(tmp_path: Path) -> None:
+    """A terminal's Ctrl-C signals every process of the group, the workers maybe first:
+    a worker draining on it is a stop, not a failure."""
+    server = start_server(tmp_path / "nats")
+    log = tmp_path / "run.log"
+    process = _start(server.url, log, session=True)
+    try:
+        worker = _worker_pid(log)
+        os.killpg(process.pid, signal.SIGINT)
+        assert process.wait(30) == 0, log.read_text()
+        with pytest.raises(ProcessLookupError):
+            os.kill(worker, 0)
+        assert "level=error" not in log.read_text()
     finally:
         if process.poll() is None:
             process.kill()

@@ -256,10 +256,14 @@ class Workers:
 
     async def _watch(self, index: int, process: asyncio.subprocess.Process) -> None:
         code = await process.wait()
-        if not self.stop.is_set():
+        if self.stop.is_set():
+            return
+        if code == 0:  # it drained on a signal: Ctrl-C reaches the whole process group, maybe it first
+            info("worker stopped; stopping", number=index)
+        else:
             log.error("worker %d exited with status %s while serving; stopping", index, code)
             self.lost.append(f"worker {index} exited with status {code}")
-            self.stop.set()
+        self.stop.set()
 
     def terminate(self) -> None:
         for process in self.processes.values():
