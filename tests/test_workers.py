@@ -221,3 +221,12 @@ def test_run_rejects_bad_worker_options() -> None:
     assert result.exit_code == 2 and "needs --server" in result.output
     result = runner.invoke(main, ["run", definitions, "--worker", "g:1/2", "--workers", "2", "--server", "x"])
     assert result.exit_code == 2 and "no workers of its own" in result.output
+
+
+def test_workers_get_the_connection_options_with_secrets_only_in_the_environment() -> None:
+    options = ConnectOptions(user="ann", password="s3cret", token="t0ken", creds="/etc/nats/app.creds",
+                             tls_ca="ca.pem", js_domain="hub")
+    args, env = options.for_worker()
+    assert args == ["--creds", "/etc/nats/app.creds", "--tls-ca", "ca.pem", "--js-domain", "hub"]
+    assert env == {"NATS_USER": "ann", "NATS_PASSWORD": "s3cret", "NATS_TOKEN": "t0ken"}
+    assert ConnectOptions().for_worker() == ([], {})
