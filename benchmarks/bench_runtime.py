@@ -4,7 +4,8 @@ Everything runs on 127.0.0.1 and is started (and stopped) by this script:
 
 * a nats-server with JetStream (``EmbeddedServer``, free port, temp store);
 * the runtime as a separate process:
-  ``python -m esfsm run definitions/bankaccount.yaml --server URL``;
+  ``python -m esfsm run definitions/bankaccount.yaml --server URL``
+  (with ``--workers N`` when given);
 * each measurement in a separate client process (this script re-invoked with
   ``--client-mode``), using plain nats-py and orjson, so the client never
   shares a Python interpreter with the runtime.
@@ -45,8 +46,11 @@ does not stop cleanly) is printed as ``FAILED: ...`` and the exit status is
 Usage (from anywhere; paths are resolved from this file)::
 
     python benchmarks/bench_runtime.py [--commands 20000] [--keys 1000]
-        [--concurrency 64] [--repeat 3] [--seed 42] [--settle 10] [--drain 180]
-        [--py-spy OUT.svg] [--keep]
+        [--concurrency 64] [--repeat 3] [--workers 1] [--seed 42] [--settle 10]
+        [--drain 180] [--py-spy OUT.svg] [--keep]
+
+``--workers N`` runs the runtime as ``esfsm run --workers N`` (N processes
+sharing out the keys); the runtime CPU column then adds up all of them.
 
 ``--py-spy OUT`` records the runtime process with py-spy (if installed) during
 the first timed runtime loop and writes a flame graph (``.svg``) or a
