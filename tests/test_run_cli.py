@@ -81,6 +81,7 @@ def test_run_serves_the_examples_on_an_embedded_server_and_drains_on_sigterm(run
     assert running.wait(30) == 0
     log = (tmp_path / "run.log").read_text()
     assert "msg=draining" in log and "msg=\"stopped embedded nats-server\"" in log and log.rstrip().endswith("msg=stopped")
+    assert "level=warning" not in log and "level=error" not in log  # a clean drain is no news
     assert not (tmp_path / ".esfsm" / "server.json").exists()
 
 

@@ -185,7 +185,7 @@ async def serve(aggregates: Iterable[CompiledAggregate], settings: RunSettings,
                 stop.set()
 
         nc = await connect(servers, settings.options,
-                           disconnected_cb=_log_async("disconnected from NATS"),
+                           disconnected_cb=_log_async("disconnected from NATS", unless=stop),
                            reconnected_cb=_log_async("reconnected to NATS"),
                            closed_cb=closed)
         info("connected", url=str(nc.connected_url.geturl() if nc.connected_url else servers[0]))
@@ -312,8 +312,13 @@ class ConnectionLost(EsfsmError):
     so that it can be restarted)."""
 
 
-def _log_async(message: str):  # type: ignore[no-untyped-def]
+def _log_async(message: str, unless: asyncio.Event | None = None):  # type: ignore[no-untyped-def]
+    """A nats-py callback that logs a warning; only at debug level once unless is set (the
+    connection closing at the end of a drain is no news)."""
     async def callback() -> None:
-        log.warning(message)
+        if unless is not None and unless.is_set():
+            log.debug(message)
+        else:
+            log.warning(message)
 
     return callback
