@@ -117,3 +117,28 @@ def test_run_refuses_to_start_on_invalid_definitions(tmp_path: Path) -> None:
     assert "'frozn' is not a declared state; did you mean 'frozen'?" in result.stdout
     assert result.stderr.strip() == "Error: the definitions have errors; not starting"
     assert not (tmp_path / ".esfsm").exists()
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_run_waits_for_an_unreachable_server_says_so_and_stops_on_sigterm(tmp_path: Path, workers: str) -> None:
+    """It keeps trying (it may start before its server), says so, and a signal ends it at once."""
+    from nats_support import ephemeral_port
+
+    url = f"nats://127.0.0.1:{ephemeral_port()}"  # nothing listens there
+    with open(tmp_path / "run.log", "w") as log:
+        process = subprocess.Popen([sys.executable, "-m", "esfsm", "run", str(DEFINITIONS), "--server", url,
+                                    "--workers", workers], cwd=tmp_path, env=ENV, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while "still trying" not in (tmp_path / "run.log").read_text():
+            assert process.poll() is None, (tmp_path / "run.log").read_text()
+            assert time.monotonic() < deadline, (tmp_path / "run.log").read_text()
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(10) == 0
+        text = (tmp_path / "run.log").read_text()
+        assert f"still trying {url}" in text and "stopped before connecting" in text
+        assert "Traceback" not in text
+    finally:
+        if process.poll() is None:
+            process.kill()

@@ -214,6 +214,9 @@ async def connect(servers: list[str], options: ConnectOptions, **extra: Any) -> 
     except _Refused as err:
         await _abandon(nc)
         raise ConnectError(f"cannot connect to {where}: {err.reason}") from None
+    except asyncio.CancelledError:  # given up on (the runtime was asked to stop while connecting)
+        await _abandon(nc)
+        raise
     except Exception as err:
         await _abandon(nc)
         cause: BaseException = last[0] if isinstance(err, nats.errors.NoServersError) and last else err

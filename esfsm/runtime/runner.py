@@ -184,10 +184,27 @@ async def serve(aggregates: Iterable[CompiledAggregate], settings: RunSettings,
                 lost.append("the NATS connection was closed while serving")
                 stop.set()
 
-        nc = await connect(servers, settings.options,
-                           disconnected_cb=_log_async("disconnected from NATS", unless=stop),
-                           reconnected_cb=_log_async("reconnected to NATS"),
-                           closed_cb=closed)
+        noted: dict[str, float] = {}
+
+        async def trouble(err: Exception) -> None:  # nats-py's error callback: while connecting, and later
+            text = f"{type(err).__name__}: {err}"
+            now = loop.time()
+            if now - noted.get(text, -RETRY_NOTE) < RETRY_NOTE:
+                return  # the same error again (a retry every 0.5 s): one line per RETRY_NOTE seconds
+            if len(noted) > 100:
+                noted.clear()
+            noted[text] = now
+            log.warning("NATS: %s%s", text, "" if connected else f"; still trying {', '.join(servers)}")
+
+        connected = False
+        nc = await _until_stopped(connect(servers, settings.options, error_cb=trouble,
+                                          disconnected_cb=_log_async("disconnected from NATS", unless=stop),
+                                          reconnected_cb=_log_async("reconnected to NATS"),
+                                          closed_cb=closed), stop)
+        if nc is None:
+            info("stopped before connecting")
+            return
+        connected = True
         info("connected", url=str(nc.connected_url.geturl() if nc.connected_url else servers[0]))
         partition = settings.partition
         if settings.workers > 1:
@@ -296,6 +313,27 @@ async def _watch_parent(stop: asyncio.Event, lost: list[str]) -> None:
             log.error("the esfsm run that started this worker is gone; stopping")
             lost.append("the parent process is gone")
             stop.set()
+
+
+RETRY_NOTE = 10.0  # seconds between warnings while the servers cannot be reached
+
+
+async def _until_stopped(connecting: Any, stop: asyncio.Event) -> Client | None:
+    """The connection, or None if stop was set first (the attempt is then given up).
+    The runtime keeps trying to connect until it is stopped, so it may start before
+    its servers; SIGINT/SIGTERM still end it at once."""
+    attempt = asyncio.ensure_future(connecting)
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({attempt, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if attempt.done():
+        return attempt.result()  # type: ignore[no-any-return]
+    attempt.cancel()
+    try:
+        await attempt
+    except asyncio.CancelledError:
+        pass
+    return None
 
 
 async def _close(nc: Client) -> None:
