@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -142,3 +143,29 @@ def test_run_waits_for_an_unreachable_server_says_so_and_stops_on_sigterm(tmp_pa
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def test_run_says_clearly_when_the_server_has_no_jetstream(tmp_path: Path) -> None:
+    from nats_support import ephemeral_port
+
+    from esfsm.runtime.server import server_binary
+
+    port = ephemeral_port()
+    server = subprocess.Popen([server_binary(), "-a", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)  # no -js
+    try:
+        deadline = time.monotonic() + 10
+        while True:  # until it listens
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        done = esfsm(tmp_path, "run", str(DEFINITIONS), "--server", f"nats://127.0.0.1:{port}", timeout=30)
+        assert done.returncode == 1
+        assert "Error: JetStream does not answer on this NATS server" in done.stderr
+        assert "start nats-server with -js" in done.stderr
+        assert "Traceback" not in done.stderr and "level=error" not in done.stderr
+    finally:
+        stop_process(server, 10)

@@ -226,6 +226,7 @@ async def serve(aggregates: Iterable[CompiledAggregate], settings: RunSettings,
             await stop.wait()
             info("draining")
         finally:
+            stop.set()  # stopping, whatever the cause: the connection closing below is no news
             if workers is not None:
                 workers.terminate()  # they drain alongside this one
             if watch is not None:

@@ -11,7 +11,13 @@ import orjson
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, KeyValueConfig, StorageType, StreamConfig
-from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import (
+    BadRequestError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
 from nats.js.kv import KeyValue
 
 from esfsm.compiler import CompiledAggregate
@@ -62,7 +68,17 @@ class AggregateStore:
         return f"{self.names.events}.{key}.{event_type}"
 
     async def ensure(self) -> None:
-        """Create or update the stream, the bucket and the durable consumer."""
+        """Create or update the stream, the bucket and the durable consumer; StoreError
+        saying so when the server has no JetStream (or it does not answer)."""
+        try:
+            await self._ensure()
+        except (ServiceUnavailableError, nats.errors.NoRespondersError, nats.errors.TimeoutError) as err:
+            domain = f" in domain {self.api.split('.')[1]!r}" if self.api != "$JS.API" else ""
+            raise StoreError(f"JetStream{domain} does not answer on this NATS server ({type(err).__name__}): "
+                             "start nats-server with -js (or a `jetstream {}` block in its configuration), "
+                             "or check --js-domain") from None
+
+    async def _ensure(self) -> None:
         config = StreamConfig(
             name=self.names.stream,
             subjects=[f"{self.names.events}.>"],
