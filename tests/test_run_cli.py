@@ -169,3 +169,29 @@ def test_run_says_clearly_when_the_server_has_no_jetstream(tmp_path: Path) -> No
         assert "Traceback" not in done.stderr and "level=error" not in done.stderr
     finally:
         stop_process(server, 10)
+
+
+def test_a_second_run_in_the_same_folder_does_not_start_a_second_server_on_the_store(running, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    url = json.loads((tmp_path / ".esfsm" / "server.json").read_text())["url"]
+    second = esfsm(tmp_path, "run", str(DEFINITIONS), timeout=30)
+    assert second.returncode == 1
+    assert f"already runs with the store .esfsm ({url})" in second.stderr
+    assert f"--server {url}" in second.stderr
+    assert running.poll() is None  # the first one is untouched
+    assert json.loads((tmp_path / ".esfsm" / "server.json").read_text())["url"] == url
+
+
+def test_a_stale_server_file_does_not_stop_the_embedded_server_from_starting(tmp_path: Path) -> None:
+    from nats_support import ephemeral_port
+
+    from esfsm.runtime.server import EmbeddedServer
+
+    store = tmp_path / "store"
+    store.mkdir()
+    # left by a crash: the pid is this test's own (alive), the URL answers nothing
+    (store / "server.json").write_text(json.dumps({"url": f"nats://127.0.0.1:{ephemeral_port()}", "pid": os.getpid()}))
+    server = EmbeddedServer(store, port=ephemeral_port()).start()
+    try:
+        assert json.loads((store / "server.json").read_text())["url"] == server.url
+    finally:
+        server.stop()

@@ -93,6 +93,11 @@ class EmbeddedServer:
     def start(self, timeout: float = 10.0) -> EmbeddedServer:
         self.store_dir = Path(self.store_dir)
         self.store_dir.mkdir(parents=True, exist_ok=True)
+        running = embedded_url(self.store_dir)
+        if running is not None and _answers_at(running):  # two servers on one store would corrupt it
+            raise ServerError(f"a nats-server started by esfsm already runs with the store {self.store_dir} "
+                              f"({running}): to add a runtime process to it, give `--server {running}`; for a "
+                              f"server of its own, give another --store-dir")
         if not self.port:
             self.port = free_port(DEFAULT_PORT, self.host)
         log = open(self.store_dir / "nats-server.log", "ab")
@@ -116,11 +121,7 @@ class EmbeddedServer:
         raise ServerError(f"nats-server did not start on {self.url} within {timeout:.0f}s")
 
     def _answers(self) -> bool:
-        try:
-            with socket.create_connection((self.host, self.port), timeout=0.5) as sock:
-                return sock.recv(5) == b"INFO "
-        except OSError:
-            return False
+        return _answers_at(self.url)
 
     def _write_state(self) -> None:
         (self.store_dir / STATE_FILE).write_text(json.dumps({"url": self.url, "pid": self.process.pid if self.process else None}))
@@ -147,6 +148,16 @@ class EmbeddedServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _answers_at(url: str) -> bool:
+    """Whether a NATS server answers at nats://host:port (its INFO line)."""
+    host, _, port = url.removeprefix("nats://").rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=0.5) as sock:
+            return sock.recv(5) == b"INFO "
+    except (OSError, ValueError):
+        return False
 
 
 def embedded_url(store_dir: Path) -> str | None:
