@@ -195,3 +195,13 @@ def test_a_stale_server_file_does_not_stop_the_embedded_server_from_starting(tmp
         assert json.loads((store / "server.json").read_text())["url"] == server.url
     finally:
         server.stop()
+
+
+def test_run_says_when_the_port_asked_for_is_taken(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = esfsm(tmp_path, "run", str(DEFINITIONS), "--port", str(port), timeout=30)
+    assert done.returncode == 1
+    assert f"Error: port {port} on 127.0.0.1 is in use: give another --port" in done.stderr

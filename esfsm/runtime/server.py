@@ -100,7 +100,11 @@ class EmbeddedServer:
                               f"server of its own, give another --store-dir")
         if not self.port:
             self.port = free_port(DEFAULT_PORT, self.host)
-        log = open(self.store_dir / "nats-server.log", "ab")
+        elif not port_is_free(self.port, self.host):
+            raise ServerError(f"port {self.port} on {self.host} is in use: give another --port, or none "
+                              f"({DEFAULT_PORT} or the next free one)")
+        log_path = self.store_dir / "nats-server.log"
+        log = open(log_path, "ab")
         args = [server_binary(), "-js", "-a", self.host, "-p", str(self.port),
                 "-sd", str(self.store_dir / "jetstream"), "--server_name", f"esfsm-{self.port}", *self.extra_args]
         # A session of its own: Ctrl-C in the terminal reaches esfsm, which drains first and
@@ -111,8 +115,8 @@ class EmbeddedServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise ServerError(f"nats-server exited with code {self.process.returncode}; "
-                                  f"see {self.store_dir / 'nats-server.log'}")
+                raise ServerError(f"nats-server exited with code {self.process.returncode}{_last_line(log_path)}; "
+                                  f"see {log_path}")
             if not port_is_free(self.port, self.host) and self._answers():
                 self._write_state()
                 return self
@@ -148,6 +152,15 @@ class EmbeddedServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _last_line(path: Path) -> str:
+    """': <the last line of path>' (a server's last words), or nothing."""
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return f": {lines[-1][-300:]}" if lines else ""
 
 
 def _answers_at(url: str) -> bool:
