@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import nats
+import pytest
 
 from esfsm.events import event_from_json
 from esfsm.project import Project
@@ -88,10 +89,13 @@ async def resolve(nc: Any, outcomes: dict[str, dict[str, Any] | None]) -> None:
     await asyncio.gather(*[settle(c) for c, reply in list(outcomes.items()) if unknown(reply)])
 
 
-def test_server_restart_under_load(tmp_path: Path, project: Project) -> None:
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_server_restart_under_load(tmp_path: Path, project: Project, workers: str) -> None:
+    """With two workers, commands passed between them and events handed between their snapshot
+    writers cross the outage too."""
     port = ephemeral_port()
     server = start_server(tmp_path / "nats", port=port)
-    runtime = RuntimeProcess(server.url, log=tmp_path / "runtime.log").start()
+    runtime = RuntimeProcess(server.url, log=tmp_path / "runtime.log", extra_args=["--workers", workers]).start()
     outcomes: dict[str, dict[str, Any] | None] = {}
     try:
         async def scenario() -> None:
