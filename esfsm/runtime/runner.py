@@ -215,6 +215,10 @@ async def serve(aggregates: Iterable[CompiledAggregate], settings: RunSettings,
             await runtime.prepare()
             if settings.workers > 1:
                 assert partition is not None
+                cores = os.cpu_count() or 1
+                if settings.workers > cores:
+                    log.warning("%d workers on %d cores: more workers than cores costs CPU (a passed-on command "
+                                "is one more message) and gains nothing", settings.workers, cores)
                 workers = Workers(partition, settings, servers, stop, lost)
                 await workers.start()
             elif settings.partition is not None:
