@@ -406,3 +406,48 @@ def test_subject_permissions_the_runtime_needs_and_a_deposit_only_client(tmp_pat
     teller_violations = [line for line in violations if "user:teller" in line]
     assert any('"bank.cmds.withdraw"' in line for line in teller_violations), log
     assert any('"bank.cmds.open_account"' in line for line in teller_violations), log
+
+
+# With `--workers`, the runtime also passes commands, snapshot hand-overs and pings between its
+# workers on _ESFSM.> (docs/security.md); clients never get it.
+WORKERS_PERMISSIONS = (RUNTIME_PERMISSIONS.replace('"bank.events.>",', '"bank.events.>", "_ESFSM.>",')
+                       .replace('"_INBOX.>"]}', '"_INBOX.>", "_ESFSM.>"]}'))
+
+
+def test_workers_under_subject_permissions(tmp_path: Path) -> None:
+    """Two workers log in with the runtime's user (the password reaches the second one in its
+    environment); commands a worker passes on are answered to the client under allow_responses;
+    a client cannot publish on the workers' subjects. (Without _ESFSM.> the workers never
+    become ready: the server refuses their subscriptions, which they log.)"""
+    assert WORKERS_PERMISSIONS.count("_ESFSM.>") == 2
+    config = ("authorization { users = [\n"
+              f"  {{user: runtime, password: rt, permissions: {WORKERS_PERMISSIONS}}}\n"
+              f"  {{user: teller, password: te, permissions: {TELLER_PERMISSIONS}}}\n"
+              "  {user: admin, password: ad}\n"
+              "] }\n")
+    teller, admin = ["--user", "teller", "--password", "te"], ["--user", "admin", "--password", "ad"]
+    with secured(tmp_path, config, ["--user", "runtime", "--password", "rt", "--workers", "2"]) as (server, runtime):
+        assert runtime is not None and "worker=1 msg=ready" in runtime.log()
+        keys = [f"w-{i}" for i in range(8)]
+        for k in keys:
+            accepted(send(server.url, "open_account", k, OPEN, *admin))
+        for k in keys:  # NATS hands some to the worker that does not own the key
+            assert accepted(send(server.url, "deposit", k, '{"amount": 7}', *teller))["version"] == 2
+
+        async def sneak_in() -> None:
+            import nats
+
+            nc = await nats.connect(server.url, user="teller", password="te")
+            try:
+                await nc.publish("_ESFSM.g.0.cmd.bank.cmds.withdraw", b'{"amount": 1}',
+                                 headers={"x-ergonats-entity-key": "w-0", "x-username": "ann"})
+                await nc.flush()
+            finally:
+                await nc.close()
+
+        run(sneak_in())
+        time.sleep(0.3)  # the server logs the violation
+    log = (tmp_path / "run-store" / "nats-server.log").read_text()
+    violations = [line for line in log.splitlines() if "Violation" in line]
+    assert not [line for line in violations if "user:runtime" in line], "\n".join(violations)
+    assert any("user:teller" in line and "_ESFSM.g.0.cmd.bank.cmds.withdraw" in line for line in violations), log
