@@ -417,8 +417,7 @@ WORKERS_PERMISSIONS = (RUNTIME_PERMISSIONS.replace('"bank.events.>",', '"bank.ev
 def test_workers_under_subject_permissions(tmp_path: Path) -> None:
     """Two workers log in with the runtime's user (the password reaches the second one in its
     environment); commands a worker passes on are answered to the client under allow_responses;
-    a client cannot publish on the workers' subjects. (Without _ESFSM.> the workers never
-    become ready: the server refuses their subscriptions, which they log.)"""
+    a client cannot publish on the workers' subjects."""
     assert WORKERS_PERMISSIONS.count("_ESFSM.>") == 2
     config = ("authorization { users = [\n"
               f"  {{user: runtime, password: rt, permissions: {WORKERS_PERMISSIONS}}}\n"
@@ -451,3 +450,19 @@ def test_workers_under_subject_permissions(tmp_path: Path) -> None:
     violations = [line for line in log.splitlines() if "Violation" in line]
     assert not [line for line in violations if "user:runtime" in line], "\n".join(violations)
     assert any("user:teller" in line and "_ESFSM.g.0.cmd.bank.cmds.withdraw" in line for line in violations), log
+
+
+def test_workers_without_permission_on_their_subjects_stop_at_once_saying_why(tmp_path: Path) -> None:
+    config = ("authorization { users = [\n"
+              f"  {{user: runtime, password: rt, permissions: {RUNTIME_PERMISSIONS}}}\n"
+              "] }\n")
+    with secured(tmp_path, config) as (server, _):
+        started = time.monotonic()
+        done = subprocess.run([sys.executable, "-m", "esfsm", "run", BANK, "--server", server.url, "--user", "runtime",
+                               "--password", "rt", "--workers", "2"], env=ENV, capture_output=True, text=True,
+                              timeout=60, cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    assert time.monotonic() - started < 30  # not the 60 s wait for the other worker
+    assert "the NATS user may not use _ESFSM.>" in done.stderr and "docs/security.md" in done.stderr
+    assert "Error: no permission on _ESFSM.> for the workers" in done.stderr
+    assert "Traceback" not in done.stderr

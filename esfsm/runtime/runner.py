@@ -20,7 +20,7 @@ from nats.aio.client import Client
 from esfsm.compiler import CompiledAggregate
 from esfsm.errors import EsfsmError
 from esfsm.runtime.connection import DEFAULT_STORE, ConnectOptions, connect, resolve_servers
-from esfsm.runtime.partition import Partition
+from esfsm.runtime.partition import PREFIX, Partition
 from esfsm.runtime.projector import Projector
 from esfsm.runtime.server import EmbeddedServer, die_with_parent
 from esfsm.runtime.service import AggregateService
@@ -188,6 +188,12 @@ async def serve(aggregates: Iterable[CompiledAggregate], settings: RunSettings,
 
         async def trouble(err: Exception) -> None:  # nats-py's error callback: while connecting, and later
             text = f"{type(err).__name__}: {err}"
+            if "permissions violation" in text and f"{PREFIX.lower()}." in text.lower() and not stop.is_set():
+                log.error("the NATS user may not use %s.>, which the workers of --workers pass commands on "
+                          "(see docs/security.md): %s; stopping", PREFIX, err)
+                lost.append(f"no permission on {PREFIX}.> for the workers")
+                stop.set()
+                return
             now = loop.time()
             if now - noted.get(text, -RETRY_NOTE) < RETRY_NOTE:
                 return  # the same error again (a retry every 0.5 s): one line per RETRY_NOTE seconds
