@@ -106,6 +106,46 @@ def test_two_workers_each_answer_for_their_own_keys(tmp_path: Path, project: Pro
         server.stop()
 
 
+def test_a_draining_worker_still_answers_what_the_others_pass_on(tmp_path: Path, project: Project) -> None:
+    """Workers get the signal at about the same time, not at once: while one has left the queue
+    group, the other may still pass it commands for its keys; it answers them for a grace period."""
+    server = start_server(tmp_path / "nats")
+    compiled = project.aggregates["bankaccount"]
+    group = uuid.uuid4().hex[:8]
+
+    async def scenario() -> None:
+        connections = [await connect([server.url], ConnectOptions()) for _ in range(2)]
+        runtimes = [Runtime(nc, [compiled], partition=Partition(group, i, 2)) for i, nc in enumerate(connections)]
+        client = await nats.connect(server.url)
+        try:
+            for runtime in runtimes:
+                await runtime.prepare()
+            await asyncio.gather(*(runtime.open() for runtime in runtimes))
+            candidates = [f"d-{i}-{uuid.uuid4().hex[:6]}" for i in range(40)]
+            keys = [k for k in candidates if Partition(group, 0, 2).owner(k) == 1]  # worker 1's
+            draining = runtimes[1].services["bankaccount"]
+            stopping = asyncio.create_task(draining.stop())
+            while draining.service is not None:  # until it has left the queue group
+                await asyncio.sleep(0.005)
+            replies = await asyncio.gather(*(
+                client.request("bank.cmds.open_account", b'{"owner": "ann", "initial_balance": 100}',
+                               headers={"x-ergonats-entity-key": k, **ANN}, timeout=5) for k in keys))
+            assert all(json.loads(r.data)["accepted"] for r in replies)
+            assert not stopping.done()  # still in its grace period
+            assert draining.handled == len(keys)  # answered by the owner, passed on by the other
+            await stopping
+        finally:
+            for runtime in runtimes:
+                await runtime.stop()
+            for nc in [*connections, client]:
+                await nc.close()
+
+    try:
+        run(scenario(), timeout=60)
+    finally:
+        server.stop()
+
+
 async def _has(kv: Any, k: str) -> bool:
     try:
         await kv.get(k)

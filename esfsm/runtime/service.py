@@ -79,6 +79,7 @@ HEADROOM = 512  # bytes: more than an append's headers (batch ones included) or 
 MAX_REJECTIONS = 10_000  # rejected command ids remembered per process
 TEST_NOW_HEADER = "x-esfsm-test-now"
 STOP_WAIT = 30.0  # seconds stop() waits for the commands in flight (each is bounded by its own timeouts)
+PASSED_GRACE = 1.0  # seconds a draining worker still takes commands passed on by the others
 _VALID_SUBJECT = re.compile(r"[!-~]+")  # printable ASCII, no spaces or control characters
 
 
@@ -265,7 +266,8 @@ class AggregateService:
 
     async def stop(self) -> None:
         """Stop taking requests, then let the ones in flight finish. Commands other workers
-        pass on are taken until the end: they may still be in the queue group."""
+        pass on are taken until the end, and PASSED_GRACE longer: the other workers get the
+        same signal, but may leave the queue group a moment later."""
         if self._unknown is not None:
             await self.wire.unsubscribe(self._unknown)
             self._unknown = None
@@ -275,6 +277,14 @@ class AggregateService:
             for sub in routed:
                 self.wire.unroute(sub)
             self.service = None
+        await self._finish_in_flight()
+        if self._passed is not None:
+            await asyncio.sleep(PASSED_GRACE)
+            await self.wire.unsubscribe(self._passed)
+            self._passed = None
+            await self._finish_in_flight()
+
+    async def _finish_in_flight(self) -> None:
         deadline = asyncio.get_running_loop().time() + STOP_WAIT
         while self._tasks or self._inflight:  # each one ends: an ack, or the request's timeout
             if asyncio.get_running_loop().time() > deadline:
@@ -284,9 +294,6 @@ class AggregateService:
                 await asyncio.wait(list(self._tasks), timeout=1)
             else:
                 await asyncio.sleep(0.01)
-        if self._passed is not None:
-            await self.wire.unsubscribe(self._passed)
-            self._passed = None
 
     async def _unrouted(self, request: Request) -> None:  # pragma: no cover - requests arrive through wire.py
         log.warning("request on %s took the slow path", request.subject)
