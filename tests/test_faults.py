@@ -119,7 +119,7 @@ def test_server_restart_under_load(tmp_path: Path, project: Project, workers: st
                 await asyncio.sleep(1.0)
                 await asyncio.to_thread(server.stop)  # the server goes away mid-load ...
                 await asyncio.sleep(1.0)
-                await asyncio.to_thread(server.start)  # ... and comes back with the same store
+                server.start()  # ... and comes back with the same store (on this thread: it outlives the server)
 
             await asyncio.gather(fault(), *[worker(k) for k in KEYS])
             codes = Counter("none" if r is None else "ok" if r["accepted"] else r["code"] for r in outcomes.values())
@@ -207,7 +207,7 @@ def test_a_publish_while_disconnected_fails_fast_and_is_never_sent_later(tmp_pat
             reply = await service.process("deposit", b'{"amount": 5}', headers("k", "while-down"))
             assert (reply["accepted"], reply["code"]) == (False, 503)
             assert "nothing was stored" in reply["message"]
-            await asyncio.to_thread(server.start)
+            server.start()  # on this thread: one of the pool's would take the server with it
             for _ in range(200):
                 if nc.is_connected:
                     break
@@ -247,4 +247,22 @@ def test_a_process_that_never_saw_an_entity_loads_it_from_the_stream(tmp_path: P
 
         run(scenario())
     finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_runtime_stopped_while_its_server_is_gone_exits_cleanly(tmp_path: Path, workers: str) -> None:
+    """SIGTERM while reconnecting: nothing can be drained; it closes and exits 0, with no internal error."""
+    server = start_server(tmp_path / "nats")
+    runtime = RuntimeProcess(server.url, log=tmp_path / "runtime.log", extra_args=["--workers", workers]).start()
+    try:
+        server.kill()
+        deadline = time.monotonic() + 10
+        while runtime.log().count("disconnected from NATS") < int(workers):
+            assert time.monotonic() < deadline, runtime.log()
+            time.sleep(0.05)
+        assert runtime.terminate() == 0, runtime.log()
+        assert "internal error" not in runtime.log() and "Traceback" not in runtime.log()
+    finally:
+        runtime.kill()
         server.stop()

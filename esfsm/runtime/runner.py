@@ -172,7 +172,7 @@ async def serve(aggregates: Iterable[CompiledAggregate], settings: RunSettings,
     servers = list(settings.servers) or resolve_servers((), Path("/nonexistent"))
     if not servers:
         embedded = EmbeddedServer(settings.store_dir, port=settings.port)
-        await asyncio.to_thread(embedded.start)
+        embedded.start()  # on this thread, which outlives it (see EmbeddedServer.start); nothing else runs yet
         servers = [embedded.url]
         info("started embedded nats-server", url=embedded.url, store=str(settings.store_dir.resolve()))
     lost: list[str] = []
@@ -353,7 +353,10 @@ async def _close(nc: Client) -> None:
         await nc.drain()
     except Exception as err:  # reconnecting or already closed: nothing is left to flush
         log.warning("could not drain the connection (%s: %s); closing it", type(err).__name__, err)
-        await nc.close()
+        try:
+            await nc.close()
+        except Exception as closing:  # noqa: BLE001 - the server went away meanwhile: the socket is gone already
+            log.debug("closing the connection failed: %s: %s", type(closing).__name__, closing)
 
 
 class ConnectionLost(EsfsmError):

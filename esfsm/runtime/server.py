@@ -91,6 +91,9 @@ class EmbeddedServer:
         return f"nats://{self.host}:{self.port}"
 
     def start(self, timeout: float = 10.0) -> EmbeddedServer:
+        """Start it and wait until it answers. Call it on a thread that outlives the server (the
+        main one, not a pool's): on Linux the server gets SIGTERM when the thread that started it
+        ends (PR_SET_PDEATHSIG, so that it never outlives a killed esfsm)."""
         self.store_dir = Path(self.store_dir)
         self.store_dir.mkdir(parents=True, exist_ok=True)
         running = embedded_url(self.store_dir)
