@@ -14,6 +14,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from nats.js.errors import KeyNotFoundError
 from nats_support import RUNTIME_PATHS, run, start_server
 
 from esfsm.cli import main
+from esfsm.compiler import CompiledAggregate
 from esfsm.project import Project
 from esfsm.runtime.connection import ConnectOptions, connect
 from esfsm.runtime.partition import Partition
@@ -45,22 +48,33 @@ def test_partition_parses_its_spec_and_owns_every_key_once() -> None:
             Partition.parse(bad)
 
 
+@asynccontextmanager
+async def two_workers(url: str, compiled: CompiledAggregate) -> AsyncIterator[tuple[list[Runtime], Any]]:
+    """Two workers' Runtimes of one group on connections of their own, serving; and a client."""
+    group = uuid.uuid4().hex[:8]
+    connections = [await connect([url], ConnectOptions()) for _ in range(2)]
+    runtimes = [Runtime(nc, [compiled], partition=Partition(group, i, 2)) for i, nc in enumerate(connections)]
+    client = await nats.connect(url)
+    try:
+        for runtime in runtimes:
+            await runtime.prepare()
+        assert all(await asyncio.gather(*(runtime.open() for runtime in runtimes)))
+        yield runtimes, client
+    finally:
+        for runtime in runtimes:
+            await runtime.stop()
+        for nc in [*connections, client]:
+            await nc.close()
+
+
 def test_two_workers_each_answer_for_their_own_keys(tmp_path: Path, project: Project) -> None:
     """Every command is answered by the worker owning its key, whichever one NATS handed it
     to; each keeps only its own entities warm; the snapshots of all keys converge, those
     written from events the other worker's snapshot writer was handed included."""
     server = start_server(tmp_path / "nats")
-    compiled = project.aggregates["bankaccount"]
-    group = uuid.uuid4().hex[:8]
 
     async def scenario() -> None:
-        connections = [await connect([server.url], ConnectOptions()) for _ in range(2)]
-        runtimes = [Runtime(nc, [compiled], partition=Partition(group, i, 2)) for i, nc in enumerate(connections)]
-        client = await nats.connect(server.url)
-        try:
-            for runtime in runtimes:
-                await runtime.prepare()
-            assert all(await asyncio.gather(*(runtime.open() for runtime in runtimes)))
+        async with two_workers(server.url, project.aggregates["bankaccount"]) as (runtimes, client):
             keys = [f"w-{i}-{uuid.uuid4().hex[:6]}" for i in range(60)]
 
             async def send(command: str, k: str, payload: dict[str, Any]) -> dict[str, Any]:
@@ -94,11 +108,6 @@ def test_two_workers_each_answer_for_their_own_keys(tmp_path: Path, project: Pro
             # a snapshot writer handed some events of the other worker's keys over, whatever split
             # the shared consumer made (only 2^-240 of the splits give every event to its owner)
             assert sum(p.handed_over for runtime in runtimes for p in runtime.projectors) > 0
-        finally:
-            for runtime in runtimes:
-                await runtime.stop()
-            for nc in [*connections, client]:
-                await nc.close()
 
     try:
         run(scenario(), timeout=90)
@@ -110,19 +119,13 @@ def test_a_draining_worker_still_answers_what_the_others_pass_on(tmp_path: Path,
     """Workers get the signal at about the same time, not at once: while one has left the queue
     group, the other may still pass it commands for its keys; it answers them for a grace period."""
     server = start_server(tmp_path / "nats")
-    compiled = project.aggregates["bankaccount"]
-    group = uuid.uuid4().hex[:8]
 
     async def scenario() -> None:
-        connections = [await connect([server.url], ConnectOptions()) for _ in range(2)]
-        runtimes = [Runtime(nc, [compiled], partition=Partition(group, i, 2)) for i, nc in enumerate(connections)]
-        client = await nats.connect(server.url)
-        try:
-            for runtime in runtimes:
-                await runtime.prepare()
-            await asyncio.gather(*(runtime.open() for runtime in runtimes))
+        async with two_workers(server.url, project.aggregates["bankaccount"]) as (runtimes, client):
+            partition = runtimes[0].partition
+            assert partition is not None
             candidates = [f"d-{i}-{uuid.uuid4().hex[:6]}" for i in range(40)]
-            keys = [k for k in candidates if Partition(group, 0, 2).owner(k) == 1]  # worker 1's
+            keys = [k for k in candidates if partition.owner(k) == 1]  # worker 1's
             draining = runtimes[1].services["bankaccount"]
             stopping = asyncio.create_task(draining.stop())
             while draining.service is not None:  # until it has left the queue group
@@ -134,11 +137,6 @@ def test_a_draining_worker_still_answers_what_the_others_pass_on(tmp_path: Path,
             assert not stopping.done()  # still in its grace period
             assert draining.handled == len(keys)  # answered by the owner, passed on by the other
             await stopping
-        finally:
-            for runtime in runtimes:
-                await runtime.stop()
-            for nc in [*connections, client]:
-                await nc.close()
 
     try:
         run(scenario(), timeout=60)
