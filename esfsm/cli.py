@@ -212,7 +212,7 @@ def run(paths: tuple[Path, ...], servers: tuple[str, ...], store_dir: Path, port
 
     With --workers N it starts N-1 more processes on the same server; a
     command that reaches a worker not owning its entity key is passed to the
-    one that does. If a worker exits, the whole run stops with status 1.
+    one that does. If a worker fails, the whole run stops with status 1.
     """
     import os
 
@@ -233,11 +233,11 @@ def run(paths: tuple[Path, ...], servers: tuple[str, ...], store_dir: Path, port
         raise click.ClickException("the definitions have errors; not starting")
     if not project.aggregates:
         raise click.ClickException(f"no definitions under {', '.join(map(str, _paths(paths)))}")
-    setup_logging(log_level, worker=partition.index if partition else (0 if workers > 1 else None))
     env = os.environ.get("NATS_URL")
     chosen = servers or tuple(s.strip() for s in (env or "").split(",") if s.strip())
     if partition is not None and not chosen:
         raise click.BadParameter("a worker needs --server", param_hint="'--worker'")
+    setup_logging(log_level, worker=partition.index if partition else (0 if workers > 1 else None))
     worker_args = (*map(str, paths), "--store-dir", str(store_dir), "--log-level", log_level)
     settings = RunSettings(chosen, _options(kwargs, "esfsm-run"), store_dir, port, workers, worker_args, partition)
     _run_async(serve(project.aggregates.values(), settings))

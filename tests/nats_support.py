@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -34,6 +35,10 @@ def start_server(store: Path, port: int | None = None, extra_args: list[str] | N
     return EmbeddedServer(store, port=port or ephemeral_port(), extra_args=extra_args or []).start()
 
 
+# `ready` from the process itself (with --workers, worker 0), not from a worker it started
+_READY = re.compile(r"^(?!.*\bworker=[1-9]).*\bmsg=ready\b", re.MULTILINE)
+
+
 class RuntimeProcess:
     """`esfsm run --server URL` in a child process; ready once it logs 'ready'."""
 
@@ -57,7 +62,7 @@ class RuntimeProcess:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"runtime exited {self.process.returncode}:\n{self.log_path.read_text()}")
-            if "msg=ready" in self.log_path.read_text():
+            if _READY.search(self.log_path.read_text()):
                 return self
             time.sleep(0.05)
         self.kill()

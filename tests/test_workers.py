@@ -43,7 +43,7 @@ def test_partition_parses_its_spec_and_owns_every_key_once() -> None:
     owners = [partition.owner(k) for k in keys]
     assert set(owners) == {0, 1, 2}  # every worker gets some
     assert owners == [Partition("other", 0, 3).owner(k) for k in keys]  # stable: the hash of the key alone
-    for bad in ("g:3/3", "g:1", "no spaces:0/2", "g:-1/2", ""):
+    for bad in ("g:3/3", "g:1", "no spaces:0/2", "g:-1/2", "", "g:0/1"):
         with pytest.raises(ValueError):
             Partition.parse(bad)
 

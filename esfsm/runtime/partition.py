@@ -44,7 +44,7 @@ class PeersMissing(EsfsmError):
 
 @dataclass(frozen=True)
 class Partition:
-    """Worker `index` of `count` in `group` (a token unique to one `esfsm run`)."""
+    """Worker `index` of `count` (at least 2) in `group` (a token unique to one `esfsm run`)."""
 
     group: str
     index: int
@@ -57,8 +57,8 @@ class Partition:
         if not match:
             raise ValueError(f"{spec!r} is not GROUP:INDEX/COUNT")
         group, index, count = match.group(1), int(match.group(2)), int(match.group(3))
-        if not 0 <= index < count:
-            raise ValueError(f"{spec!r}: the index must be below the count")
+        if count < 2 or index >= count:
+            raise ValueError(f"{spec!r}: there are at least 2 workers, and the index is below their count")
         return cls(group, index, count)
 
     def __str__(self) -> str:

@@ -69,7 +69,7 @@ class Projector:
                  partition: Partition | None = None) -> None:
         self.store = store
         self.cached = cached
-        self.partition = partition if partition is not None and partition.count > 1 else None
+        self.partition = partition
         self.handed_over = 0  # events passed to the worker owning their keys
         self.prefix = store.names.events + "."
         self.written = 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import gc
 import logging
@@ -95,7 +96,7 @@ class Runtime:
             service = AggregateService(self.nc, compiled, store, self.test_clock, self.partition)
             await service.listen_passed()
             self.services[compiled.name] = service
-        if self.partition is not None and self.partition.count > 1:
+        if self.partition is not None:
             self._ping = await self.partition.listen(self.nc)
 
     async def open(self, stop: asyncio.Event | None = None) -> bool:
@@ -266,13 +267,14 @@ class Workers:
                  lost: list[str]) -> None:
         self.partition, self.settings, self.servers, self.stop, self.lost = partition, settings, servers, stop, lost
         self.processes: dict[int, asyncio.subprocess.Process] = {}
+        self._failed: set[int] = set()  # reported in lost already
         self._watchers: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         args, env = self.settings.options.for_worker()
         for index in range(1, self.partition.count):
             command = [sys.executable, "-m", "esfsm", "run", *self.settings.worker_args, *args,
-                       "--worker", str(Partition(self.partition.group, index, self.partition.count))]
+                       "--worker", str(dataclasses.replace(self.partition, index=index))]
             for server in self.servers:
                 command += ["--server", server]
             process = await asyncio.create_subprocess_exec(*command, env={**os.environ, **env},
@@ -290,6 +292,7 @@ class Workers:
             info("worker stopped; stopping", number=index)
         else:
             log.error("worker %d exited with status %s while serving; stopping", index, code)
+            self._failed.add(index)
             self.lost.append(f"worker {index} exited with status {code}")
         self.stop.set()
 
@@ -309,7 +312,7 @@ class Workers:
                 log.error("worker %d did not stop within %.0f s; killing it", index, WORKER_STOP_WAIT)
                 process.kill()
                 code = await process.wait()
-            if code != 0 and not any(f"worker {index} " in reason for reason in self.lost):
+            if code != 0 and index not in self._failed:
                 self.lost.append(f"worker {index} exited with status {code}")
         for watcher in self._watchers:
             watcher.cancel()

@@ -159,7 +159,7 @@ class AggregateService:
     def __init__(self, nc: Client, compiled: CompiledAggregate, store: AggregateStore,
                  test_clock: bool = False, partition: Partition | None = None) -> None:
         self.nc = nc
-        self.partition = partition if partition is not None and partition.count > 1 else None
+        self.partition = partition
         self._passed: Subscription | None = None  # commands other workers pass to this one (partition.py)
         self.passed_on = 0  # commands this process passed to the worker owning their key
         self.compiled = compiled
