@@ -169,7 +169,7 @@ class Projector:
             for start in range(0, len(items), HAND_OVER):
                 try:
                     self.wire.publish(subject, orjson.dumps(items[start:start + HAND_OVER]))
-                except Exception as err:  # disconnected: not acknowledged, so redelivered later
+                except Exception as err:  # noqa: BLE001 - disconnected: not acknowledged, so redelivered later
                     log.debug("hand-over to worker %d failed: %s", owner, type(err).__name__)
                     break
                 self.handed_over += len(items[start:start + HAND_OVER])
