@@ -626,18 +626,22 @@ def orchestrate(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--commands", type=int, default=20_000)
-    parser.add_argument("--keys", type=int, default=1_000)
-    parser.add_argument("--concurrency", type=int, default=64)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     epilog="The last line printed is `ratio: X.XX` (runtime commands/s ÷ ceiling "
+                                            "messages/s); the exit status is 1 when a check failed. "
+                                            "See docs/benchmarks.md.")
+    parser.add_argument("--commands", type=int, default=20_000,
+                        help="N: deposits and withdrawals in the timed runtime loop (and publishes in the ceiling's; default %(default)s)")
+    parser.add_argument("--keys", type=int, default=1_000, help="K: accounts the commands are spread over (default %(default)s)")
+    parser.add_argument("--concurrency", type=int, default=64, help="C: operations in flight in both loops (default %(default)s)")
     parser.add_argument("--repeat", type=int, default=3,
-                        help="runs of both loops, alternating; the table shows medians (the machine is noisy)")
+                        help="runs of both loops, alternating; the table shows medians (the machine is noisy; default %(default)s)")
     parser.add_argument("--workers", type=int, default=1,
-                        help="`esfsm run --workers`: runtime processes sharing out the keys (CPU counts them all)")
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--settle", type=float, default=10.0, help="seconds to wait for the KV snapshots")
+                        help="`esfsm run --workers`: runtime processes sharing out the keys (CPU counts them all; default %(default)s)")
+    parser.add_argument("--seed", type=int, default=42, help="seed of the workload (which key, which command; default %(default)s)")
+    parser.add_argument("--settle", type=float, default=10.0, help="seconds to wait for the KV snapshots (default %(default)s)")
     parser.add_argument("--drain", type=float, default=180.0,
-                        help="seconds to wait for the snapshot writer's backlog before the next loop")
+                        help="seconds to wait for the snapshot writer's backlog before the next loop (default %(default)s)")
     parser.add_argument("--py-spy", metavar="OUT", help="record the runtime with py-spy (.svg, .json or .txt)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, stores)")
     parser.add_argument("--runtime-script", help=argparse.SUPPRESS)  # experiments: a script standing in for `-m esfsm`
@@ -648,8 +652,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runtime-pid", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--server-pid", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if min(args.commands, args.keys, args.concurrency, args.repeat) < 1:
-        parser.error("--commands, --keys, --concurrency and --repeat must be at least 1")
+    if min(args.commands, args.keys, args.concurrency, args.repeat, args.workers) < 1:
+        parser.error("--commands, --keys, --concurrency, --repeat and --workers must be at least 1")
+    if args.settle < 0 or args.drain < 0:
+        parser.error("--settle and --drain must not be negative")
     if args.client_mode:
         return client_main(args)
     return orchestrate(args)
