@@ -314,9 +314,12 @@ def send(aggregate: str, command: str, key: str, data: str | None, header_values
 @click.argument("key")
 @connection_options
 def state(aggregate: str, key: str, servers: tuple[str, ...], store_dir: Path, **kwargs: Any) -> None:
-    """Print the current state of one entity (the KV value, as JSON).
+    """Print the current state of one entity: its KV snapshot as JSON.
 
-    Exits 1 when the entity has no event yet.
+    The snapshot is `version`, `key`, `state`, `data` and `seq` (the stream sequence it
+    reflects); the replies it remembers for command ids are left out. It waits up to 2 s
+    for the snapshot to reflect the entity's last stored event, then prints it anyway
+    with "stale": true. Exits 1 when the entity has no event yet.
     """
     async def go() -> Any:
         client = await _client(servers, store_dir, kwargs)

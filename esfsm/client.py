@@ -110,7 +110,8 @@ class Client:
 
     async def state(self, aggregate: str, key: str, wait: float = 2.0) -> dict[str, Any] | None:
         """The entity's state from the KV bucket, waiting (up to `wait` s) for the snapshot to
-        reflect the last stored event; None when the entity has no event."""
+        reflect the last stored event (then it is returned with "stale": True); None when the
+        entity has no event. The replies the snapshot remembers for command ids are left out."""
         info = await self.aggregate(aggregate)
         js = self.nc.jetstream(domain=self.domain)
         try:

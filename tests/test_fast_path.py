@@ -218,3 +218,27 @@ def test_an_append_left_unanswered_is_resolved_like_on_the_ordinary_path(own_ser
             await client.close()
 
     run(scenario())
+
+
+def test_at_debug_level_every_command_logs_one_line(own_server: Any, project: Project,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """`esfsm run --log-level debug`: one line per command, from either path, with its outcome."""
+    async def scenario() -> None:
+        async with serving(own_server.url, project.aggregates["bankaccount"]) as [service]:
+            client = await nats.connect(own_server.url)
+            key = f"log-{uuid.uuid4().hex[:8]}"
+            await send(client, "open_account", key, {"owner": "ann", "initial_balance": 100})  # ordinary path
+            await send(client, "deposit", key, {"amount": 5})  # fast path
+            await send(client, "withdraw", key, {"amount": 10**6})  # rejected
+            await client.close()
+            assert service.fast_served >= 1
+
+    with caplog.at_level("DEBUG", logger="esfsm.service"):
+        run(scenario())
+    lines = [r for r in caplog.records if r.name == "esfsm.service" and r.getMessage() == "command"]
+    fields = [r.fields for r in lines]  # type: ignore[attr-defined]
+    assert [(f["command"], f["accepted"]) for f in fields] == [
+        ("open_account", True), ("deposit", True), ("withdraw", False)]
+    assert fields[1]["version"] == 2 and fields[1]["events"] == "funds_deposited" and fields[1]["state"] == "open"
+    assert fields[2]["code"] == 422 and fields[2]["reason"] == "insufficient funds"
+    assert all(f["key"].startswith("log-") and f["aggregate"] == "bankaccount" for f in fields)

@@ -322,10 +322,12 @@ class AggregateService:
         except Exception as err:  # the reply must still go out; the log keeps the cause
             log.exception("command %s failed unexpectedly", command)
             reply = rejection(INTERNAL, f"internal error: {type(err).__name__}: {err}")
-        self._respond(command, reply, reply_to)
+        self._respond(command, reply, reply_to, headers.get(KEY_HEADER))
 
-    def _respond(self, command: str, reply: dict[str, Any], reply_to: str) -> None:
+    def _respond(self, command: str, reply: dict[str, Any], reply_to: str, key: str | None) -> None:
         self.handled += 1
+        if log.isEnabledFor(logging.DEBUG):  # `esfsm run --log-level debug`: one line per command
+            self._log_outcome(command, reply, key)
         if not reply["accepted"]:  # rejections quote input, which can be huge; the header repeats it
             reply["message"] = _printable(clip(reply["message"], 500))
             reply["errors"] = [{"path": clip(e["path"]), "message": clip(e["message"], 500)}
@@ -335,6 +337,18 @@ class AggregateService:
             self.wire.publish(reply_to, orjson.dumps(reply), headers=header_block(error_headers) if error_headers else b"")
         except Exception:  # connection lost: the client sees a timeout, nothing else to do
             log.warning("could not send the reply to %s", command, exc_info=True)
+
+    def _log_outcome(self, command: str, reply: dict[str, Any], key: str | None) -> None:
+        fields: dict[str, Any] = {"aggregate": self.compiled.name, "command": command,
+                                  "key": _printable(clip(key or "-", 130)), "accepted": reply["accepted"]}
+        if reply["accepted"]:
+            fields["version"] = reply["version"]
+            fields["state"] = reply["state"]
+            fields["events"] = ",".join(event["type"] for event in reply["events"]) or "-"
+        else:
+            fields["code"] = reply.get("code")
+            fields["reason"] = _printable(clip(str(reply["message"]), 200))
+        log.debug("command", extra={"fields": fields})
 
     async def process(self, command: str, body: bytes, headers: dict[str, str]) -> dict[str, Any]:
         """Decide and store one command; the reply as a dict."""
@@ -461,7 +475,7 @@ class AggregateService:
             return False
         prepared = self._prepare(command, body, headers)
         if isinstance(prepared, dict):  # 400 / 404: the entity is not involved
-            self._respond(command, prepared, reply_to)
+            self._respond(command, prepared, reply_to, key)
             return True
         request, expected = prepared
         slot.lock.try_acquire()  # free: checked above, and nothing ran since
@@ -530,7 +544,7 @@ class AggregateService:
             reply = self._applied(slot, request, state, seq, document)
             self.fast_served += 1
         self._done(slot)
-        self._respond(request.name, reply, reply_to)
+        self._respond(request.name, reply, reply_to, request.key)
 
     def _applied(self, slot: _Slot, request: CommandRequest, state: EntityState, seq: int,
                  document: dict[str, Any]) -> dict[str, Any]:
@@ -565,7 +579,7 @@ class AggregateService:
                 reply = rejection(INTERNAL, f"internal error: {type(err).__name__}: {err}")
             finally:
                 self._done(slot)
-            self._respond(request.name, reply, reply_to)
+            self._respond(request.name, reply, reply_to, request.key)
 
         self._spawn(finish())
 
