@@ -80,7 +80,7 @@ def _explain(error: ValidationError) -> list[ValidationError]:
     own errors explain the failure. When no branch's type matches, the error
     stays as it is and reads as a type error naming every type allowed.
     """
-    if not error.context or error.validator not in ("oneOf", "anyOf"):
+    if not error.context or error.validator not in ("oneOf", "anyOf") or _alternative_keys(error):
         return [error]
     branches: dict[Any, list[ValidationError]] = {}
     for sub in error.context:
@@ -91,6 +91,16 @@ def _explain(error: ValidationError) -> list[ValidationError]:
     if len(fitting) == 1:
         return [leaf for sub in fitting[0] for leaf in _explain(sub)]
     return _explain(best_match(sub for errors in fitting for sub in errors))
+
+
+def _alternative_keys(error: ValidationError) -> list[str]:
+    """The keys of a oneOf whose every branch is `{required: [key]}` (exactly one of them)."""
+    if error.validator != "oneOf" or not isinstance(error.validator_value, list):
+        return []
+    branches = error.validator_value
+    if not all(isinstance(b, dict) and list(b) == ["required"] and len(b["required"]) == 1 for b in branches):
+        return []
+    return [b["required"][0] for b in branches]
 
 
 def _type_mismatch(error: ValidationError) -> bool:
@@ -109,6 +119,16 @@ def _union_types(error: ValidationError) -> list[str]:
 
 def _schema_error_findings(doc: Document, error: ValidationError) -> Iterator[Finding]:
     where = pointer(*error.absolute_path)
+    keys = _alternative_keys(error)
+    if keys and isinstance(error.instance, Mapping):
+        given = [k for k in keys if k in error.instance]
+        listed = " or ".join(repr(k) for k in keys)
+        if given:
+            yield doc.finding(where, f"give only one of {listed}, not {' and '.join(repr(k) for k in given)}",
+                              "dsl-oneOf", key=True)
+        else:
+            yield doc.finding(where, f"missing required key: one of {listed}", "dsl-missing-key", key=True)
+        return
     if error.validator == "additionalProperties" and isinstance(error.instance, Mapping):
         allowed = list(error.schema.get("properties", {}))
         for extra in error.instance:

@@ -24,7 +24,12 @@ PATHS = click.argument(
 
 
 class _Group(click.Group):
-    """Turns unexpected exceptions into one line unless --debug is set."""
+    """Turns unexpected exceptions into one line unless --debug is set; `check` is `validate`."""
+
+    ALIASES = {"check": "validate"}
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return super().get_command(ctx, self.ALIASES.get(cmd_name, cmd_name))
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -64,6 +69,21 @@ def _check(paths: tuple[Path, ...]) -> Project:
     return check_paths(chosen)
 
 
+def _definitions_beside(paths: list[Path]) -> list[Path]:
+    """The definition file next to each scenario file given by name (`x.scenarios.yaml` →
+    `x.yaml` or `x.yml`): `esfsm test definitions/x.scenarios.yaml` runs x's scenarios."""
+    from esfsm.loader import SCENARIO_SUFFIXES
+
+    found = []
+    for path in paths:
+        suffix = next((s for s in SCENARIO_SUFFIXES if path.name.endswith(s)), None)
+        if suffix is None or not path.is_file():
+            continue
+        stem = path.name[: -len(suffix)]
+        found += [p for p in (path.with_name(f"{stem}.yaml"), path.with_name(f"{stem}.yml")) if p.is_file()]
+    return found
+
+
 def _print_findings(findings: list[Finding]) -> None:
     for finding in findings:
         click.echo(str(finding))
@@ -74,14 +94,18 @@ def _print_findings(findings: list[Finding]) -> None:
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="Output format: one line per finding, or one JSON document.")
 def validate(paths: tuple[Path, ...], fmt: str) -> None:
-    """Check definitions: YAML, the DSL schema, states, events, CEL and NATS names.
+    """Check definitions: YAML, the DSL schema, states, events, CEL and NATS names (alias: check).
 
     PATHS are definition files or folders (searched recursively for *.yaml
     and *.yml; scenario files are skipped). Default: ./definitions.
     Prints every finding as `file:line:col: severity: message [/json/pointer]`.
-    Exits 0 when there is no error (warnings allowed), 1 otherwise.
+    Exits 0 when there is no error (warnings allowed), 1 otherwise, and 1
+    when there is no definition to check.
     """
     project = _check(paths)
+    if project.ok and not any(d.kind == "definition" for d in project.documents):
+        raise click.ClickException(f"no definitions under {', '.join(map(str, _paths(paths)))} (definition files "
+                                   "are *.yaml or *.yml, other than *.scenarios.yaml)")
     errors = sum(f.severity == "error" for f in project.findings)
     warnings = len(project.findings) - errors
     if fmt == "json":
@@ -121,7 +145,7 @@ def test(paths: tuple[Path, ...], verbose: bool, on_nats: bool) -> None:
     """
     from esfsm.scenarios import run_scenario_files
 
-    project = _check(paths)
+    project = _check((*paths, *_definitions_beside(_paths(paths))))
     if not project.ok:
         _print_findings(project.findings)
         raise click.ClickException("the definitions have errors; fix them before running scenarios")
@@ -208,7 +232,7 @@ def run(paths: tuple[Path, ...], servers: tuple[str, ...], store_dir: Path, port
     JetStream on 127.0.0.1:4222 (or the next free port), data under
     --store-dir. Creates or updates each aggregate's stream, KV bucket and
     durable consumer, serves each as the micro service aggregate-<name>, and
-    on SIGINT/SIGTERM finishes the commands in flight and exits 0.
+    on SIGINT, SIGTERM or SIGHUP finishes the commands in flight and exits 0.
 
     With --workers N it starts N-1 more processes on the same server; a
     command that reaches a worker not owning its entity key is passed to the
@@ -282,7 +306,8 @@ def _parse_data(value: str | None) -> Any:
 @click.option("--header", "-H", "header_values", multiple=True, metavar="NAME=VALUE", help="A header (repeatable).")
 @click.option("--command-id", help="Idempotency id (x-esfsm-command-id): a retry is applied once.")
 @click.option("--expected-version", type=click.IntRange(min=0), help="Reject unless the entity is at this version.")
-@click.option("--timeout", type=float, default=5.0, show_default=True, help="Seconds to wait for the reply.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
+              help="Seconds to wait for the reply.")
 @connection_options
 def send(aggregate: str, command: str, key: str, data: str | None, header_values: tuple[str, ...],
          command_id: str | None, expected_version: int | None, timeout: float, servers: tuple[str, ...],

@@ -25,6 +25,7 @@ from nats.errors import NoRespondersError, TimeoutError
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
 
 from esfsm.errors import EsfsmError
+from esfsm.findings import did_you_mean, one_of
 from esfsm.runtime.connection import DEFAULT_STORE, ConnectError, ConnectOptions, connect, resolve_servers
 from esfsm.runtime.jetstream import api_prefix, last_message, read_subject
 from esfsm.values import COMMAND_ID_HEADER, EXPECTED_VERSION_HEADER, KEY_HEADER
@@ -78,8 +79,11 @@ class Client:
             try:
                 msg = await self.nc.request(f"$SRV.INFO.aggregate-{name}", b"", self.timeout)
             except (NoRespondersError, TimeoutError) as err:
-                raise ClientError(f"no runtime serves aggregate {name!r} (no answer on $SRV.INFO.aggregate-{name}); "
-                                  "is `esfsm run` running with its definition?") from err
+                served = await self.served()
+                hint = (did_you_mean(name, served) or f"; the runtimes on this server serve {one_of(served)}"
+                        if served else "; is `esfsm run` running with its definition?")
+                raise ClientError(f"no runtime serves aggregate {name!r} (no answer on "
+                                  f"$SRV.INFO.aggregate-{name}){hint}") from err
             info = orjson.loads(msg.data)
             meta = info.get("metadata") or {}
             self._info[name] = AggregateInfo(
@@ -88,10 +92,36 @@ class Client:
             )
         return self._info[name]
 
+    async def served(self, wait: float = 0.25) -> list[str]:
+        """The aggregates that esfsm runtimes serve on this server (the micro services that
+        answer `$SRV.PING` within wait seconds), sorted."""
+        found: set[str] = set()
+
+        async def answer(msg: Any) -> None:
+            try:
+                name = orjson.loads(msg.data).get("name", "")
+            except (orjson.JSONDecodeError, AttributeError):
+                return
+            if isinstance(name, str) and name.startswith("aggregate-"):
+                found.add(name.removeprefix("aggregate-"))
+
+        inbox = self.nc.new_inbox()
+        sub = await self.nc.subscribe(inbox, cb=answer)
+        try:
+            await self.nc.publish("$SRV.PING", b"", reply=inbox)
+            await asyncio.sleep(wait)
+        finally:
+            await sub.unsubscribe()
+        return sorted(found)
+
     async def send(self, aggregate: str, command: str, key: str, data: Any = None,
                    headers: dict[str, str] | None = None, command_id: str | None = None,
                    expected_version: int | None = None) -> dict[str, Any]:
         """Send a command; the reply dict (`accepted`, `message`, and the rest of the wire contract)."""
+        for name, value in (headers or {}).items():
+            if not isinstance(name, str) or not isinstance(value, str):
+                raise TypeError(f"header {name!r}: names and values must be strings, got {type(value).__name__} "
+                                f"{value!r}")
         info = await self.aggregate(aggregate)
         all_headers = {**(headers or {}), KEY_HEADER: key}
         if command_id is not None:

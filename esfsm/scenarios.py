@@ -85,8 +85,10 @@ def run_scenario_files(project: Project, engine_factory: EngineFactory = memory_
         aggregate_name = doc.data.get("aggregate")
         if not problems and aggregate_name not in project.aggregates:
             known = project.aggregates
-            problems = [doc.finding("/aggregate", f"unknown aggregate {aggregate_name!r}"
-                                    f"{did_you_mean(str(aggregate_name), known) or f'; expected one of {one_of(known)}'}",
+            hint = (did_you_mean(str(aggregate_name), known) or f"; expected one of {one_of(known)}" if known
+                    else "; no definition was given with this scenario file: add its definition file, or "
+                         "the folder holding both, to the paths")
+            problems = [doc.finding("/aggregate", f"unknown aggregate {aggregate_name!r}{hint}",
                                     "scenario-aggregate")]
         if not problems:
             problems = list(_time_findings(doc))

@@ -71,6 +71,17 @@ def test_validate_defaults_to_the_definitions_folder(workdir: Path) -> None:
     assert run("validate")[0] == 0
 
 
+def test_check_is_validate(workdir: Path) -> None:
+    assert run("check", "defs") == run("validate", "defs") == (0, "1 definition(s) valid: bankaccount\n", "")
+
+
+def test_validate_with_no_definition_is_an_error(workdir: Path) -> None:
+    (workdir / "bankaccount.yaml").rename(workdir / "bankaccount.scenarios.yaml")
+    code, out, err = run("validate", "defs")
+    assert (code, out) == (1, "")
+    assert err.startswith("Error: no definitions under defs (definition files are *.yaml or *.yml")
+
+
 def test_validate_missing_path_is_a_usage_error(workdir: Path) -> None:
     code, _, err = run("validate", "nowhere")
     assert code == 2
@@ -119,6 +130,31 @@ def test_test_with_unknown_aggregate_suggests_the_name(workdir: Path) -> None:
     assert code == 1
     assert out.splitlines()[0] == ("ERROR defs/bankaccount.scenarios.yaml:1:12: error: unknown aggregate 'bankacount'; "
                                    "did you mean 'bankaccount'? [/aggregate]")
+
+
+def test_test_on_one_scenario_file_takes_the_definition_beside_it(workdir: Path) -> None:
+    (workdir / "bankaccount.scenarios.yaml").write_text(SCENARIOS.split("  - name: a wrong")[0])
+    assert run("test", "defs/bankaccount.scenarios.yaml") == (
+        0, "PASS defs/bankaccount.scenarios.yaml:5: a deposit is accepted\n1 passed, 0 failed\n", "")
+    (workdir / "bankaccount.scenarios.yaml").rename(workdir / "mine.scenarios.yaml")  # no mine.yaml beside it
+    code, out, _ = run("test", "defs/mine.scenarios.yaml")
+    assert code == 1
+    assert out.splitlines()[0] == (
+        "ERROR defs/mine.scenarios.yaml:1:12: error: unknown aggregate 'bankaccount'; no definition was given "
+        "with this scenario file: add its definition file, or the folder holding both, to the paths [/aggregate]")
+
+
+@pytest.mark.parametrize(("then", "message"), [
+    ("{events: [], rejected: {}}", "give only one of 'events' or 'rejected', not 'events' and 'rejected'"),
+    ("{state: open}", "missing required key: one of 'events' or 'rejected'"),
+])
+def test_a_scenario_then_needs_exactly_one_of_events_or_rejected(workdir: Path, then: str, message: str) -> None:
+    (workdir / "bankaccount.scenarios.yaml").write_text(
+        "aggregate: bankaccount\nscenarios:\n  - name: x\n    when: {command: deposit}\n"
+        f"    then: {then}\n")
+    code, out, _ = run("test", "defs")
+    assert code == 1
+    assert out.splitlines()[0] == f"ERROR defs/bankaccount.scenarios.yaml:5:5: error: {message} [/scenarios/0/then]"
 
 
 def test_test_refuses_invalid_definitions(workdir: Path) -> None:

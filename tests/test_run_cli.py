@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -98,12 +99,32 @@ def test_send_rejects_bad_arguments_as_usage_errors(tmp_path: Path) -> None:
     assert bad_json.returncode == 2 and "Invalid value for '--data': not valid JSON" in bad_json.stderr
     bad_header = esfsm(tmp_path, "send", "bankaccount", "deposit", "--key", "a", "--header", "novalue")
     assert bad_header.returncode == 2 and "'novalue' is not NAME=VALUE" in bad_header.stderr
+    no_time = esfsm(tmp_path, "send", "bankaccount", "deposit", "--key", "a", "--timeout", "0")
+    assert no_time.returncode == 2 and "Invalid value for '--timeout'" in no_time.stderr
+
+
+def test_run_drains_on_sighup_like_a_closed_terminal(running, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    running.send_signal(signal.SIGHUP)
+    assert running.wait(30) == 0
+    log = (tmp_path / "run.log").read_text()
+    assert "msg=draining" in log and log.rstrip().endswith("msg=stopped")
+    assert not (tmp_path / ".esfsm" / "server.json").exists()  # and its server stopped with it
+
+
+def test_a_client_header_that_is_not_a_string_is_a_type_error() -> None:
+    from esfsm.client import Client
+
+    with pytest.raises(TypeError, match="header 'x-username': names and values must be strings, got int 5"):
+        asyncio.run(Client(None).send("bankaccount", "open_account", "b1", {}, headers={"x-username": 5}))  # type: ignore[arg-type,dict-item]
 
 
 def test_send_reports_unknown_aggregate_and_command(running, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     unknown = esfsm(tmp_path, "send", "bankacount", "deposit", "--key", "a")
     assert unknown.returncode == 1
-    assert "no runtime serves aggregate 'bankacount'" in unknown.stderr
+    assert "no runtime serves aggregate 'bankacount'" in unknown.stderr and "did you mean 'bankaccount'?" in unknown.stderr
+    other = esfsm(tmp_path, "state", "savings", "a")
+    assert other.returncode == 1
+    assert "the runtimes on this server serve 'bankaccount', 'order', 'ticket'" in other.stderr, other.stderr
     wrong = esfsm(tmp_path, "send", "bankaccount", "withdrw", "--key", "a")
     assert wrong.returncode == 1
     assert json.loads(wrong.stdout)["message"].endswith("did you mean 'withdraw'?")

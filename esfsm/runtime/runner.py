@@ -44,7 +44,7 @@ class LogfmtFormatter(logging.Formatter):
             parts.append(f"worker={self.worker}")
         parts.append(f"msg={_quote(record.getMessage())}")
         for key, value in getattr(record, "fields", {}).items():
-            parts.append(f"{key}={_quote(str(value))}")
+            parts.append(f"{key}={_quote(str(value).lower() if isinstance(value, bool) else str(value))}")
         if record.exc_info:
             parts.append(f"error={_quote(self.formatException(record.exc_info))}")
         return " ".join(parts)
@@ -158,13 +158,17 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
+# SIGHUP: the terminal `esfsm run` was started from was closed; drain and stop as for the others
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
 async def serve(aggregates: Iterable[CompiledAggregate], settings: RunSettings,
                 stop: asyncio.Event | None = None) -> None:
-    """Run until SIGINT/SIGTERM (or stop is set), then drain and return."""
+    """Run until SIGINT/SIGTERM/SIGHUP (or stop is set), then drain and return."""
     aggregates = list(aggregates)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in STOP_SIGNALS:
         try:
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):  # not the main thread
