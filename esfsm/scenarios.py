@@ -143,7 +143,7 @@ def _run(doc: Document, index: int, scenario: dict[str, Any], aggregate: Compile
         key = when.get("key", default_key)
         result.steps.append(f"when command {when['command']} {_short(when.get('data', {}))} on {key}")
         decision = _send(engine, aggregate, when, default_key, default_headers)
-        result.problems.extend(_compare(scenario["then"], decision, engine, aggregate.name, key))
+        result.problems.extend(_compare(scenario["then"], decision, engine, aggregate, key))
     except StepFailed as err:
         result.problems.append(str(err))
     except EsfsmError as err:
@@ -171,7 +171,8 @@ def _record(engine: MemoryEngine, aggregate: CompiledAggregate, key: str, step: 
         raise StepFailed(f"{label}: {err}") from err
 
 
-def _compare(then: dict[str, Any], decision: Decision, engine: MemoryEngine, aggregate: str, key: str) -> Iterator[str]:
+def _compare(then: dict[str, Any], decision: Decision, engine: MemoryEngine, aggregate: CompiledAggregate,
+             key: str) -> Iterator[str]:
     if "rejected" in then:
         expected = then["rejected"]
         if decision.accepted:
@@ -189,19 +190,57 @@ def _compare(then: dict[str, Any], decision: Decision, engine: MemoryEngine, agg
             got = [{"type": e.get_type(), "data": e.get_data()} for e in decision.events]
             wanted = then["events"]
             if [w["type"] for w in wanted] != [g["type"] for g in got]:
-                yield f"expected events {[w['type'] for w in wanted]}\n     got: {[g['type'] for g in got]}"
+                yield (f"expected events {[w['type'] for w in wanted]}\n     got: {[g['type'] for g in got]}"
+                       + "".join(_not_declared("an event type", w["type"], aggregate.events) for w in wanted))
             else:
                 for i, (w, g) in enumerate(zip(wanted, got)):
                     if "data" in w and not is_subset(w["data"], g["data"]):
                         yield (f"event {i} ({g['type']}) data differs\n expected: {_short(w['data'])}\n"
-                               f"      got: {_short(g['data'])}")
-    after = engine.state(aggregate, key)
+                               f"      got: {_short(g['data'])}{_where(w['data'], g['data'])}")
+    after = engine.state(aggregate.name, key)
     if "state" in then and then["state"] != after.state:
-        yield f"expected state {then['state']!r}\n     got: {after.state!r}"
+        yield (f"expected state {then['state']!r}\n     got: {after.state!r}"
+               + _not_declared("a state", then["state"], aggregate.model.states))
     if "data" in then and not is_subset(then["data"], dict(after.data)):
-        yield f"entity data differs\n expected: {_short(then['data'])}\n      got: {_short(dict(after.data))}"
+        yield (f"entity data differs\n expected: {_short(then['data'])}\n      got: {_short(dict(after.data))}"
+               f"{_where(then['data'], dict(after.data))}")
     if "version" in then and then["version"] != after.version:
         yield f"expected version {then['version']}\n     got: {after.version}"
+
+
+def _not_declared(what: str, name: Any, declared: Any) -> str:
+    """A note when a scenario expects a name its aggregate does not declare (a typo, most likely)."""
+    if not isinstance(name, str) or name in declared:
+        return ""
+    return f"\n     note: {name!r} is not {what} of this aggregate{did_you_mean(name, declared)}"
+
+
+def _where(expected: Any, actual: Any) -> str:
+    """Where a subset match fails, as JSON pointers (the first few)."""
+    found = list(differences(expected, actual))
+    if not found:
+        return ""
+    shown = "; ".join(f"{path or '/'}: {problem}" for path, problem in found[:5])
+    return f"\n       at: {shown}" + (f" (and {len(found) - 5} more)" if len(found) > 5 else "")
+
+
+def differences(expected: Any, actual: Any, path: str = "") -> Iterator[tuple[str, str]]:
+    """(JSON pointer, what is wrong there) for each place where is_subset(expected, actual) fails."""
+    if isinstance(expected, dict) and isinstance(actual, dict):
+        for k, v in expected.items():
+            where = f"{path}/{str(k).replace('~', '~0').replace('/', '~1')}"
+            if k not in actual:
+                yield where, "missing"
+            else:
+                yield from differences(v, actual[k], where)
+    elif isinstance(expected, list) and isinstance(actual, list) and len(expected) == len(actual):
+        for i, (e, a) in enumerate(zip(expected, actual)):
+            yield from differences(e, a, f"{path}/{i}")
+    elif not is_subset(expected, actual):
+        if isinstance(expected, list) and isinstance(actual, list):
+            yield path, f"expected {len(expected)} items, got {len(actual)}"
+        else:
+            yield path, f"expected {_short(expected)}, got {_short(actual)}"
 
 
 def is_subset(expected: Any, actual: Any) -> bool:

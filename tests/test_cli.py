@@ -157,6 +157,21 @@ def test_a_scenario_then_needs_exactly_one_of_events_or_rejected(workdir: Path, 
     assert out.splitlines()[0] == f"ERROR defs/bankaccount.scenarios.yaml:5:5: error: {message} [/scenarios/0/then]"
 
 
+def test_a_failing_scenario_points_at_what_differs_and_at_names_the_aggregate_does_not_declare(workdir: Path) -> None:
+    (workdir / "bankaccount.scenarios.yaml").write_text(
+        "aggregate: bankaccount\nheaders: {x-username: ann}\nscenarios:\n  - name: typos\n"
+        "    when: {command: open_account, data: {owner: ann, initial_balance: 150}}\n"
+        "    then: {events: [{type: account_opened}], state: opne, data: {balance: 10, owner: ann, extra: 1}}\n"
+        "  - name: an event typo\n"
+        "    when: {command: open_account, data: {owner: ann, initial_balance: 150}}\n"
+        "    then: {events: [{type: acount_opened}]}\n")
+    code, out, _ = run("test", "defs")
+    assert code == 1
+    assert "           note: 'opne' is not a state of this aggregate; did you mean 'open'?\n" in out
+    assert "             at: /balance: expected 10, got 150; /extra: missing\n" in out
+    assert "           note: 'acount_opened' is not an event type of this aggregate; did you mean 'account_opened'?\n" in out
+
+
 def test_test_refuses_invalid_definitions(workdir: Path) -> None:
     (workdir / "bankaccount.yaml").write_text((workdir / "bankaccount.yaml").read_text().replace("to: frozen", "to: frozn"))
     code, out, err = run("test", "defs")
