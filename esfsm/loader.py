@@ -215,6 +215,10 @@ def _compose(text: str) -> yaml.Node | None:
             problem = "expected a single YAML document, found several (remove the '---' separators)"
         elif err.context and err.context_mark and err.problem_mark:
             problem += f" ({err.context} at line {err.context_mark.line + 1}, column {err.context_mark.column + 1})"
+            if err.context_mark.line != err.problem_mark.line and err.context in _FLOW_CONTEXTS:
+                problem += f"; is the {_FLOW_CONTEXTS[err.context]!r} there closed?"
+            else:
+                problem += _YAML_HINTS.get(err.context, "")
         raise _LoadFailed(line, col, f"invalid YAML: {problem}", "yaml-syntax") from err
     except yaml.YAMLError as err:
         raise _LoadFailed(1, 1, f"invalid YAML: {err}".replace("\n", " "), "yaml-syntax") from err
@@ -222,6 +226,17 @@ def _compose(text: str) -> yaml.Node | None:
         raise _LoadFailed(1, 1, f"the document is nested more than {MAX_DEPTH} levels deep", "yaml-size") from err
     finally:
         loader.dispose()
+
+
+_FLOW_HINT = ("; inside {…} or […], a comma or a bracket ends the value: quote an expression that holds one, "
+              "or write the mapping in block style")
+_FLOW_CONTEXTS = {"while parsing a flow mapping": "{", "while parsing a flow sequence": "["}
+_YAML_HINTS = {  # the traps of docs/dsl.md, by PyYAML's context (on the line where the error is)
+    "while parsing a flow mapping": _FLOW_HINT,
+    "while parsing a flow sequence": _FLOW_HINT,
+    "while scanning an alias": "; a value that starts with '*' is a YAML alias: quote it, as in from: '*'",
+    "while scanning an anchor": "; a value that starts with '&' is a YAML anchor: quote it",
+}
 
 
 def _expanded_size(root: yaml.Node) -> int:

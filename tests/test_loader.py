@@ -162,7 +162,19 @@ def test_a_key_that_is_not_a_scalar_is_refused() -> None:
 def test_a_syntax_error_says_where_and_what_was_open() -> None:
     assert problems("a: {b: 1\nc: 2\n") == [
         "t.yaml:2:2: error: invalid YAML: expected ',' or '}', but got ':' "
-        "(while parsing a flow mapping at line 1, column 4)",
+        "(while parsing a flow mapping at line 1, column 4); is the '{' there closed?",
+    ]
+
+
+def test_the_yaml_traps_of_the_docs_get_a_hint() -> None:
+    assert problems("a: {b: x.filter(i, i > 1)[0]}\n") == [
+        "t.yaml:1:26: error: invalid YAML: expected ',' or '}', but got '[' (while parsing a flow mapping at line 1, "
+        "column 4); inside {…} or […], a comma or a bracket ends the value: quote an expression that holds one, "
+        "or write the mapping in block style",
+    ]
+    assert problems("a: {from: *, to: b}\n") == [
+        "t.yaml:1:12: error: invalid YAML: expected alphabetic or numeric character, but found ',' (while scanning "
+        "an alias at line 1, column 11); a value that starts with '*' is a YAML alias: quote it, as in from: '*'",
     ]
 
 
