@@ -106,6 +106,8 @@ def unknown_functions(source: str) -> list[str]:
     """Functions the expression calls that CEL here does not have."""
     called = compile_expression(source).functions()
     return [f for f in called if not f.startswith(("_", "!", "-", "@")) and f not in FUNCTIONS]
+
+
 _MACRO_CALL = re.compile(r"\.\s*(all|exists_one|exists|map|filter)\s*\(")
 _PATH_BEFORE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*(?:\s*\.\s*[A-Za-z_][A-Za-z0-9_]*)*)\s*$")
 
@@ -349,7 +351,19 @@ def projection(source: str, names: tuple[str, ...]) -> Projection | None:
 def _reason(err: Exception) -> str:
     if isinstance(err, KeyError):
         return f"no such key: {err.args[0]!r}"
-    return str(err).splitlines()[0] if str(err) else type(err).__name__
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    undefined = _UNDEFINED.match(text)
+    if undefined and undefined.group(1) in FUNCTIONS:  # the CEL library's words for a wrong argument type
+        return (f"function {undefined.group(1)!r} does not take arguments of these types (CEL does not convert "
+                "between types: convert with string(x), int(x), double(x) or check the field's schema)")
+    bad_regex = _BAD_REGEX.match(text)
+    if bad_regex:
+        return f"{bad_regex.group(1)} is not a valid regular expression (RE2 syntax)"
+    return text
+
+
+_UNDEFINED = re.compile(r"Undefined variable or function: '([^']+)'")
+_BAD_REGEX = re.compile(r"Function 'matches' error: (.*) not a valid regex:\s*$")
 
 
 class Template:

@@ -129,3 +129,18 @@ def test_what_is_remembered() -> None:
     half = Expression("1.0 / cmd.x", "t")
     assert half.evaluate({"cmd": {"x": 0.5}}) == 2.0
     assert half.projection is not None and not half.projection.memo  # floats are not remembered
+
+
+def test_runtime_cel_errors_say_what_is_wrong() -> None:
+    """The CEL library calls a known function given the wrong types 'undefined', and leaves a bad
+    regex's reason empty: the messages a definition's author sees say what is wrong instead."""
+    def reason(source: str, **values: Any) -> str:
+        kind, why = outcome(lambda: Expression(source, "t").evaluate(values))
+        assert kind == "error"
+        return str(why)
+
+    assert reason("cmd.s.startsWith(1)", cmd={"s": "abc"}).startswith(
+        "function 'startsWith' does not take arguments of these types (CEL does not convert between types")
+    assert reason("size(cmd.n)", cmd={"n": 3}).startswith("function 'size' does not take arguments of these types")
+    assert reason("cmd.s.matches('[')", cmd={"s": "abc"}) == "'[' is not a valid regular expression (RE2 syntax)"
+    assert reason("nosuch + 1").startswith("Undefined variable or function: 'nosuch'")  # not a function: as is
