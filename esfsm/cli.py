@@ -69,6 +69,14 @@ def _check(paths: tuple[Path, ...]) -> Project:
     return check_paths(chosen)
 
 
+class _Integer(click.IntRange):
+    name = "integer"  # click's own says "'abc' is not a valid integer range."
+
+
+class _Number(click.FloatRange):
+    name = "number"
+
+
 def _definitions_beside(paths: list[Path]) -> list[Path]:
     """The definition file next to each scenario file given by name (`x.scenarios.yaml` →
     `x.yaml` or `x.yml`): `esfsm test definitions/x.scenarios.yaml` runs x's scenarios."""
@@ -217,7 +225,7 @@ def _run_async(coroutine: Any) -> Any:
 @PATHS
 @connection_options
 @click.option("--port", type=int, default=0, help="Port of the embedded server (default 4222 or the next free one).")
-@click.option("--workers", "-w", type=click.IntRange(1, 64), default=1, show_default=True,
+@click.option("--workers", "-w", type=_Integer(1, 64), default=1, show_default=True,
               help="Worker processes. Each serves every aggregate; entity keys are shared out among them, so "
                    "every entity stays in one process. More than 1 uses more cores (a Python process uses one).")
 @click.option("--worker", "worker_spec", hidden=True, help="GROUP:INDEX/COUNT: set by `--workers` on the "
@@ -305,8 +313,8 @@ def _parse_data(value: str | None) -> Any:
 @click.option("--data", "-d", help="The JSON payload, or @FILE to read it from a file. Default: {}.")
 @click.option("--header", "-H", "header_values", multiple=True, metavar="NAME=VALUE", help="A header (repeatable).")
 @click.option("--command-id", help="Idempotency id (x-esfsm-command-id): a retry is applied once.")
-@click.option("--expected-version", type=click.IntRange(min=0), help="Reject unless the entity is at this version.")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
+@click.option("--expected-version", type=_Integer(min=0), help="Reject unless the entity is at this version.")
+@click.option("--timeout", type=_Number(min=0, min_open=True), default=5.0, show_default=True,
               help="Seconds to wait for the reply.")
 @connection_options
 def send(aggregate: str, command: str, key: str, data: str | None, header_values: tuple[str, ...],

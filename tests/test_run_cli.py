@@ -101,6 +101,8 @@ def test_send_rejects_bad_arguments_as_usage_errors(tmp_path: Path) -> None:
     assert bad_header.returncode == 2 and "'novalue' is not NAME=VALUE" in bad_header.stderr
     no_time = esfsm(tmp_path, "send", "bankaccount", "deposit", "--key", "a", "--timeout", "0")
     assert no_time.returncode == 2 and "Invalid value for '--timeout'" in no_time.stderr
+    not_a_number = esfsm(tmp_path, "send", "bankaccount", "deposit", "--key", "a", "--expected-version", "abc")
+    assert not_a_number.returncode == 2 and "'abc' is not a valid integer." in not_a_number.stderr
 
 
 def test_run_drains_on_sighup_like_a_closed_terminal(running, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
