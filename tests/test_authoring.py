@@ -89,6 +89,16 @@ def test_graph_writes_to_a_file_and_takes_the_format_from_its_suffix(in_root: Pa
     assert (tmp_path / "b.dot").read_text().startswith('digraph "bankaccount" {\n')
 
 
+def test_graph_output_dash_is_standard_output_and_an_unknown_suffix_is_refused(in_root: Path, tmp_path: Path) -> None:
+    assert run(graph, "bankaccount", BANK, "-o", "-") == (0, BANKACCOUNT_MERMAID, "")
+    definition = tmp_path / "order.yaml"
+    definition.write_text("aggregate: order\n")
+    for args in (["-o", str(definition)], ["-o", str(definition), "-f", "mermaid"], ["-o", str(tmp_path / "x.txt")]):
+        code, out, err = run(graph, "bankaccount", BANK, *args)
+        assert code == 2 and out == "" and "Invalid value for '--output'" in err, err
+    assert definition.read_text() == "aggregate: order\n" and not (tmp_path / "x.txt").exists()
+
+
 def test_graph_dot_marks_initial_and_final_states_and_labels_every_transition(in_root: Path) -> None:
     code, out, err = run(graph, "bankaccount", BANK, "--format", "dot")
     assert (code, err) == (0, "")

@@ -73,7 +73,7 @@ def _print_findings(findings: list[Finding]) -> None:
               help="mermaid, dot, svg or png. Default: taken from the -o suffix "
                    "(.mmd, .dot, .gv, .svg, .png), else mermaid.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write the diagram to FILE instead of standard output.")
+              help="Write the diagram to FILE instead of standard output ('-': standard output).")
 def graph(aggregate: str, paths: tuple[Path, ...], fmt: str | None, output: Path | None) -> None:
     """Draw AGGREGATE's state machine.
 
@@ -93,7 +93,15 @@ def graph(aggregate: str, paths: tuple[Path, ...], fmt: str | None, output: Path
     esfsm graph bankaccount                    # Mermaid on standard output
     esfsm graph order --format svg -o order.svg
     """
-    chosen = fmt or (diagram.SUFFIXES.get(output.suffix.lower(), "mermaid") if output else "mermaid")
+    if output is not None and str(output) == "-":
+        output = None  # the usual spelling of standard output
+    if fmt is None and output is not None and output.suffix.lower() not in diagram.SUFFIXES:
+        raise click.BadParameter(f"cannot tell the format from {str(output)!r}: name the file "
+                                 f"{', '.join(sorted(diagram.SUFFIXES))} or give --format", param_hint="'--output'")
+    if output is not None and output.suffix.lower() in (".yaml", ".yml"):
+        raise click.BadParameter(f"{str(output)!r} is a YAML file: a definition, maybe; not writing a diagram "
+                                 "over it", param_hint="'--output'")
+    chosen = fmt or (diagram.SUFFIXES[output.suffix.lower()] if output else "mermaid")
     compiled = load_aggregate(aggregate, paths)
     if chosen == "png" and output is None and sys.stdout.isatty():
         raise click.UsageError("--format png writes binary data: give -o FILE or redirect the output")
