@@ -7,6 +7,8 @@ A user mistake prints ``Error: …`` on stderr and exits 1 (invalid input) or 2
 from __future__ import annotations
 
 import json
+import math
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -75,6 +77,12 @@ class _Integer(click.IntRange):
 
 class _Number(click.FloatRange):
     name = "number"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
 
 
 def _definitions_beside(paths: list[Path]) -> list[Path]:
@@ -281,14 +289,34 @@ async def _client(servers: tuple[str, ...], store_dir: Path, kwargs: dict[str, A
     return await Client.connect(servers, _options(kwargs, "esfsm-cli"), store_dir, timeout)
 
 
+_HEADER_NAME = re.compile(r"[!-9;-~]+")  # printable ASCII but ':' (RFC 7230 field names are stricter still)
+
+
 def _parse_headers(values: tuple[str, ...]) -> dict[str, str]:
     headers = {}
     for value in values:
         name, sep, text = value.partition("=")
+        name = name.strip()
         if not sep or not name:
             raise click.BadParameter(f"{value!r} is not NAME=VALUE", param_hint="'--header'")
-        headers[name.strip()] = text
+        if not _HEADER_NAME.fullmatch(name):
+            raise click.BadParameter(f"{name!r} is not a header name: printable ASCII without spaces or ':'",
+                                     param_hint="'--header'")
+        if "\r" in text or "\n" in text:
+            raise click.BadParameter(f"the value of {name!r} holds a line break, which a NATS header cannot carry",
+                                     param_hint="'--header'")
+        headers[name] = text
     return headers
+
+
+def _no_line_break(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and ("\r" in value or "\n" in value):
+        raise click.BadParameter("holds a line break, which a NATS header cannot carry", ctx=ctx, param=param)
+    return value
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON (JavaScript allows it, JSON does not)")
 
 
 def _parse_data(value: str | None) -> Any:
@@ -296,12 +324,19 @@ def _parse_data(value: str | None) -> Any:
         return {}
     text = value
     if value.startswith("@"):
-        try:
-            text = Path(value[1:]).read_text(encoding="utf-8")
-        except OSError as err:
-            raise click.BadParameter(f"cannot read {value[1:]!r}: {err.strerror}", param_hint="'--data'") from err
+        if value == "@-":
+            text = sys.stdin.read()
+        else:
+            try:
+                text = Path(value[1:]).read_text(encoding="utf-8")
+            except UnicodeDecodeError as err:
+                raise click.BadParameter(f"{value[1:]!r} is not UTF-8 text (byte {err.start})",
+                                         param_hint="'--data'") from err
+            except OSError as err:
+                what = "give a file name after '@'" if not value[1:] else err.strerror
+                raise click.BadParameter(f"cannot read {value[1:]!r}: {what}", param_hint="'--data'") from err
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_not_json)
     except ValueError as err:
         raise click.BadParameter(f"not valid JSON: {err}", param_hint="'--data'") from err
 
@@ -310,9 +345,11 @@ def _parse_data(value: str | None) -> Any:
 @click.argument("aggregate")
 @click.argument("command")
 @click.option("--key", "-k", required=True, help="The entity key (x-ergonats-entity-key).")
-@click.option("--data", "-d", help="The JSON payload, or @FILE to read it from a file. Default: {}.")
+@click.option("--data", "-d", help="The JSON payload, or @FILE to read it from a file (@- standard input). "
+              "Default: {}.")
 @click.option("--header", "-H", "header_values", multiple=True, metavar="NAME=VALUE", help="A header (repeatable).")
-@click.option("--command-id", help="Idempotency id (x-esfsm-command-id): a retry is applied once.")
+@click.option("--command-id", callback=_no_line_break,
+              help="Idempotency id (x-esfsm-command-id): a retry is applied once.")
 @click.option("--expected-version", type=_Integer(min=0), help="Reject unless the entity is at this version.")
 @click.option("--timeout", type=_Number(min=0, min_open=True), default=5.0, show_default=True,
               help="Seconds to wait for the reply.")
@@ -373,7 +410,11 @@ def state(aggregate: str, key: str, servers: tuple[str, ...], store_dir: Path, *
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @connection_options
 def history(aggregate: str, key: str, fmt: str, servers: tuple[str, ...], store_dir: Path, **kwargs: Any) -> None:
-    """Print the events of one entity, oldest first."""
+    """Print the events of one entity, oldest first: a table (seq, version, type,
+    time, data), or with --format json the CloudEvents, each with its stream `seq`.
+
+    Exits 1 when the entity has no event yet.
+    """
     async def go() -> Any:
         client = await _client(servers, store_dir, kwargs)
         try:
@@ -382,19 +423,26 @@ def history(aggregate: str, key: str, fmt: str, servers: tuple[str, ...], store_
             await client.close()
 
     events = _run_async(go())
+    if not events:
+        raise click.ClickException(f"entity {key!r} of aggregate {aggregate!r} has no event yet")
     if fmt == "json":
         click.echo(json.dumps(events, indent=2))
         return
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title=f"{aggregate} {key}: {len(events)} event(s)")
+    table = Table(title=Text(f"{aggregate} {key}: {len(events)} event(s)"))
     for column in ("seq", "version", "type", "time", "data"):
-        table.add_column(column)
-    for event in events:
-        table.add_row(str(event["seq"]), str(event.get("aggversion", "")), event["type"], str(event.get("time", "")),
-                      json.dumps(event.get("data"), sort_keys=True))
-    Console().print(table)
+        table.add_column(column, no_wrap=column != "data")
+    for event in events:  # Text: stored data is shown as it is, never read as Rich markup
+        table.add_row(*(Text(cell) for cell in (
+            str(event["seq"]), str(event.get("aggversion", "")), str(event.get("type", "")),
+            str(event.get("time", "")), json.dumps(event.get("data"), sort_keys=True, ensure_ascii=False))))
+    console = Console()
+    if not console.is_terminal:  # piped: as wide as the table needs, not cut at 80 columns
+        console = Console(width=100_000)
+    console.print(table)
 
 
 @main.command()

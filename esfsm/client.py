@@ -14,6 +14,8 @@ service's discovery answer (``$SRV.INFO.aggregate-<name>``)::
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,14 +23,32 @@ from typing import Any
 
 import orjson
 from nats.aio.client import Client as NatsClient
-from nats.errors import NoRespondersError, TimeoutError
+from nats.errors import MaxPayloadError, NoRespondersError, TimeoutError
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
 
+from esfsm.engine import check_key
 from esfsm.errors import EsfsmError
 from esfsm.findings import did_you_mean, one_of
 from esfsm.runtime.connection import DEFAULT_STORE, ConnectError, ConnectOptions, connect, resolve_servers
 from esfsm.runtime.jetstream import api_prefix, last_message, read_subject
 from esfsm.values import COMMAND_ID_HEADER, EXPECTED_VERSION_HEADER, KEY_HEADER
+
+_AGGREGATE_NAME = re.compile(r"[a-z][a-z0-9_]*")  # as the DSL allows them
+
+
+def payload_json(value: Any) -> bytes:
+    """value as JSON; integers beyond 64 bits too (orjson refuses them; the runtime answers 400)."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return json.dumps(value, allow_nan=False).encode()
+
+
+def _check_key(key: str) -> None:
+    """A key that is not one subject token would read other entities' events (`*`, `>`)."""
+    problem = check_key(key)
+    if problem is not None:
+        raise ClientError(problem.message)
 
 
 class ClientError(EsfsmError):
@@ -75,6 +95,9 @@ class Client:
 
     async def aggregate(self, name: str) -> AggregateInfo:
         """The aggregate's NATS names, from its service's discovery answer."""
+        if not (isinstance(name, str) and _AGGREGATE_NAME.fullmatch(name)):
+            raise ClientError(f"invalid aggregate name {name!r}: aggregate names are lowercase letters, digits "
+                              "and '_', starting with a letter")
         if name not in self._info:
             try:
                 msg = await self.nc.request(f"$SRV.INFO.aggregate-{name}", b"", self.timeout)
@@ -128,9 +151,12 @@ class Client:
             all_headers[COMMAND_ID_HEADER] = command_id
         if expected_version is not None:
             all_headers[EXPECTED_VERSION_HEADER] = str(expected_version)
-        body = data if isinstance(data, bytes) else orjson.dumps({} if data is None else data)
+        body = data if isinstance(data, bytes) else payload_json({} if data is None else data)
         try:
             msg = await self.nc.request(f"{info.commands}.{command}", body, self.timeout, headers=all_headers)
+        except MaxPayloadError as err:
+            raise ClientError(f"the command is {len(body)} bytes, more than the server takes in one message "
+                              f"({self.nc.max_payload} bytes, its max_payload)") from err
         except NoRespondersError as err:
             names = ", ".join(info.command_names)
             raise ClientError(f"aggregate {aggregate!r} has no command {command!r} (commands: {names})") from err
@@ -142,6 +168,7 @@ class Client:
         """The entity's state from the KV bucket, waiting (up to `wait` s) for the snapshot to
         reflect the last stored event (then it is returned with "stale": True); None when the
         entity has no event. The replies the snapshot remembers for command ids are left out."""
+        _check_key(key)
         info = await self.aggregate(aggregate)
         js = self.nc.jetstream(domain=self.domain)
         try:
@@ -168,6 +195,7 @@ class Client:
 
     async def history(self, aggregate: str, key: str) -> list[dict[str, Any]]:
         """The entity's events (CloudEvents as dicts), oldest first, each with its stream `seq`."""
+        _check_key(key)
         info = await self.aggregate(aggregate)
         events = []
         async for stored in read_subject(self.nc, info.stream, f"{info.events}.{key}.>", 0, self.timeout,

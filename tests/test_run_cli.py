@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import os
 import signal
 import socket
@@ -79,6 +80,13 @@ def test_run_serves_the_examples_on_an_embedded_server_and_drains_on_sigterm(run
     assert rebuilt.stdout.strip() == "rebuilt 1 entity of bankaccount"
     assert json.loads(esfsm(tmp_path, "state", "bankaccount", "acc-1").stdout)["data"]["balance"] == 175
 
+    markup = esfsm(tmp_path, "send", "bankaccount", "open_account", "--key", "acc-m", "--header", "x-username=ann",
+                   "--data", '{"owner": "[/bold] [red]x", "initial_balance": 150}')
+    assert markup.returncode == 0, markup.stderr
+    shown = esfsm(tmp_path, "history", "bankaccount", "acc-m")  # stored text is shown as is, never as markup
+    assert shown.returncode == 0 and '"owner": "[/bold] [red]x"' in shown.stdout, shown.stdout + shown.stderr
+    assert re.search(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z", shown.stdout)  # piped: the time is not cut
+
     running.send_signal(signal.SIGTERM)
     assert running.wait(30) == 0
     log = (tmp_path / "run.log").read_text()
@@ -103,6 +111,19 @@ def test_send_rejects_bad_arguments_as_usage_errors(tmp_path: Path) -> None:
     assert no_time.returncode == 2 and "Invalid value for '--timeout'" in no_time.stderr
     not_a_number = esfsm(tmp_path, "send", "bankaccount", "deposit", "--key", "a", "--expected-version", "abc")
     assert not_a_number.returncode == 2 and "'abc' is not a valid integer." in not_a_number.stderr
+    (tmp_path / "latin1.json").write_bytes(b'{"owner": "\xe9"}')
+    for args, message in [
+        (["--data", '{"amount": NaN}'], "not valid JSON: NaN is not JSON"),
+        (["--data", "@latin1.json"], "'latin1.json' is not UTF-8 text"),
+        (["--data", "@"], "give a file name after '@'"),
+        (["--header", "x y=1"], "'x y' is not a header name"),
+        (["--header", "x-a=1\r\nx-username: ann"], "the value of 'x-a' holds a line break"),
+        (["--command-id", "a\nb"], "Invalid value for '--command-id': holds a line break"),
+        (["--timeout", "nan"], "'nan' is not a finite number"),
+    ]:
+        refused = esfsm(tmp_path, "send", "bankaccount", "deposit", "--key", "a", *args)
+        assert refused.returncode == 2 and message in refused.stderr, (args, refused.stderr)
+        assert "Traceback" not in refused.stderr
 
 
 def test_run_drains_on_sighup_like_a_closed_terminal(running, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -124,6 +145,17 @@ def test_send_reports_unknown_aggregate_and_command(running, tmp_path: Path) -> 
     unknown = esfsm(tmp_path, "send", "bankacount", "deposit", "--key", "a")
     assert unknown.returncode == 1
     assert "no runtime serves aggregate 'bankacount'" in unknown.stderr and "did you mean 'bankaccount'?" in unknown.stderr
+    for command in ("state", "history"):  # a wildcard key would read every entity's events
+        for bad in ("*", ">", "a.b", "a b"):
+            refused = esfsm(tmp_path, command, "bankaccount", bad)
+            assert refused.returncode == 1 and "invalid entity key" in refused.stderr, (command, bad, refused.stderr)
+    nothing = esfsm(tmp_path, "history", "bankaccount", "never-opened")
+    assert nothing.returncode == 1 and "has no event yet" in nothing.stderr
+    spaced = esfsm(tmp_path, "send", "bank account", "deposit", "--key", "a")
+    assert spaced.returncode == 1 and "invalid aggregate name 'bank account'" in spaced.stderr
+    (tmp_path / "big.json").write_text('{"amount": "' + "x" * 1_100_000 + '"}')
+    big = esfsm(tmp_path, "send", "bankaccount", "deposit", "--key", "a", "--data", "@big.json")
+    assert big.returncode == 1 and "more than the server takes in one message" in big.stderr, big.stderr
     other = esfsm(tmp_path, "state", "savings", "a")
     assert other.returncode == 1
     assert "the runtimes on this server serve 'bankaccount', 'order', 'ticket'" in other.stderr, other.stderr

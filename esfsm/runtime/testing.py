@@ -126,11 +126,11 @@ class NatsScenarioEngine:
         return Accepted(events, EntityState(key, reply["state"], {}, reply["version"]))
 
     def _request(self, command: str, key: str, payload: Any, headers: dict[str, str] | None) -> tuple[str, bytes, Any]:
-        import orjson
+        from esfsm.client import payload_json
 
         all_headers = {**(headers or {}), "x-ergonats-entity-key": key, TEST_NOW_HEADER: format_time(self.clock())}
         subject = f"{self.aggregate.model.nats.commands}.{command}"
-        return subject, orjson.dumps({} if payload is None else payload), all_headers
+        return subject, payload_json({} if payload is None else payload), all_headers
 
     @staticmethod
     def _valid(key: str) -> bool:
