@@ -232,7 +232,8 @@ def _run_async(coroutine: Any) -> Any:
 @main.command()
 @PATHS
 @connection_options
-@click.option("--port", type=int, default=0, help="Port of the embedded server (default 4222 or the next free one).")
+@click.option("--port", type=_Integer(0, 65535), default=0,
+              help="Port of the embedded server (default 4222 or the next free one); not with --server.")
 @click.option("--workers", "-w", type=_Integer(1, 64), default=1, show_default=True,
               help="Worker processes. Each serves every aggregate; entity keys are shared out among them, so "
                    "every entity stays in one process. More than 1 uses more cores (a Python process uses one).")
@@ -273,8 +274,14 @@ def run(paths: tuple[Path, ...], servers: tuple[str, ...], store_dir: Path, port
         raise click.ClickException("the definitions have errors; not starting")
     if not project.aggregates:
         raise click.ClickException(f"no definitions under {', '.join(map(str, _paths(paths)))}")
+    from esfsm.runtime.connection import check_server_urls
+
     env = os.environ.get("NATS_URL")
     chosen = servers or tuple(s.strip() for s in (env or "").split(",") if s.strip())
+    check_server_urls(chosen)
+    if port and chosen:
+        raise click.BadParameter(f"the embedded server's port; with {'--server' if servers else '$NATS_URL'} "
+                                 "no server is started", param_hint="'--port'")
     if partition is not None and not chosen:
         raise click.BadParameter("a worker needs --server", param_hint="'--worker'")
     setup_logging(log_level, worker=partition.index if partition else (0 if workers > 1 else None))

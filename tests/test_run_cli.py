@@ -260,3 +260,35 @@ def test_run_says_when_the_port_asked_for_is_taken(tmp_path: Path) -> None:
         done = esfsm(tmp_path, "run", str(DEFINITIONS), "--port", str(port), timeout=30)
     assert done.returncode == 1
     assert f"Error: port {port} on 127.0.0.1 is in use: give another --port" in done.stderr
+
+
+@pytest.mark.parametrize("content", ["[]", '{"url": 5}', '{"url": "nats://127.0.0.1:1", "pid": 0}',
+                                     '{"url": "nats://127.0.0.1:1", "pid": -1}', '{"url": "nats://127.0.0.1:1", "pid": 1e400}',
+                                     '{"url": "nats://127.0.0.1:1", "pid": "1"}', "not json"])
+def test_a_damaged_server_file_reads_as_no_server(tmp_path: Path, content: str) -> None:
+    from esfsm.runtime.server import embedded_url
+
+    (tmp_path / "server.json").write_text(content)
+    assert embedded_url(tmp_path) is None
+    result = esfsm(tmp_path, "state", "bankaccount", "a", "--store-dir", str(tmp_path))
+    assert result.returncode == 1 and "no embedded server running" in result.stderr, result.stderr
+
+
+def test_run_refuses_bad_servers_ports_and_store_folders_before_starting_anything(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("")
+    cases = [
+        (["--port", "70000"], 2, "70000 is not in the range 0<=x<=65535"),
+        (["--server", "nats://127.0.0.1:4222", "--port", "5555"], 2, "with --server no server is started"),
+        (["--server", "http://127.0.0.1:4222"], 1, "'http://127.0.0.1:4222' is not a NATS server URL"),
+        (["--store-dir", "afile"], 1, "cannot use 'afile' as the store folder: it is a file"),
+        (["--store-dir", "afile/sub"], 1, "cannot use 'afile/sub' as the store folder: Not a directory"),
+    ]
+    for args, code, message in cases:
+        result = esfsm(tmp_path, "run", str(DEFINITIONS), *args, timeout=30)
+        assert result.returncode == code and message in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]  # no store folder left behind
+    client = subprocess.run([sys.executable, "-m", "esfsm", "state", "bankaccount", "a"], cwd=tmp_path,
+                            env={**ENV, "NATS_URL": "http://127.0.0.1:4222"}, capture_output=True, text=True,
+                            timeout=30, check=False)
+    assert client.returncode == 1 and "is not a NATS server URL" in client.stderr

@@ -81,13 +81,27 @@ class ConnectOptions:
         return kwargs
 
 
+SCHEMES = ("nats", "tls", "ws", "wss")
+
+
+def check_server_urls(urls: list[str] | tuple[str, ...]) -> list[str]:
+    """urls, if each is one nats-py can dial (nats://, tls://, ws://, wss://, or host:port);
+    ConnectError naming the first that is not."""
+    for url in urls:
+        scheme, sep, rest = url.partition("://")
+        if (sep and scheme.lower() not in SCHEMES) or not (rest if sep else url) or any(c.isspace() for c in url):
+            raise ConnectError(f"{url!r} is not a NATS server URL: write nats://host:4222 (or tls://, ws://, "
+                               "wss://)")
+    return list(urls)
+
+
 def resolve_servers(explicit: tuple[str, ...] | list[str], store_dir: Path = DEFAULT_STORE) -> list[str] | None:
     """--server, else NATS_URL, else the embedded server `esfsm run` started here; None if none."""
     if explicit:
-        return list(explicit)
+        return check_server_urls(explicit)
     env = os.environ.get("NATS_URL")
     if env:
-        return [s.strip() for s in env.split(",") if s.strip()]
+        return check_server_urls([s.strip() for s in env.split(",") if s.strip()])
     url = embedded_url(store_dir)
     return [url] if url else None
 

@@ -95,7 +95,12 @@ class EmbeddedServer:
         main one, not a pool's): on Linux the server gets SIGTERM when the thread that started it
         ends (PR_SET_PDEATHSIG, so that it never outlives a killed esfsm)."""
         self.store_dir = Path(self.store_dir)
-        self.store_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.store_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            why = "it is a file" if self.store_dir.is_file() else err.strerror or type(err).__name__
+            raise ServerError(f"cannot use {str(self.store_dir)!r} as the store folder: {why}; give another "
+                              "--store-dir") from err
         running = embedded_url(self.store_dir)
         if running is not None and _answers_at(running):  # two servers on one store would corrupt it
             raise ServerError(f"a nats-server started by esfsm already runs with the store {self.store_dir} "
@@ -107,7 +112,10 @@ class EmbeddedServer:
             raise ServerError(f"port {self.port} on {self.host} is in use: give another --port, or none "
                               f"({DEFAULT_PORT} or the next free one)")
         log_path = self.store_dir / "nats-server.log"
-        log = open(log_path, "ab")
+        try:
+            log = open(log_path, "ab")
+        except OSError as err:
+            raise ServerError(f"cannot write {str(log_path)!r}: {err.strerror}; give another --store-dir") from err
         args = [server_binary(), "-js", "-a", self.host, "-p", str(self.port),
                 "-sd", str(self.store_dir / "jetstream"), "--server_name", f"esfsm-{self.port}", *self.extra_args]
         # A session of its own: Ctrl-C in the terminal reaches esfsm, which drains first and
@@ -180,12 +188,19 @@ def embedded_url(store_dir: Path) -> str | None:
     """The URL of an embedded server that `esfsm run` started with this store, if it runs."""
     try:
         state = json.loads((Path(store_dir) / STATE_FILE).read_text())
-        pid = state.get("pid")
-        if pid:
-            os.kill(int(pid), 0)
-        return str(state["url"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError):
         return None
+    if not isinstance(state, dict) or not isinstance(state.get("url"), str):
+        return None  # not a file esfsm wrote
+    pid = state.get("pid")
+    if pid is not None:
+        if type(pid) is not int or pid <= 0:  # 0 and -1 would ask about whole process groups
+            return None
+        try:
+            os.kill(pid, 0)
+        except (OSError, OverflowError):
+            return None
+    return state["url"]
 
 
 async def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:
