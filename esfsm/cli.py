@@ -462,6 +462,7 @@ def rebuild(aggregate: str, paths: tuple[Path, ...], servers: tuple[str, ...], s
     PATHS hold the definitions (default ./definitions): the state is folded
     with the same compiled aggregate the runtime runs.
     """
+    from nats.js.errors import NotFoundError
     from rich.progress import Progress
 
     from esfsm.runtime.connection import connect, resolve_servers
@@ -473,6 +474,8 @@ def rebuild(aggregate: str, paths: tuple[Path, ...], servers: tuple[str, ...], s
     if not project.ok:
         _print_findings(project.findings)
         raise click.ClickException("the definitions have errors")
+    if not project.aggregates:
+        raise click.ClickException(f"no definitions under {', '.join(map(str, _paths(paths)))}")
     if aggregate not in project.aggregates:
         from esfsm.engine import unknown_aggregate
 
@@ -486,6 +489,14 @@ def rebuild(aggregate: str, paths: tuple[Path, ...], servers: tuple[str, ...], s
         nc = await connect(found, options, max_reconnect_attempts=2)
         try:
             store = AggregateStore(nc, project.aggregates[aggregate], domain=options.js_domain)
+            stream = store.names.stream
+            try:
+                await nc.jetstream(domain=options.js_domain).stream_info(stream)
+            except NotFoundError:  # nothing to replay; and never create a stream from a definition that may be wrong
+                raise click.ClickException(
+                    f"there is no stream {stream!r} on this server, so nothing to rebuild: is "
+                    f"{project.aggregates[aggregate].model.file} the definition `esfsm run` serves?"
+                ) from None
             await store.ensure()
             total = len(await entity_keys(store))
             with Progress(transient=True) as bar:

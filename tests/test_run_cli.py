@@ -292,3 +292,30 @@ def test_run_refuses_bad_servers_ports_and_store_folders_before_starting_anythin
                             env={**ENV, "NATS_URL": "http://127.0.0.1:4222"}, capture_output=True, text=True,
                             timeout=30, check=False)
     assert client.returncode == 1 and "is not a NATS server URL" in client.stderr
+
+
+def test_rebuild_never_creates_a_stream_for_a_definition_the_runtime_does_not_serve(running, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+
+    import nats
+
+    typo = tmp_path / "typo"
+    typo.mkdir()
+    text = (DEFINITIONS / "bankaccount.yaml").read_text()
+    (typo / "bankaccount.yaml").write_text(text.replace("stream: BANK_EVENTS", "stream: TYPO_EVENTS")
+                                           .replace("bucket: AGG_bankaccount", "bucket: AGG_typo"))
+    refused = esfsm(tmp_path, "rebuild", "bankaccount", str(typo))
+    assert refused.returncode == 1
+    assert "there is no stream 'TYPO_EVENTS' on this server, so nothing to rebuild" in refused.stderr
+
+    async def streams() -> list[str]:
+        nc = await nats.connect(json.loads((tmp_path / ".esfsm" / "server.json").read_text())["url"])
+        try:
+            return [s.config.name for s in await nc.jetstream().streams_info()]
+        finally:
+            await nc.close()
+
+    assert "TYPO_EVENTS" not in asyncio.run(streams()) and "KV_AGG_typo" not in asyncio.run(streams())
+    (tmp_path / "empty").mkdir()
+    empty = esfsm(tmp_path, "rebuild", "bankaccount", str(tmp_path / "empty"))
+    assert empty.returncode == 1 and "no definitions under" in empty.stderr
