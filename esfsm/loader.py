@@ -26,6 +26,7 @@ SCENARIO_SUFFIXES = (".scenarios.yaml", ".scenarios.yml")
 YAML_SUFFIXES = (".yaml", ".yml")
 MAX_NODES = 200_000  # bounds alias expansion ("billion laughs")
 MAX_DEPTH = 100  # bounds nesting (and Python's recursion)
+MAX_FILE_BYTES = 1024 * 1024  # PyYAML needs ~15 s a MiB: a bigger file is a mistake, not a definition
 
 _CORE = "tag:yaml.org,2002:"
 # Tags whose values are JSON data; '<<' (merge) keys are resolved by _Builder._pairs.
@@ -167,9 +168,16 @@ def load_text(text: str, path: str) -> tuple[Document | None, list[Finding]]:
 
 def load_file(path: Path | str) -> tuple[Document | None, list[Finding]]:
     try:
-        raw = Path(path).read_bytes()
+        if not Path(path).is_file():  # a pipe or a device would block the read, or never end
+            return None, [Finding(str(path), 1, 1, "", "not a regular file (a pipe, a socket or a device?); "
+                                  "give definition files or folders", "io")]
+        with open(path, "rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
     except OSError as err:
         return None, [Finding(str(path), 1, 1, "", f"cannot read the file: {err.strerror}", "io")]
+    if len(raw) > MAX_FILE_BYTES:
+        return None, [Finding(str(path), 1, 1, "", f"the file is larger than {MAX_FILE_BYTES // 1024} KiB, the most "
+                              "esfsm reads from one definition or scenario file; split it", "yaml-size")]
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:

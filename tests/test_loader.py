@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 
 from esfsm.loader import (
     MAX_DEPTH,
+    MAX_FILE_BYTES,
     MAX_NODES,
     Position,
     discover,
@@ -295,3 +297,23 @@ def test_discover_keeps_files_as_given_and_lists_each_file_once(tmp_path: Path) 
 ], ids=["float", "bool", "int-key"])
 def test_an_explicit_core_tag_on_a_wrong_value_is_an_error_not_a_crash(text: str, message: str) -> None:
     assert problems(text) == [message]
+
+
+def test_a_pipe_is_refused_rather_than_read_for_ever(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)
+    doc, findings = load_file(fifo)
+    assert doc is None and [f.message for f in findings] == [
+        "not a regular file (a pipe, a socket or a device?); give definition files or folders"]
+
+
+def test_a_file_over_the_size_limit_is_refused_unread(tmp_path: Path) -> None:
+    big = tmp_path / "big.yaml"
+    big.write_text("a: " + "x" * MAX_FILE_BYTES + "\n")
+    started = time.monotonic()
+    doc, findings = load_file(big)
+    assert doc is None and findings[0].rule == "yaml-size" and "larger than 1024 KiB" in findings[0].message
+    assert time.monotonic() - started < 5  # not parsed first
+    fits = tmp_path / "fits.yaml"
+    fits.write_text("a: " + "x" * (MAX_FILE_BYTES - 100) + "\n")
+    assert load_file(fits)[0] is not None
