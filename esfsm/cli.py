@@ -17,7 +17,7 @@ import click
 
 from esfsm import __version__
 from esfsm.errors import EsfsmError
-from esfsm.findings import Finding
+from esfsm.findings import Finding, has_errors
 from esfsm.project import Project, check_paths
 
 PATHS = click.argument(
@@ -161,13 +161,17 @@ def test(paths: tuple[Path, ...], verbose: bool, on_nats: bool) -> None:
     """
     from esfsm.scenarios import run_scenario_files
 
+    from esfsm.loader import kind_of
+
     project = _check((*paths, *_definitions_beside(_paths(paths))))
-    if not project.ok:
+    unreadable = [f for f in project.findings if kind_of(f.file) == "scenarios"]  # a scenario file that won't load
+    if has_errors([f for f in project.findings if f not in unreadable]):
         _print_findings(project.findings)
         raise click.ClickException("the definitions have errors; fix them before running scenarios")
-    if not project.scenario_documents:
+    if not project.scenario_documents and not unreadable:
         raise click.ClickException(f"no scenario files (*.scenarios.yaml) under {', '.join(map(str, _paths(paths)))}")
     reports = [("memory", run_scenario_files(project))]
+    reports[0][1].file_findings[:0] = unreadable
     if on_nats:
         from esfsm.runtime.testing import NatsBackend
 
@@ -368,7 +372,8 @@ def send(aggregate: str, command: str, key: str, data: str | None, header_values
 
     Exits 0 when the command is accepted, 1 when it is rejected.
 
-    esfsm send bankaccount open_account --key acc-1 \
+    \b
+    esfsm send bankaccount open_account --key acc-1 \\
       --data '{"owner": "ann", "initial_balance": 150}' --header x-username=ann
     """
     payload = _parse_data(data)

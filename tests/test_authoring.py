@@ -295,7 +295,7 @@ def test_init_refuses_a_name_whose_nats_names_clash_with_an_existing_aggregate(d
     assert not (defs / "bank.yaml").exists() and not (defs / "bank.scenarios.yaml").exists()
 
 
-@pytest.mark.parametrize("name", ["Shop", "1shop", "shop-order", "shop.order", "_shop", "a" * 65])
+@pytest.mark.parametrize("name", ["Shop", "1shop", "shop-order", "shop.order", "_shop", "a" * 65, "true", "null"])
 def test_init_rejects_a_name_that_is_not_an_aggregate_name(tmp_path: Path, name: str) -> None:
     code, out, err = run(init, name, "--dir", str(tmp_path))
     assert (code, out) == (2, "")

@@ -172,6 +172,15 @@ def test_a_failing_scenario_points_at_what_differs_and_at_names_the_aggregate_do
     assert "           note: 'acount_opened' is not an event type of this aggregate; did you mean 'account_opened'?\n" in out
 
 
+def test_an_unreadable_scenario_file_is_a_failure_of_its_own_and_the_others_still_run(workdir: Path) -> None:
+    (workdir / "bankaccount.scenarios.yaml").write_text(SCENARIOS.split("  - name: a wrong")[0])
+    (workdir / "empty.scenarios.yaml").write_text("")
+    code, out, _ = run("test", "defs")
+    assert code == 1
+    assert out == ("ERROR defs/empty.scenarios.yaml:1:1: error: the file is empty; expected a scenario file\n"
+                   "PASS defs/bankaccount.scenarios.yaml:5: a deposit is accepted\n1 passed, 1 failed\n")
+
+
 def test_test_refuses_invalid_definitions(workdir: Path) -> None:
     (workdir / "bankaccount.yaml").write_text((workdir / "bankaccount.yaml").read_text().replace("to: frozen", "to: frozn"))
     code, out, err = run("test", "defs")

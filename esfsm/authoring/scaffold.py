@@ -166,6 +166,8 @@ def name_problem(name: str) -> str | None:
                 "starting with a letter, such as 'shop_order'")
     if len(name) > MAX_NAME:
         return f"{name!r} is not a valid aggregate name: at most {MAX_NAME} characters"
+    if name in ("true", "false", "null"):  # YAML reads them as a boolean or nothing, never as a name
+        return f"{name!r} is not a valid aggregate name: YAML reads it as {'nothing' if name == 'null' else 'a boolean'}"
     return None
 
 
