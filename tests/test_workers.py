@@ -152,7 +152,8 @@ async def _has(kv: Any, k: str) -> bool:
     return True
 
 
-def _start(url: str, log: Path, *extra: str, session: bool = False) -> subprocess.Popen[bytes]:
+def _start(url: str, log: Path, *extra: str, session: bool = False, ready: str = "worker=0 msg=ready",
+           ) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "esfsm", "run", *RUNTIME_PATHS, "--server", url, "--workers", "2", *extra],
@@ -160,7 +161,7 @@ def _start(url: str, log: Path, *extra: str, session: bool = False) -> subproces
             env={k: v for k, v in os.environ.items() if k != "NATS_URL"}, start_new_session=session,
             preexec_fn=die_with_parent)  # noqa: PLW1509 - it only calls prctl
     deadline = time.monotonic() + 30
-    while "worker=0 msg=ready" not in log.read_text():
+    while ready not in log.read_text():
         assert process.poll() is None, log.read_text()
         assert time.monotonic() < deadline, log.read_text()
         time.sleep(0.05)
@@ -216,8 +217,8 @@ def test_run_with_workers_serves_and_drains_on_sigterm(tmp_path: Path) -> None:
 
 
 def test_ctrl_c_to_the_process_group_stops_every_worker_cleanly(tmp_path: Path) -> None:
-    """A terminal's Ctrl-C signals every process of the group, the workers maybe first:
-    a worker draining on it is a stop, not a failure."""
+    """A terminal's Ctrl-C signals every process of its group: the workers have sessions of
+    their own, so only the parent gets it, drains and stops them."""
     server = start_server(tmp_path / "nats")
     log = tmp_path / "run.log"
     process = _start(server.url, log, session=True)
@@ -227,6 +228,23 @@ def test_ctrl_c_to_the_process_group_stops_every_worker_cleanly(tmp_path: Path) 
         assert process.wait(30) == 0, log.read_text()
         with pytest.raises(ProcessLookupError):
             os.kill(worker, 0)
+        assert "level=error" not in log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+        server.stop()
+
+
+def test_ctrl_c_while_a_worker_is_still_starting_is_a_clean_stop(tmp_path: Path) -> None:
+    """Ctrl-C while the worker is still starting (it takes ~0.5 s to import): the parent stops
+    it, and a worker stopped before it served anything is no failure (it used to die of the
+    SIGINT, and the run exited 1)."""
+    server = start_server(tmp_path / "nats")
+    log = tmp_path / "run.log"
+    process = _start(server.url, log, session=True, ready='msg="started worker process"')
+    try:
+        os.killpg(process.pid, signal.SIGINT)  # the worker is still importing: it takes ~0.5 s
+        assert process.wait(30) == 0, log.read_text()
         assert "level=error" not in log.read_text()
     finally:
         if process.poll() is None:

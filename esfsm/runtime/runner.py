@@ -281,9 +281,11 @@ class Workers:
                        "--worker", str(dataclasses.replace(self.partition, index=index))]
             for server in self.servers:
                 command += ["--server", server]
+            # A session of its own: a terminal's Ctrl-C or hang-up reaches only this process, which
+            # drains and then stops the workers with SIGTERM (a worker still starting would die of it).
             process = await asyncio.create_subprocess_exec(*command, env={**os.environ, **env},
                                                            stdin=asyncio.subprocess.DEVNULL,
-                                                           preexec_fn=die_with_parent)
+                                                           start_new_session=True, preexec_fn=die_with_parent)
             self.processes[index] = process
             info("started worker process", number=index, pid=process.pid)
             self._watchers.append(asyncio.create_task(self._watch(index, process)))
@@ -292,7 +294,7 @@ class Workers:
         code = await process.wait()
         if self.stop.is_set():
             return
-        if code == 0:  # it drained on a signal: Ctrl-C reaches the whole process group, maybe it first
+        if code == 0:  # it drained on a signal sent to it alone
             info("worker stopped; stopping", number=index)
         else:
             log.error("worker %d exited with status %s while serving; stopping", index, code)
@@ -316,7 +318,9 @@ class Workers:
                 log.error("worker %d did not stop within %.0f s; killing it", index, WORKER_STOP_WAIT)
                 process.kill()
                 code = await process.wait()
-            if code != 0 and index not in self._failed:
+            # -SIGINT/-SIGTERM/-SIGHUP: the signal (Ctrl-C to the group, or ours) came before the worker
+            # set its handlers up, so it had not served yet: stopped, not failed
+            if code != 0 and -code not in STOP_SIGNALS and index not in self._failed:
                 self.lost.append(f"worker {index} exited with status {code}")
         for watcher in self._watchers:
             watcher.cancel()
