@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 from nats.aio.client import Client as NatsClient
 from nats.errors import MaxPayloadError, NoRespondersError, TimeoutError
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError, ServiceUnavailableError
 
 from esfsm.engine import check_key
 from esfsm.errors import EsfsmError
@@ -175,6 +175,10 @@ class Client:
             kv = await js.key_value(info.bucket)
         except (BucketNotFoundError, NotFoundError) as err:
             raise ClientError(f"bucket {info.bucket!r} not found") from err
+        except (ServiceUnavailableError, NoRespondersError) as err:
+            where = f"in domain {self.domain!r}" if self.domain else "on this server"
+            raise ClientError(f"JetStream does not answer {where}: is the JetStream domain (--js-domain) "
+                              "right?") from err
         deadline = time.monotonic() + wait
         while True:
             last = await last_message(self.nc, info.stream, f"{info.events}.{key}.>", self.timeout,

@@ -149,6 +149,10 @@ def test_send_reports_unknown_aggregate_and_command(running, tmp_path: Path) -> 
         for bad in ("*", ">", "a.b", "a b"):
             refused = esfsm(tmp_path, command, "bankaccount", bad)
             assert refused.returncode == 1 and "invalid entity key" in refused.stderr, (command, bad, refused.stderr)
+    for command in ("state", "history"):
+        lost = esfsm(tmp_path, command, "bankaccount", "acc-1", "--js-domain", "bogus")
+        assert lost.returncode == 1 and "JetStream does not answer" in lost.stderr and "--js-domain" in lost.stderr
+        assert "internal error" not in lost.stderr and len(lost.stderr.strip().splitlines()) == 1, lost.stderr
     nothing = esfsm(tmp_path, "history", "bankaccount", "never-opened")
     assert nothing.returncode == 1 and "has no event yet" in nothing.stderr
     spaced = esfsm(tmp_path, "send", "bank account", "deposit", "--key", "a")

@@ -16,7 +16,7 @@ import logging
 import uuid
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -341,7 +341,7 @@ async def read_subject(
                     pending = int(headers.get("Nats-Num-Pending", "0"))
                     break
                 if status:
-                    raise StoreError(f"direct get of {subjects} failed: {status} {headers.get('Description', '')}")
+                    raise _direct_get_failed(subjects, status, headers, api)
                 stored = Stored(int(headers["Nats-Sequence"]), headers["Nats-Subject"], headers, msg.data)
                 seq = stored.seq + 1
                 yield stored
@@ -349,6 +349,14 @@ async def read_subject(
             await sub.unsubscribe()
         if pending == 0:
             return
+
+
+def _direct_get_failed(subjects: str, status: str, headers: Mapping[str, str], api: str) -> StoreError:
+    if status == "503":  # no responders: no JetStream behind this API prefix
+        return UnavailableError(f"JetStream does not answer on {api.split('.DIRECT.')[0]}: is JetStream enabled on "
+                                "the server, and the JetStream domain (--js-domain) right?")
+    description = " ".join(str(headers.get("Description", "")).split())
+    return StoreError(f"direct get of {subjects} failed: {status} {description}".rstrip())
 
 
 async def last_message(
@@ -365,5 +373,5 @@ async def last_message(
     if status == "404":
         return None
     if status:
-        raise StoreError(f"direct get of {subjects} failed: {status} {headers.get('Description', '')}")
+        raise _direct_get_failed(subjects, status, headers, api)
     return Stored(int(headers["Nats-Sequence"]), headers["Nats-Subject"], headers, data)
