@@ -7,6 +7,9 @@ state machines; that is the compiler's job.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -105,6 +108,22 @@ class Aggregate:
         if ANY_STATE in event.sources:
             return tuple(s for s in self.states if not self.states[s].final)
         return event.sources
+
+
+def fingerprint(aggregate: Aggregate) -> str:
+    """A short hash of what the definition means (not where it was read from, nor how its
+    mappings were ordered): two runtimes serving one aggregate should show the same one."""
+    def canonical(value: Any) -> Any:
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return {f.name: canonical(getattr(value, f.name)) for f in dataclasses.fields(value) if f.name != "file"}
+        if isinstance(value, Mapping):
+            return {str(k): canonical(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [canonical(v) for v in value]
+        return value
+
+    text = json.dumps(canonical(aggregate), sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _states(value: Any) -> tuple[str, ...]:

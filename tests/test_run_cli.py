@@ -323,3 +323,37 @@ def test_rebuild_never_creates_a_stream_for_a_definition_the_runtime_does_not_se
     (tmp_path / "empty").mkdir()
     empty = esfsm(tmp_path, "rebuild", "bankaccount", str(tmp_path / "empty"))
     assert empty.returncode == 1 and "no definitions under" in empty.stderr
+
+
+def test_a_runtime_warns_when_another_serves_its_aggregate_from_a_different_definition(tmp_path: Path) -> None:
+    from nats_support import RuntimeProcess, start_server
+
+    from esfsm.model import fingerprint
+    from esfsm.project import load_project
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    text = (DEFINITIONS / "bankaccount.yaml").read_text()
+    (tmp_path / "a" / "bankaccount.yaml").write_text(text)
+    (tmp_path / "b" / "bankaccount.yaml").write_text(text.replace("cmd.amount <= data.balance",
+                                                                  "cmd.amount <= data.balance + 100"))
+    # the same meaning however the file is laid out; a changed rule is another definition
+    assert fingerprint(load_project([tmp_path / "a"]).aggregates["bankaccount"].model) == fingerprint(
+        load_project([DEFINITIONS / "bankaccount.yaml"]).aggregates["bankaccount"].model)
+    assert fingerprint(load_project([tmp_path / "a"]).aggregates["bankaccount"].model) != fingerprint(
+        load_project([tmp_path / "b"]).aggregates["bankaccount"].model)
+
+    server = start_server(tmp_path / "nats")
+    runtimes = []
+    try:
+        for name in ("a", "a", "b"):
+            runtimes.append(RuntimeProcess(server.url, [str(tmp_path / name)], tmp_path / f"{name}{len(runtimes)}.log"))
+            runtimes[-1].start()
+            time.sleep(1.0)  # its comparison takes half a second
+        same, different = runtimes[1].log(), runtimes[2].log()
+        assert "level=warning" not in same, same
+        assert "another runtime serves aggregate 'bankaccount' from a different definition" in different, different
+    finally:
+        for runtime in runtimes:
+            runtime.terminate()
+        server.stop()

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import gc
+import json
 import logging
 import os
 import secrets
@@ -20,6 +21,7 @@ from nats.aio.client import Client
 
 from esfsm.compiler import CompiledAggregate
 from esfsm.errors import EsfsmError
+from esfsm.model import fingerprint
 from esfsm.runtime.connection import DEFAULT_STORE, ConnectOptions, connect, resolve_servers
 from esfsm.runtime.partition import PREFIX, Partition
 from esfsm.runtime.projector import Projector
@@ -28,6 +30,8 @@ from esfsm.runtime.service import AggregateService
 from esfsm.runtime.store import AggregateStore
 
 log = logging.getLogger("esfsm.run")
+
+DISCOVERY_WAIT = 0.5  # seconds to collect the other runtimes' $SRV.INFO answers
 
 
 class LogfmtFormatter(logging.Formatter):
@@ -115,7 +119,37 @@ class Runtime:
             names = compiled.model.nats
             info("serving aggregate", aggregate=compiled.name, service=compiled.model.service_name,
                  commands=f"{names.commands}.>", stream=names.stream, bucket=names.bucket)
+        self._tasks.append(asyncio.create_task(self._compare_definitions(), name="compare-definitions"))
         return True
+
+    async def _compare_definitions(self, wait: float = DISCOVERY_WAIT) -> None:
+        """Warn when another runtime serves one of these aggregates from a different definition:
+        the two would decide its commands differently (expected only during a rolling upgrade)."""
+        ours = {name: fingerprint(service.compiled.model) for name, service in self.services.items()}
+        warned: set[str] = set()
+
+        async def answer(msg: Any) -> None:
+            try:
+                info_ = json.loads(msg.data)
+                meta = info_.get("metadata") or {}
+                name, theirs = meta.get("aggregate"), meta.get("definition")
+            except (ValueError, AttributeError):
+                return
+            if name in ours and theirs and theirs != ours[name] and name not in warned:
+                warned.add(name)
+                log.warning("another runtime serves aggregate %r from a different definition (its fingerprint "
+                            "%s, ours %s): commands will be decided by whichever of the two gets them; expected "
+                            "only during a rolling upgrade", name, theirs, ours[name],
+                            extra={"fields": {"aggregate": name, "other": info_.get("id", "?")}})
+
+        try:
+            inbox = self.nc.new_inbox()
+            sub = await self.nc.subscribe(inbox, cb=answer)
+            await self.nc.publish("$SRV.INFO", b"", reply=inbox)
+            await asyncio.sleep(wait)
+            await sub.unsubscribe()
+        except Exception as err:  # noqa: BLE001 - a check for the operator's sake: never stops the runtime
+            log.debug("comparing definitions with other runtimes failed: %s", type(err).__name__)
 
     async def stop(self) -> None:
         """Stop taking commands, finish those in flight, then stop the snapshot writers."""

@@ -46,6 +46,7 @@ from esfsm.compiler import CompiledAggregate
 from esfsm.engine import check_payload, check_request, clip, expected_version, version_conflict
 from esfsm.errors import EsfsmError
 from esfsm.events import event_to_dict
+from esfsm.model import fingerprint
 from esfsm.runtime.entity import Entity, accepted_reply
 from esfsm.runtime.jetstream import (
     NOT_SENT,
@@ -200,6 +201,7 @@ class AggregateService:
                 "events": model.nats.events,
                 "stream": model.nats.stream,
                 "bucket": model.nats.bucket,
+                "definition": fingerprint(model),
             },
         ))
         await requester(self.nc).ready()  # the fast path sends appends without awaiting
