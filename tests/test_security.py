@@ -340,7 +340,8 @@ RUNTIME_PERMISSIONS = """{
     "$JS.API.CONSUMER.MSG.NEXT.BANK_EVENTS.AGG_bankaccount",
     "$JS.ACK.BANK_EVENTS.AGG_bankaccount.>",
     "$JS.API.DIRECT.GET.BANK_EVENTS",
-    "$JS.API.DIRECT.GET.KV_AGG_bankaccount.$KV.AGG_bankaccount.>"
+    "$JS.API.DIRECT.GET.KV_AGG_bankaccount.$KV.AGG_bankaccount.>",
+    "$SRV.INFO.aggregate-bankaccount"
   ]}
   subscribe: {allow: ["bank.cmds.>", "$SRV.*", "$SRV.*.aggregate-bankaccount", "$SRV.*.aggregate-bankaccount.*",
                       "_INBOX.>"]}
@@ -406,6 +407,23 @@ def test_subject_permissions_the_runtime_needs_and_a_deposit_only_client(tmp_pat
     teller_violations = [line for line in violations if "user:teller" in line]
     assert any('"bank.cmds.withdraw"' in line for line in teller_violations), log
     assert any('"bank.cmds.open_account"' in line for line in teller_violations), log
+
+
+def test_without_the_discovery_permission_the_runtime_only_skips_comparing_definitions(tmp_path: Path) -> None:
+    """$SRV.INFO.aggregate-A is only for the start-up comparison with other runtimes: an older
+    permission set without it still serves, and says once why it does not compare."""
+    older = RUNTIME_PERMISSIONS.replace(',\n    "$SRV.INFO.aggregate-bankaccount"', "")
+    assert older != RUNTIME_PERMISSIONS
+    config = ("authorization { users = [\n"
+              f"  {{user: runtime, password: rt, permissions: {older}}}\n"
+              "  {user: admin, password: ad}\n] }\n")
+    with secured(tmp_path, config, ["--user", "runtime", "--password", "rt"]) as (server, runtime):
+        assert runtime is not None
+        accepted(send(server.url, "open_account", "acc-1", OPEN, "--user", "admin", "--password", "ad"))
+        time.sleep(0.5)
+        log = runtime.log()
+    assert log.count("no permission to ask the other runtimes for their definitions") == 1, log
+    assert "level=warning" not in log and "level=error" not in log, log
 
 
 # With `--workers`, the runtime also passes commands, snapshot hand-overs and pings between its
