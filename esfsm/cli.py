@@ -25,13 +25,14 @@ PATHS = click.argument(
 )
 
 
+_ALIASES = {"check": "validate"}
+
+
 class _Group(click.Group):
     """Turns unexpected exceptions into one line unless --debug is set; `check` is `validate`."""
 
-    ALIASES = {"check": "validate"}
-
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        return super().get_command(ctx, self.ALIASES.get(cmd_name, cmd_name))
+        return super().get_command(ctx, _ALIASES.get(cmd_name, cmd_name))
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -159,9 +160,8 @@ def test(paths: tuple[Path, ...], verbose: bool, on_nats: bool) -> None:
     NATS runtime (an embedded nats-server with a temporary store), proving
     the two engines agree.
     """
-    from esfsm.scenarios import run_scenario_files
-
     from esfsm.loader import kind_of
+    from esfsm.scenarios import run_scenario_files
 
     project = _check((*paths, *_definitions_beside(_paths(paths))))
     unreadable = [f for f in project.findings if kind_of(f.file) == "scenarios"]  # a scenario file that won't load

@@ -6,8 +6,8 @@ import re
 from pathlib import Path
 
 from click.testing import CliRunner
-
 from conftest import ROOT
+
 from esfsm.cli import main
 
 DSL = (ROOT / "docs" / "dsl.md").read_text()
@@ -16,7 +16,7 @@ DSL = (ROOT / "docs" / "dsl.md").read_text()
 def yaml_block(after_heading: str) -> str:
     """The first ```yaml block after a heading of docs/dsl.md."""
     section = DSL[DSL.index(after_heading):]
-    return re.search(r"```yaml\n(.*?)```", section, re.S).group(1)  # type: ignore[union-attr]
+    return re.search(r"```yaml\n(.*?)```", section, re.DOTALL).group(1)  # type: ignore[union-attr]
 
 
 def test_the_complete_definition_and_the_scenario_example_pass_together(tmp_path: Path) -> None:
