@@ -52,7 +52,7 @@ def _check_key(key: str) -> None:
 
 
 class ClientError(EsfsmError):
-    """The runtime could not be reached or did not answer."""
+    """A request the client refuses to send (an invalid key or name), or one no runtime answered."""
 
 
 @dataclass(frozen=True)
