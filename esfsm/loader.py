@@ -23,6 +23,7 @@ from esfsm.findings import Finding, pointer
 
 DocumentKind = Literal["definition", "scenarios"]
 SCENARIO_SUFFIXES = (".scenarios.yaml", ".scenarios.yml")
+GENERATED_SUFFIXES = (".asyncapi.yaml", ".asyncapi.yml")  # written by `esfsm docs`
 YAML_SUFFIXES = (".yaml", ".yml")
 MAX_NODES = 200_000  # bounds alias expansion ("billion laughs")
 MAX_DEPTH = 100  # bounds nesting (and Python's recursion)
@@ -124,13 +125,17 @@ def kind_of(path: Path | str) -> DocumentKind:
     return "scenarios" if str(path).endswith(SCENARIO_SUFFIXES) else "definition"
 
 
-def discover(paths: Iterable[Path | str]) -> list[Path]:
-    """YAML files under paths (files as given, folders recursively, sorted)."""
+def discover(paths: Iterable[Path | str] | Path | str) -> list[Path]:
+    """YAML files under paths (files as given, folders recursively, sorted; in folders the
+    AsyncAPI documents `esfsm docs` writes, *.asyncapi.yaml, are not definitions and are left out)."""
+    if isinstance(paths, (str, Path)):  # one path, not its characters
+        paths = [paths]
     found: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in YAML_SUFFIXES))
+            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in YAML_SUFFIXES
+                                and not p.name.endswith(GENERATED_SUFFIXES)))
         else:
             found.append(path)
     seen: set[Path] = set()
@@ -168,6 +173,8 @@ def load_text(text: str, path: str) -> tuple[Document | None, list[Finding]]:
 
 def load_file(path: Path | str) -> tuple[Document | None, list[Finding]]:
     try:
+        if not Path(path).exists():
+            return None, [Finding(str(path), 1, 1, "", "no such file or folder", "io")]
         if not Path(path).is_file():  # a pipe or a device would block the read, or never end
             return None, [Finding(str(path), 1, 1, "", "not a regular file (a pipe, a socket or a device?); "
                                   "give definition files or folders", "io")]
@@ -192,7 +199,7 @@ def load_file(path: Path | str) -> tuple[Document | None, list[Finding]]:
     return load_text(text, str(path))
 
 
-def load_paths(paths: Iterable[Path | str]) -> tuple[list[Document], list[Finding]]:
+def load_paths(paths: Iterable[Path | str] | Path | str) -> tuple[list[Document], list[Finding]]:
     documents: list[Document] = []
     findings: list[Finding] = []
     for path in discover(paths):

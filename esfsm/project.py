@@ -30,7 +30,7 @@ class Project:
         return [d for d in self.documents if d.kind == "scenarios"]
 
 
-def check_paths(paths: Iterable[Path | str]) -> Project:
+def check_paths(paths: Iterable[Path | str] | Path | str) -> Project:
     """Load and check every definition under paths; compile those without errors."""
     documents, findings = load_paths(paths)
     result = check_documents(documents)
@@ -39,7 +39,7 @@ def check_paths(paths: Iterable[Path | str]) -> Project:
     return Project(documents, findings, aggregates)
 
 
-def load_project(paths: Iterable[Path | str]) -> Project:
+def load_project(paths: Iterable[Path | str] | Path | str) -> Project:
     """Like check_paths, but raise DefinitionError when any definition has an error."""
     project = check_paths(paths)
     if not project.ok:

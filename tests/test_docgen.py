@@ -28,6 +28,7 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
 
 from esfsm.authoring.diagram import mermaid
+from esfsm.cli import main
 from esfsm.docgen import docs, render_docs, write_docs
 from esfsm.engine import MemoryEngine
 from esfsm.project import Project, load_project
@@ -426,11 +427,13 @@ def test_docs_never_overwrites_a_file_it_did_not_generate(tmp_path: Path, monkey
     assert CliRunner().invoke(docs, ["definitions/", "-o", str(out)]).exit_code == 0  # its own files: rewritten
 
 
-def test_docs_refuses_to_write_into_the_definitions_it_reads(tmp_path: Path) -> None:
+def test_generated_asyncapi_documents_are_never_read_as_definitions(tmp_path: Path) -> None:
+    """`esfsm docs` then `esfsm validate .` on a project root, or docs written beside the
+    definitions: the *.asyncapi.yaml files it wrote are left out of the definitions."""
     defs = tmp_path / "defs"
     shutil.copytree(ROOT / "definitions", defs)
     for output in (defs, defs / "generated"):
-        result = CliRunner().invoke(docs, [str(defs), "-o", str(output)])
-        assert result.exit_code == 2
-        assert "lies inside the definitions folder" in result.output
-    assert not list(defs.rglob("*.asyncapi.yaml"))
+        assert CliRunner().invoke(docs, [str(defs), "-o", str(output)]).exit_code == 0
+    assert len(list(defs.rglob("*.asyncapi.yaml"))) == 6
+    validated = CliRunner().invoke(main, ["validate", str(tmp_path)])
+    assert (validated.exit_code, validated.output) == (0, "3 definition(s) valid: bankaccount, order, ticket\n")

@@ -317,3 +317,14 @@ def test_a_file_over_the_size_limit_is_refused_unread(tmp_path: Path) -> None:
     fits = tmp_path / "fits.yaml"
     fits.write_text("a: " + "x" * (MAX_FILE_BYTES - 100) + "\n")
     assert load_file(fits)[0] is not None
+
+
+def test_one_path_given_bare_is_one_path_and_a_missing_one_says_so(tmp_path: Path) -> None:
+    from esfsm import load_project
+
+    from conftest import DEFINITIONS
+
+    assert sorted(load_project(str(DEFINITIONS)).aggregates) == sorted(load_project([DEFINITIONS]).aggregates)
+    assert sorted(load_project(DEFINITIONS).aggregates) == ["bankaccount", "order", "ticket"]
+    doc, findings = load_file(tmp_path / "nowhere.yaml")
+    assert doc is None and [f.message for f in findings] == ["no such file or folder"]

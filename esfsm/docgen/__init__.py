@@ -111,10 +111,6 @@ def docs(paths: tuple[Path, ...], output: Path) -> None:
         raise click.ClickException("the definitions have errors; fix them before generating docs")
     if not project.aggregates:
         raise click.ClickException(f"no definitions under {', '.join(map(str, chosen))}")
-    read_from = [p.resolve() for p in chosen if p.is_dir()]
-    if any(output.resolve() == folder or folder in output.resolve().parents for folder in read_from):
-        raise click.UsageError(f"--output {str(output)!r} lies inside the definitions folder: the generated "
-                               "*.asyncapi.yaml files would be read as definitions; choose another folder")
     files = render_docs(project.aggregates.values())
     taken = sorted(name for name in files if (output / name).exists() and not _generated(output / name))
     if taken:
