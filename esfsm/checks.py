@@ -63,6 +63,10 @@ def _dsl_validator(name: str) -> Draft202012Validator:
 # -- the DSL schema ----------------------------------------------------------
 
 
+HEADER_NAME_PATTERN = "^[!-9;-~]+$"  # scenarios.schema.json: header names and values NATS can carry
+NO_LINE_BREAK_PATTERN = "^[^\\r\\n]*$"
+
+
 def schema_findings(doc: Document, schema: str = "aggregate") -> list[Finding]:
     """The document against the DSL's JSON Schema, one finding per error."""
     findings = []
@@ -153,6 +157,13 @@ def _schema_error_findings(doc: Document, error: ValidationError) -> Iterator[Fi
                 yield doc.finding(where + pointer(i), f"{_describe(item)} is listed more than once", "dsl-uniqueItems")
                 return
             seen.append(item)
+    if error.validator == "pattern" and error.schema.get("pattern") == HEADER_NAME_PATTERN:
+        yield doc.finding(where + pointer(error.instance), f"{error.instance!r} is not a NATS header name: use "
+                          "printable ASCII without spaces or ':'", "dsl-header", key=True)
+        return
+    if error.validator == "pattern" and error.schema.get("pattern") == NO_LINE_BREAK_PATTERN:
+        yield doc.finding(where, "a NATS header value cannot hold a line break", "dsl-header")
+        return
     if error.validator == "pattern" and "propertyNames" in error.absolute_schema_path:
         yield doc.finding(
             where + pointer(error.instance),

@@ -17,6 +17,7 @@ import asyncio
 import json
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,11 +38,15 @@ _AGGREGATE_NAME = re.compile(r"[a-z][a-z0-9_]*")  # as the DSL allows them
 
 
 def payload_json(value: Any) -> bytes:
-    """value as JSON; integers beyond 64 bits too (orjson refuses them; the runtime answers 400)."""
+    """value as JSON, strictly: NaN, a set, bytes or a datetime is a ValueError or TypeError
+    here (orjson would turn NaN into null, and write datetimes the in-memory engine refuses).
+    Integers beyond 64 bits go out; the runtime answers them with a 400."""
     try:
-        return orjson.dumps(value)
-    except TypeError:
-        return json.dumps(value, allow_nan=False).encode()
+        return json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":")).encode()
+    except ValueError as err:
+        raise ValueError(f"the payload is not JSON: {err} (NaN and infinities are not JSON)") from err
+    except TypeError as err:
+        raise TypeError(f"the payload is not JSON: {err}") from err
 
 
 def _check_key(key: str) -> None:
@@ -141,17 +146,22 @@ class Client:
                    headers: dict[str, str] | None = None, command_id: str | None = None,
                    expected_version: int | None = None) -> dict[str, Any]:
         """Send a command; the reply dict (`accepted`, `message`, and the rest of the wire contract)."""
+        for what, value in (("command", command), ("key", key), ("command_id", command_id)):
+            if not isinstance(value, str) and not (what == "command_id" and value is None):
+                raise TypeError(f"the {what} must be a string, got {type(value).__name__} {value!r:.60}")
+        if headers is not None and not isinstance(headers, Mapping):
+            raise TypeError(f"headers must be a mapping of strings, got {type(headers).__name__}")
         for name, value in (headers or {}).items():
             if not isinstance(name, str) or not isinstance(value, str):
                 raise TypeError(f"header {name!r}: names and values must be strings, got {type(value).__name__} "
                                 f"{value!r}")
+        body = data if isinstance(data, bytes) else payload_json({} if data is None else data)
         info = await self.aggregate(aggregate)
         all_headers = {**(headers or {}), KEY_HEADER: key}
         if command_id is not None:
             all_headers[COMMAND_ID_HEADER] = command_id
         if expected_version is not None:
             all_headers[EXPECTED_VERSION_HEADER] = str(expected_version)
-        body = data if isinstance(data, bytes) else payload_json({} if data is None else data)
         try:
             msg = await self.nc.request(f"{info.commands}.{command}", body, self.timeout, headers=all_headers)
         except MaxPayloadError as err:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -17,6 +18,7 @@ from typing import Any, Protocol
 from cloudevents.core.base import BaseCloudEvent
 
 from esfsm.compiler import CompiledAggregate
+from esfsm.errors import ScenarioError, UnknownAggregateError
 from esfsm.findings import did_you_mean, one_of
 from esfsm.values import (
     BAD_REQUEST,
@@ -81,7 +83,9 @@ def clip(text: str, limit: int = 200) -> str:
 
 def check_payload(payload: Any) -> Rejected | None:
     """400 for what JSON allows but a definition cannot evaluate: nesting deeper than
-    MAX_DEPTH, integers outside 64 bits, non-finite numbers."""
+    MAX_DEPTH, integers outside 64 bits, non-finite numbers; and for what is no JSON at
+    all (a set, bytes, a datetime, a non-string key), which only an in-process caller
+    can hand the in-memory engine."""
     if _fine(payload, 0):  # the usual case, without building a path for every value
         return None
     stack = [(payload, "", 0)]
@@ -97,9 +101,13 @@ def check_payload(payload: Any) -> Rejected | None:
         elif isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
             problem = f"{value} is not a finite number"
         elif isinstance(value, dict):
+            if not all(isinstance(k, str) for k in value):
+                problem = f"a key {next(k for k in value if not isinstance(k, str))!r} is not a string, as JSON needs"
             stack.extend((v, f"{path}/{k}", depth + 1) for k, v in value.items())
-        elif isinstance(value, list):
+        elif isinstance(value, (list, tuple)):
             stack.extend((v, f"{path}/{i}", depth + 1) for i, v in enumerate(value))
+        elif not (value is None or isinstance(value, (str, int, float))):
+            problem = f"a {type(value).__name__} value is not JSON"
         if problem:
             return Rejected(BAD_REQUEST, problem, (ErrorDetail(path[:200], problem),))
     return None
@@ -115,7 +123,7 @@ def _fine(value: Any, depth: int) -> bool:
     if depth >= MAX_DEPTH:
         return False
     if kind is dict:
-        return all(_fine(v, depth + 1) for v in value.values())
+        return all(type(k) is str for k in value) and all(_fine(v, depth + 1) for v in value.values())
     if kind is list:
         return all(_fine(v, depth + 1) for v in value)
     if kind is float:
@@ -179,6 +187,32 @@ class MemoryEventStore:
         log.extend(events)
 
 
+def _text(what: str, value: object) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"the {what} must be a string, got {type(value).__name__} {value!r:.60}")
+
+
+def _headers(headers: Mapping[str, str] | None) -> dict[str, str]:
+    """headers as the runtime receives them: string names and values, values stripped (NATS does)."""
+    if headers is None:
+        return {}
+    if not isinstance(headers, Mapping):
+        raise TypeError(f"headers must be a mapping of strings, got {type(headers).__name__}")
+    out = {}
+    for name, value in headers.items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise TypeError(f"header {name!r}: names and values must be strings, got {type(value).__name__} "
+                            f"{value!r:.60}")
+        if not _HEADER_NAME.fullmatch(name) or "\r" in value or "\n" in value:
+            raise ValueError(f"header {name!r}: {value!r:.60} cannot travel as a NATS header (a name of printable "
+                             "ASCII without spaces or ':', a value without line breaks)")
+        out[name] = value.strip()
+    return out
+
+
+_HEADER_NAME = re.compile(r"[!-9;-~]+")
+
+
 class MemoryEngine:
     """Handles commands for compiled aggregates, keeping everything in memory."""
 
@@ -189,7 +223,12 @@ class MemoryEngine:
         new_id: Callable[[], str] | None = None,
         store: MemoryEventStore | None = None,
     ) -> None:
-        self.aggregates = {a.name: a for a in aggregates}
+        chosen = list(aggregates.values() if isinstance(aggregates, Mapping) else aggregates)
+        for compiled in chosen:
+            if not isinstance(compiled, CompiledAggregate):
+                raise TypeError(f"MemoryEngine runs compiled aggregates (load_project(...).aggregates), "
+                                f"got {type(compiled).__name__} {compiled!r:.60}")
+        self.aggregates = {a.name: a for a in chosen}
         self.clock = clock
         self.new_id = new_id
         self.store = store or MemoryEventStore()
@@ -197,10 +236,11 @@ class MemoryEngine:
         self._outcomes: dict[tuple[str, str, str], Decision] = {}
 
     def aggregate(self, name: str) -> CompiledAggregate:
+        _text("aggregate", name)
         try:
             return self.aggregates[name]
         except KeyError:
-            raise KeyError(unknown_aggregate(name, self.aggregates).message) from None
+            raise UnknownAggregateError(unknown_aggregate(name, self.aggregates).message) from None
 
     def state(self, aggregate: str, key: str) -> EntityState:
         """The entity's current state (the initial state if it has no event)."""
@@ -212,6 +252,7 @@ class MemoryEngine:
         return cached
 
     def history(self, aggregate: str, key: str) -> list[BaseCloudEvent]:
+        self.aggregate(aggregate)
         return self.store.load(aggregate, key)
 
     def handle(
@@ -222,8 +263,11 @@ class MemoryEngine:
         payload: Any = None,
         headers: Mapping[str, str] | None = None,
     ) -> Decision:
-        """Handle one command as the runtime would, and store its events if accepted."""
-        headers = dict(headers or {})
+        """Handle one command as the runtime would, and store its events if accepted. Header
+        values are stripped of surrounding whitespace, as they are on the wire."""
+        _text("aggregate", aggregate)
+        _text("command", command)
+        headers = _headers(headers)
         compiled = self.aggregates.get(aggregate)
         if compiled is None:
             return unknown_aggregate(aggregate, self.aggregates)
@@ -252,9 +296,15 @@ class MemoryEngine:
 
     def record(self, aggregate: str, key: str, events: Iterable[BaseCloudEvent]) -> EntityState:
         """Append events as given (scenario 'given' events); each must be a valid transition."""
-        state = self.state(aggregate, key)
         compiled = self.aggregate(aggregate)
+        problem = check_key(key)
+        if problem:
+            raise ScenarioError(problem.message)
         events = list(events)
+        for event in events:
+            if not callable(getattr(event, "get_type", None)):  # BaseCloudEvent is a protocol
+                raise TypeError(f"record takes CloudEvents (esfsm.events.new_event), got {type(event).__name__}")
+        state = self.state(aggregate, key)
         new_state = state
         for event in events:
             new_state = compiled.evolve(new_state, event)

@@ -43,3 +43,10 @@ class ReplayError(EsfsmError):
 
 class ScenarioError(EsfsmError):
     """A scenario file is malformed or refers to something that does not exist."""
+
+
+class UnknownAggregateError(EsfsmError, KeyError):
+    """An engine was asked about an aggregate it does not run (a KeyError too, as it was before)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -109,9 +110,15 @@ def _time_findings(doc: Document) -> Iterator[Finding]:
             yield doc.finding(ptr, f"{value!r} is not an RFC 3339 time such as '2025-01-01T09:00:00Z'", "scenario-now")
 
 
+_DATE_TIME = re.compile(r"\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d(:\d\d(\.\d+)?)?([Zz]|[+-]\d\d:?\d\d)?")
+
+
 def _parse_time(value: str) -> dt.datetime | None:
+    """An RFC 3339 date and time (with no offset: UTC); None for anything else, a date alone too."""
+    if not isinstance(value, str) or not _DATE_TIME.fullmatch(value):
+        return None
     try:
-        parsed = dt.datetime.fromisoformat(value)
+        parsed = dt.datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
     except ValueError:
         return None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)

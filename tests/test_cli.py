@@ -187,3 +187,12 @@ def test_test_refuses_invalid_definitions(workdir: Path) -> None:
     assert code == 1
     assert "'frozn' is not a declared state; did you mean 'frozen'?" in out
     assert err == "Error: the definitions have errors; fix them before running scenarios\n"
+
+
+@pytest.mark.parametrize("now", ["2025-03-01", "yesterday", "2025-13-01T10:00:00Z"])
+def test_a_scenario_clock_must_be_an_rfc_3339_date_and_time(workdir: Path, now: str) -> None:
+    (workdir / "bankaccount.scenarios.yaml").write_text(
+        f'aggregate: bankaccount\nnow: "{now}"\n' + SCENARIOS.split("\n", 1)[1].split("  - name: a wrong")[0])
+    code, out, _ = run("test", "defs")
+    assert code == 1
+    assert f"error: '{now}' is not an RFC 3339 time such as '2025-01-01T09:00:00Z' [/now]" in out, out

@@ -134,11 +134,23 @@ def test_run_drains_on_sighup_like_a_closed_terminal(running, tmp_path: Path) ->
     assert not (tmp_path / ".esfsm" / "server.json").exists()  # and its server stopped with it
 
 
-def test_a_client_header_that_is_not_a_string_is_a_type_error() -> None:
+def test_the_client_refuses_arguments_it_cannot_send_before_sending() -> None:
+    import datetime as dt
+
     from esfsm.client import Client
 
-    with pytest.raises(TypeError, match="header 'x-username': names and values must be strings, got int 5"):
-        asyncio.run(Client(None).send("bankaccount", "open_account", "b1", {}, headers={"x-username": 5}))  # type: ignore[arg-type,dict-item]
+    client = Client(None)  # type: ignore[arg-type]  # nothing reaches a connection
+    for kwargs, error, message in [
+        ({"headers": {"x-username": 5}}, TypeError, "header 'x-username': names and values must be strings, got int 5"),
+        ({"headers": [("x-username", "a")]}, TypeError, "headers must be a mapping of strings"),
+        ({"command_id": 5}, TypeError, "the command_id must be a string, got int 5"),
+        ({"data": {"amount": float("nan")}}, ValueError, "the payload is not JSON"),
+        ({"data": {"at": dt.datetime(2025, 1, 1)}}, TypeError, "the payload is not JSON: Object of type datetime"),
+    ]:
+        with pytest.raises(error, match=message):
+            asyncio.run(client.send("bankaccount", "deposit", "b1", **kwargs))
+    with pytest.raises(TypeError, match="the key must be a string, got int 5"):
+        asyncio.run(client.send("bankaccount", "deposit", 5))  # type: ignore[arg-type]
 
 
 def test_send_reports_unknown_aggregate_and_command(running, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

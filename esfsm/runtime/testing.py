@@ -139,6 +139,9 @@ class NatsScenarioEngine:
         return valid_key(key)
 
     def state(self, aggregate: str, key: str) -> EntityState:
+        if not self._valid(key):  # never stored: what the in-memory engine answers too
+            return self.aggregate.initial_state(key)
+
         async def go() -> EntityState:
             await self._purge(key)
             last = await self.store.last_seq(key)
@@ -156,6 +159,13 @@ class NatsScenarioEngine:
         return self._run(go())
 
     def record(self, aggregate: str, key: str, events: Iterable[BaseCloudEvent]) -> EntityState:
+        from esfsm.engine import check_key
+        from esfsm.errors import ScenarioError
+
+        problem = check_key(key)
+        if problem:  # as the in-memory engine refuses it
+            raise ScenarioError(problem.message)
+
         async def go() -> EntityState:
             await self._purge(key)
             entity = await self.store.load(key)
