@@ -14,8 +14,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -152,11 +152,10 @@ async def _has(kv: Any, k: str) -> bool:
     return True
 
 
-def _start(url: str, log: Path, *extra: str, session: bool = False, ready: str = "worker=0 msg=ready",
-           ) -> subprocess.Popen[bytes]:
+def _start(url: str, log: Path, session: bool, ready: str) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "esfsm", "run", *RUNTIME_PATHS, "--server", url, "--workers", "2", *extra],
+            [sys.executable, "-m", "esfsm", "run", *RUNTIME_PATHS, "--server", url, "--workers", "2"],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env={k: v for k, v in os.environ.items() if k != "NATS_URL"}, start_new_session=session,
             preexec_fn=die_with_parent)  # noqa: PLW1509 - it only calls prctl
@@ -168,6 +167,23 @@ def _start(url: str, log: Path, *extra: str, session: bool = False, ready: str =
     return process
 
 
+@contextmanager
+def _workers_run(tmp_path: Path, session: bool = False,
+                 ready: str = "worker=0 msg=ready") -> Iterator[tuple[Any, subprocess.Popen[bytes], Path]]:
+    """A server of its own and `esfsm run --workers 2` on it: (server, process, log); both stopped after."""
+    server = start_server(tmp_path / "nats")
+    log = tmp_path / "run.log"
+    try:
+        process = _start(server.url, log, session=session, ready=ready)
+        try:
+            yield server, process, log
+        finally:
+            if process.poll() is None:
+                process.kill()
+    finally:
+        server.stop()
+
+
 def _worker_pid(log: Path) -> int:
     for line in log.read_text().splitlines():
         if 'msg="started worker process"' in line:
@@ -176,10 +192,7 @@ def _worker_pid(log: Path) -> int:
 
 
 def test_run_with_workers_serves_and_drains_on_sigterm(tmp_path: Path) -> None:
-    server = start_server(tmp_path / "nats")
-    log = tmp_path / "run.log"
-    process = _start(server.url, log)
-    try:
+    with _workers_run(tmp_path) as (server, process, log):
         async def scenario() -> None:
             nc = await nats.connect(server.url)
             try:
@@ -210,60 +223,35 @@ def test_run_with_workers_serves_and_drains_on_sigterm(tmp_path: Path) -> None:
         text = log.read_text()
         assert "worker=1 msg=stopped" in text and "worker=0 msg=stopped" in text
         assert "level=error" not in text
-    finally:
-        if process.poll() is None:
-            process.kill()
-        server.stop()
 
 
 def test_ctrl_c_to_the_process_group_stops_every_worker_cleanly(tmp_path: Path) -> None:
     """A terminal's Ctrl-C signals every process of its group: the workers have sessions of
     their own, so only the parent gets it, drains and stops them."""
-    server = start_server(tmp_path / "nats")
-    log = tmp_path / "run.log"
-    process = _start(server.url, log, session=True)
-    try:
+    with _workers_run(tmp_path, session=True) as (_server, process, log):
         worker = _worker_pid(log)
         os.killpg(process.pid, signal.SIGINT)
         assert process.wait(30) == 0, log.read_text()
         with pytest.raises(ProcessLookupError):
             os.kill(worker, 0)
         assert "level=error" not in log.read_text()
-    finally:
-        if process.poll() is None:
-            process.kill()
-        server.stop()
 
 
 def test_ctrl_c_while_a_worker_is_still_starting_is_a_clean_stop(tmp_path: Path) -> None:
     """Ctrl-C while the worker is still starting (it takes ~0.5 s to import): the parent stops
     it, and a worker stopped before it served anything is no failure (it used to die of the
     SIGINT, and the run exited 1)."""
-    server = start_server(tmp_path / "nats")
-    log = tmp_path / "run.log"
-    process = _start(server.url, log, session=True, ready='msg="started worker process"')
-    try:
+    with _workers_run(tmp_path, session=True, ready='msg="started worker process"') as (_server, process, log):
         os.killpg(process.pid, signal.SIGINT)  # the worker is still importing: it takes ~0.5 s
         assert process.wait(30) == 0, log.read_text()
         assert "level=error" not in log.read_text()
-    finally:
-        if process.poll() is None:
-            process.kill()
-        server.stop()
 
 
 def test_run_stops_with_status_1_when_a_worker_dies(tmp_path: Path) -> None:
-    server = start_server(tmp_path / "nats")
-    log = tmp_path / "run.log"
-    process = _start(server.url, log)
-    try:
+    with _workers_run(tmp_path) as (_server, process, log):
         os.kill(_worker_pid(log), signal.SIGKILL)
         assert process.wait(30) == 1
         assert "worker 1 exited with status -9 while serving" in log.read_text()
-    finally:
-        if process.poll() is None:
-            process.kill()
-        server.stop()
 
 
 def test_run_rejects_bad_worker_options() -> None:
