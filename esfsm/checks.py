@@ -36,6 +36,7 @@ from esfsm.expressions import (
 )
 from esfsm.findings import Finding, did_you_mean, has_errors, one_of, pointer
 from esfsm.loader import Document
+from esfsm.values import HEADER_NAME
 
 # The JSON Schemas of the DSL live in the repository's schemas/; esfsm/schemas links
 # there, so a wheel carries them inside the package. Where the link is not a folder
@@ -63,7 +64,7 @@ def _dsl_validator(name: str) -> Draft202012Validator:
 # -- the DSL schema ----------------------------------------------------------
 
 
-HEADER_NAME_PATTERN = "^[!-9;-~]+$"  # scenarios.schema.json: header names and values NATS can carry
+HEADER_NAME_PATTERN = f"^{HEADER_NAME.pattern}$"  # scenarios.schema.json: header names and values NATS can carry
 NO_LINE_BREAK_PATTERN = "^[^\\r\\n]*$"
 
 

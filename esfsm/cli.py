@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from esfsm import __version__
 from esfsm.errors import EsfsmError
 from esfsm.findings import Finding, has_errors
 from esfsm.project import Project, check_paths
+from esfsm.values import HEADER_NAME
 
 PATHS = click.argument(
     "paths", nargs=-1, type=click.Path(exists=True, path_type=Path),
@@ -300,9 +300,6 @@ async def _client(servers: tuple[str, ...], store_dir: Path, kwargs: dict[str, A
     return await Client.connect(servers, _options(kwargs, "esfsm-cli"), store_dir, timeout)
 
 
-_HEADER_NAME = re.compile(r"[!-9;-~]+")  # printable ASCII but ':' (RFC 7230 field names are stricter still)
-
-
 def _parse_headers(values: tuple[str, ...]) -> dict[str, str]:
     headers = {}
     for value in values:
@@ -310,7 +307,7 @@ def _parse_headers(values: tuple[str, ...]) -> dict[str, str]:
         name = name.strip()
         if not sep or not name:
             raise click.BadParameter(f"{value!r} is not NAME=VALUE", param_hint="'--header'")
-        if not _HEADER_NAME.fullmatch(name):
+        if not HEADER_NAME.fullmatch(name):
             raise click.BadParameter(f"{name!r} is not a header name: printable ASCII without spaces or ':'",
                                      param_hint="'--header'")
         if "\r" in text or "\n" in text:

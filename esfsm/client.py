@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,14 +25,19 @@ from nats.aio.client import Client as NatsClient
 from nats.errors import MaxPayloadError, NoRespondersError, TimeoutError
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError, ServiceUnavailableError
 
-from esfsm.engine import check_key
+from esfsm.engine import check_key, require_text, wire_headers
 from esfsm.errors import EsfsmError
 from esfsm.findings import did_you_mean, one_of
-from esfsm.runtime.connection import DEFAULT_STORE, ConnectError, ConnectOptions, connect, resolve_servers
+from esfsm.runtime.connection import (
+    DEFAULT_STORE,
+    ConnectError,
+    ConnectOptions,
+    connect,
+    gather_answers,
+    resolve_servers,
+)
 from esfsm.runtime.jetstream import api_prefix, last_message, read_subject
-from esfsm.values import COMMAND_ID_HEADER, EXPECTED_VERSION_HEADER, KEY_HEADER
-
-_AGGREGATE_NAME = re.compile(r"[a-z][a-z0-9_]*")  # as the DSL allows them
+from esfsm.values import AGGREGATE_NAME, COMMAND_ID_HEADER, EXPECTED_VERSION_HEADER, KEY_HEADER
 
 
 def payload_json(value: Any) -> bytes:
@@ -100,7 +103,7 @@ class Client:
 
     async def aggregate(self, name: str) -> AggregateInfo:
         """The aggregate's NATS names, from its service's discovery answer."""
-        if not (isinstance(name, str) and _AGGREGATE_NAME.fullmatch(name)):
+        if not (isinstance(name, str) and AGGREGATE_NAME.fullmatch(name)):
             raise ClientError(f"invalid aggregate name {name!r}: aggregate names are lowercase letters, digits "
                               "and '_', starting with a letter")
         if name not in self._info:
@@ -124,40 +127,27 @@ class Client:
         """The aggregates that esfsm runtimes serve on this server (the micro services that
         answer `$SRV.PING` within wait seconds), sorted."""
         found: set[str] = set()
-
-        async def answer(msg: Any) -> None:
+        for answer in await gather_answers(self.nc, ["$SRV.PING"], wait):
             try:
-                name = orjson.loads(msg.data).get("name", "")
+                name = orjson.loads(answer).get("name", "")
             except (orjson.JSONDecodeError, AttributeError):
-                return
+                continue
             if isinstance(name, str) and name.startswith("aggregate-"):
                 found.add(name.removeprefix("aggregate-"))
-
-        inbox = self.nc.new_inbox()
-        sub = await self.nc.subscribe(inbox, cb=answer)
-        try:
-            await self.nc.publish("$SRV.PING", b"", reply=inbox)
-            await asyncio.sleep(wait)
-        finally:
-            await sub.unsubscribe()
         return sorted(found)
 
     async def send(self, aggregate: str, command: str, key: str, data: Any = None,
                    headers: dict[str, str] | None = None, command_id: str | None = None,
                    expected_version: int | None = None) -> dict[str, Any]:
         """Send a command; the reply dict (`accepted`, `message`, and the rest of the wire contract)."""
-        for what, value in (("command", command), ("key", key), ("command_id", command_id)):
-            if not isinstance(value, str) and not (what == "command_id" and value is None):
-                raise TypeError(f"the {what} must be a string, got {type(value).__name__} {value!r:.60}")
-        if headers is not None and not isinstance(headers, Mapping):
-            raise TypeError(f"headers must be a mapping of strings, got {type(headers).__name__}")
-        for name, value in (headers or {}).items():
-            if not isinstance(name, str) or not isinstance(value, str):
-                raise TypeError(f"header {name!r}: names and values must be strings, got {type(value).__name__} "
-                                f"{value!r}")
+        require_text("command", command)
+        require_text("key", key)
+        if command_id is not None:
+            require_text("command_id", command_id)
+        all_headers = wire_headers(headers)  # what cannot be sent is refused before anything is
         body = data if isinstance(data, bytes) else payload_json({} if data is None else data)
         info = await self.aggregate(aggregate)
-        all_headers = {**(headers or {}), KEY_HEADER: key}
+        all_headers[KEY_HEADER] = key
         if command_id is not None:
             all_headers[COMMAND_ID_HEADER] = command_id
         if expected_version is not None:

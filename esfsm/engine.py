@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -25,6 +24,7 @@ from esfsm.values import (
     COMMAND_ID_HEADER,
     CONFLICT,
     EXPECTED_VERSION_HEADER,
+    HEADER_NAME,
     NOT_FOUND,
     CommandRequest,
     Decision,
@@ -187,13 +187,15 @@ class MemoryEventStore:
         log.extend(events)
 
 
-def _text(what: str, value: object) -> None:
+def require_text(what: str, value: object) -> None:
+    """A TypeError naming what, unless value is a string."""
     if not isinstance(value, str):
         raise TypeError(f"the {what} must be a string, got {type(value).__name__} {value!r:.60}")
 
 
-def _headers(headers: Mapping[str, str] | None) -> dict[str, str]:
-    """headers as the runtime receives them: string names and values, values stripped (NATS does)."""
+def wire_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
+    """headers as the runtime receives them: string names NATS can carry and string values,
+    stripped as NATS strips them; TypeError or ValueError for what cannot be sent."""
     if headers is None:
         return {}
     if not isinstance(headers, Mapping):
@@ -203,13 +205,10 @@ def _headers(headers: Mapping[str, str] | None) -> dict[str, str]:
         if not isinstance(name, str) or not isinstance(value, str):
             raise TypeError(f"header {name!r}: names and values must be strings, got {type(value).__name__} "
                             f"{value!r:.60}")
-        if not _HEADER_NAME.fullmatch(name):
+        if not HEADER_NAME.fullmatch(name):
             raise ValueError(f"{name!r} cannot travel as a NATS header name: printable ASCII without spaces or ':'")
         out[name] = value.strip()
     return out
-
-
-_HEADER_NAME = re.compile(r"[!-9;-~]+")
 
 
 class MemoryEngine:
@@ -235,7 +234,7 @@ class MemoryEngine:
         self._outcomes: dict[tuple[str, str, str], Decision] = {}
 
     def aggregate(self, name: str) -> CompiledAggregate:
-        _text("aggregate", name)
+        require_text("aggregate", name)
         try:
             return self.aggregates[name]
         except KeyError:
@@ -264,9 +263,9 @@ class MemoryEngine:
     ) -> Decision:
         """Handle one command as the runtime would, and store its events if accepted. Header
         values are stripped of surrounding whitespace, as they are on the wire."""
-        _text("aggregate", aggregate)
-        _text("command", command)
-        headers = _headers(headers)
+        require_text("aggregate", aggregate)
+        require_text("command", command)
+        headers = wire_headers(headers)
         compiled = self.aggregates.get(aggregate)
         if compiled is None:
             return unknown_aggregate(aggregate, self.aggregates)

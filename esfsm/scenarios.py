@@ -118,7 +118,7 @@ def _parse_time(value: str) -> dt.datetime | None:
     if not isinstance(value, str) or not _DATE_TIME.fullmatch(value):
         return None
     try:
-        parsed = dt.datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
+        parsed = dt.datetime.fromisoformat(value.upper())
     except ValueError:
         return None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import DEFINITIONS, FIXTURES
+
 from esfsm import MemoryEngine, load_project
 from esfsm.errors import ScenarioError, UnknownAggregateError
 

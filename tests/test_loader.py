@@ -320,9 +320,9 @@ def test_a_file_over_the_size_limit_is_refused_unread(tmp_path: Path) -> None:
 
 
 def test_one_path_given_bare_is_one_path_and_a_missing_one_says_so(tmp_path: Path) -> None:
-    from esfsm import load_project
-
     from conftest import DEFINITIONS
+
+    from esfsm import load_project
 
     assert sorted(load_project(str(DEFINITIONS)).aggregates) == sorted(load_project([DEFINITIONS]).aggregates)
     assert sorted(load_project(DEFINITIONS).aggregates) == ["bankaccount", "order", "ticket"]

@@ -10,15 +10,14 @@ existing aggregate is refused rather than left broken on disk.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from esfsm.checks import SCHEMA_DIR, check_documents
 from esfsm.findings import Finding
 from esfsm.loader import Document, discover, kind_of, load_file, load_text
+from esfsm.values import AGGREGATE_NAME
 
-NAME = re.compile(r"[a-z][a-z0-9_]*")
 MAX_NAME = 64
 
 DEFINITION = """\
@@ -161,7 +160,7 @@ class Scaffold:
 
 def name_problem(name: str) -> str | None:
     """Why name cannot be an aggregate name, or None if it can."""
-    if not NAME.fullmatch(name):
+    if not AGGREGATE_NAME.fullmatch(name):
         return (f"{name!r} is not a valid aggregate name: expected lowercase letters, digits and '_', "
                 "starting with a letter, such as 'shop_order'")
     if len(name) > MAX_NAME:

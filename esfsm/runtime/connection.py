@@ -6,6 +6,7 @@ import asyncio
 import os
 import re
 import ssl
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,24 @@ class ConnectOptions:
         if tls is not None:
             kwargs["tls"] = tls
         return kwargs
+
+
+async def gather_answers(nc: Client, subjects: Iterable[str], wait: float) -> list[bytes]:
+    """The answers to an empty request on each subject that arrive within wait seconds, from
+    however many responders (micro discovery: `$SRV.PING`, `$SRV.INFO.<service>`)."""
+    answers: list[bytes] = []
+
+    async def collect(msg: Any) -> None:
+        answers.append(msg.data)
+
+    sub = await nc.subscribe(inbox := nc.new_inbox(), cb=collect)
+    try:
+        for subject in subjects:
+            await nc.publish(subject, b"", reply=inbox)
+        await asyncio.sleep(wait)
+    finally:
+        await sub.unsubscribe()
+    return answers
 
 
 SCHEMES = ("nats", "tls", "ws", "wss")

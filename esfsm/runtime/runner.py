@@ -22,7 +22,7 @@ from nats.aio.client import Client
 from esfsm.compiler import CompiledAggregate
 from esfsm.errors import EsfsmError
 from esfsm.model import fingerprint
-from esfsm.runtime.connection import DEFAULT_STORE, ConnectOptions, connect, resolve_servers
+from esfsm.runtime.connection import DEFAULT_STORE, ConnectOptions, connect, gather_answers, resolve_servers
 from esfsm.runtime.partition import PREFIX, Partition
 from esfsm.runtime.projector import Projector
 from esfsm.runtime.server import EmbeddedServer, die_with_parent
@@ -126,31 +126,25 @@ class Runtime:
         """Warn when another runtime serves one of these aggregates from a different definition:
         the two would decide its commands differently (expected only during a rolling upgrade)."""
         ours = {name: fingerprint(service.compiled.model) for name, service in self.services.items()}
+        try:  # on the subject every client may ask on (docs/security.md)
+            answers = await gather_answers(self.nc, [f"$SRV.INFO.aggregate-{name}" for name in ours], wait)
+        except Exception as err:  # noqa: BLE001 - a check for the operator's sake: never stops the runtime
+            log.debug("comparing definitions with other runtimes failed: %s", type(err).__name__)
+            return
         warned: set[str] = set()
-
-        async def answer(msg: Any) -> None:
+        for answer in answers:
             try:
-                info_ = json.loads(msg.data)
+                info_ = json.loads(answer)
                 meta = info_.get("metadata") or {}
                 name, theirs = meta.get("aggregate"), meta.get("definition")
             except (ValueError, AttributeError):
-                return
+                continue
             if name in ours and theirs and theirs != ours[name] and name not in warned:
                 warned.add(name)
                 log.warning("another runtime serves aggregate %r from a different definition (its fingerprint "
                             "%s, ours %s): commands will be decided by whichever of the two gets them; expected "
                             "only during a rolling upgrade", name, theirs, ours[name],
                             extra={"fields": {"aggregate": name, "other": info_.get("id", "?")}})
-
-        try:
-            inbox = self.nc.new_inbox()
-            sub = await self.nc.subscribe(inbox, cb=answer)
-            for name in ours:  # the subject every client may ask on (docs/security.md)
-                await self.nc.publish(f"$SRV.INFO.aggregate-{name}", b"", reply=inbox)
-            await asyncio.sleep(wait)
-            await sub.unsubscribe()
-        except Exception as err:  # noqa: BLE001 - a check for the operator's sake: never stops the runtime
-            log.debug("comparing definitions with other runtimes failed: %s", type(err).__name__)
 
     async def stop(self) -> None:
         """Stop taking commands, finish those in flight, then stop the snapshot writers."""
