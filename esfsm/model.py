@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
+from esfsm import contract
 from esfsm.findings import pointer
 
 ANY_STATE = "*"
@@ -31,10 +32,10 @@ class NatsNames:
     @classmethod
     def defaults(cls, aggregate: str, given: Mapping[str, Any]) -> NatsNames:
         return cls(
-            commands=given.get("commands", f"{aggregate}.cmds"),
-            events=given.get("events", f"{aggregate}.events"),
-            stream=given.get("stream", f"{aggregate.upper()}_EVENTS"),
-            bucket=given.get("bucket", f"AGG_{aggregate}"),
+            commands=given.get("commands", contract.default_commands(aggregate)),
+            events=given.get("events", contract.default_events(aggregate)),
+            stream=given.get("stream", contract.default_stream(aggregate)),
+            bucket=given.get("bucket", contract.default_bucket(aggregate)),
             replicas=given.get("replicas", 1),
         )
 
@@ -101,7 +102,7 @@ class Aggregate:
 
     @property
     def service_name(self) -> str:
-        return f"aggregate-{self.name}"
+        return contract.service_name(self.name)
 
     def source_states(self, event: Event) -> tuple[str, ...]:
         """The states an event may occur in, with '*' expanded to every non-final state."""

@@ -9,9 +9,10 @@ from typing import Any
 
 from cloudevents.core.base import BaseCloudEvent
 
-KEY_HEADER = "x-ergonats-entity-key"
-COMMAND_ID_HEADER = "x-esfsm-command-id"
-EXPECTED_VERSION_HEADER = "x-esfsm-expected-version"
+from esfsm.contract import COMMAND_ID_HEADER, EXPECTED_VERSION_HEADER, KEY_HEADER
+
+__all__ = ["COMMAND_ID_HEADER", "EXPECTED_VERSION_HEADER", "KEY_HEADER"]  # re-exported: older imports
+
 KEY_PATTERN = re.compile(r"[A-Za-z0-9_=-]{1,128}")
 AGGREGATE_NAME = re.compile(r"[a-z][a-z0-9_]*")  # the DSL's aggregate names (aggregate.schema.json)
 HEADER_NAME = re.compile(r"[!-9;-~]+")  # what NATS carries as a header name: printable ASCII but ':'
