@@ -26,6 +26,7 @@ from esfsm.events import new_event
 from esfsm.expressions import Expression, Template, field_references
 from esfsm.findings import did_you_mean, one_of, pointer
 from esfsm.model import Aggregate, Command, Rule
+from esfsm.paths import EmitPaths
 from esfsm.validation import SchemaCheck
 from esfsm.values import (
     BAD_REQUEST,
@@ -159,17 +160,11 @@ class CompiledAggregate:
         """States from which some choice of the command's conditional emits is a valid path
         that emits at least one event (a command that could only ever do nothing in a
         state, e.g. a final one, is not accepted there)."""
-        accepted = []
-        for start in self.model.states:
-            if command.in_states is not None and start not in command.in_states:
-                continue
-            paths = {(start, False)}  # (state reached, whether an event was emitted)
-            for emit in command.emits:
-                moved = {(n, True) for s, _ in paths if (n := self.next_state(s, emit.event)) is not None}
-                paths = moved | paths if emit.condition else moved
-            if any(emitted for _, emitted in paths):
-                accepted.append(start)
-        return accepted
+        return [
+            start for start in self.model.states
+            if (command.in_states is None or start in command.in_states)
+            and EmitPaths(self.next_state, start, command.emits).emits_an_event()
+        ]
 
     # -- pure functions ------------------------------------------------------
 
