@@ -10,9 +10,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
+
+from cloudevents.core.base import BaseCloudEvent
 
 from esfsm.checks import schema_findings
 from esfsm.compiler import CompiledAggregate
@@ -22,7 +24,7 @@ from esfsm.events import new_event
 from esfsm.findings import Finding, did_you_mean, one_of
 from esfsm.loader import Document
 from esfsm.project import Project
-from esfsm.values import Decision
+from esfsm.values import Decision, EntityState
 
 DEFAULT_KEY = "test-1"
 
@@ -70,8 +72,19 @@ class Report:
                     yield f"    {'- ' if i == 0 else '  '}{text}"
 
 
+class ScenarioEngine(Protocol):
+    """What a scenario needs of an engine: MemoryEngine, or the NATS runtime's NatsScenarioEngine."""
+
+    def handle(self, aggregate: str, command: str, key: str, payload: Any = None,
+               headers: dict[str, str] | None = None) -> Decision: ...
+
+    def state(self, aggregate: str, key: str) -> EntityState: ...
+
+    def record(self, aggregate: str, key: str, events: Iterable[BaseCloudEvent]) -> EntityState: ...
+
+
 # An engine factory: given the compiled aggregate and a clock, a fresh engine.
-EngineFactory = Callable[[CompiledAggregate, Callable[[], dt.datetime]], MemoryEngine]
+EngineFactory = Callable[[CompiledAggregate, Callable[[], dt.datetime]], ScenarioEngine]
 
 
 def memory_engine(aggregate: CompiledAggregate, clock: Callable[[], dt.datetime]) -> MemoryEngine:
@@ -80,7 +93,7 @@ def memory_engine(aggregate: CompiledAggregate, clock: Callable[[], dt.datetime]
 
 def run_scenario_files(project: Project, engine_factory: EngineFactory = memory_engine) -> Report:
     report = Report()
-    started = dt.datetime.now(dt.timezone.utc)
+    started = dt.datetime.now(dt.UTC)
     for doc in project.scenario_documents:
         problems = schema_findings(doc, "scenarios")
         aggregate_name = doc.data.get("aggregate")
@@ -121,7 +134,7 @@ def _parse_time(value: str) -> dt.datetime | None:
         parsed = dt.datetime.fromisoformat(value.upper())
     except ValueError:
         return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
 
 def _run(doc: Document, index: int, scenario: dict[str, Any], aggregate: CompiledAggregate,
@@ -158,14 +171,14 @@ def _run(doc: Document, index: int, scenario: dict[str, Any], aggregate: Compile
     return result
 
 
-def _send(engine: MemoryEngine, aggregate: CompiledAggregate, step: dict[str, Any], default_key: str,
+def _send(engine: ScenarioEngine, aggregate: CompiledAggregate, step: dict[str, Any], default_key: str,
           default_headers: dict[str, str]) -> Decision:
     merged = {**default_headers, **step.get("headers", {})}
     headers = {k: v for k, v in merged.items() if v is not None}  # null removes a default header
     return engine.handle(aggregate.name, step["command"], step.get("key", default_key), step.get("data", {}), headers)
 
 
-def _record(engine: MemoryEngine, aggregate: CompiledAggregate, key: str, step: dict[str, Any],
+def _record(engine: ScenarioEngine, aggregate: CompiledAggregate, key: str, step: dict[str, Any],
             now: dt.datetime, label: str) -> None:
     name = step["event"]
     if name not in aggregate.events:
@@ -178,32 +191,31 @@ def _record(engine: MemoryEngine, aggregate: CompiledAggregate, key: str, step: 
         raise StepFailed(f"{label}: {err}") from err
 
 
-def _compare(then: dict[str, Any], decision: Decision, engine: MemoryEngine, aggregate: CompiledAggregate,
+def _compare(then: dict[str, Any], decision: Decision, engine: ScenarioEngine, aggregate: CompiledAggregate,
              key: str) -> Iterator[str]:
     if "rejected" in then:
         expected = then["rejected"]
         if decision.accepted:
-            got = [e.get_type() for e in decision.events]
-            yield f"expected a rejection {_short(expected)}\n     got: accepted, events {got}"
+            emitted = [e.get_type() for e in decision.events]
+            yield f"expected a rejection {_short(expected)}\n     got: accepted, events {emitted}"
         else:
             if "code" in expected and expected["code"] != decision.code:
                 yield f"expected rejection code {expected['code']}\n     got: {decision.code} ({decision.message})"
             if "message" in expected and expected["message"] not in decision.message:
                 yield f"expected the message to contain {expected['message']!r}\n     got: {decision.message!r}"
+    elif not decision.accepted:
+        yield f"expected the command to be accepted\n     got: rejected {decision.code}: {decision.message}"
     else:
-        if not decision.accepted:
-            yield f"expected the command to be accepted\n     got: rejected {decision.code}: {decision.message}"
+        got: list[dict[str, Any]] = [{"type": e.get_type(), "data": e.get_data()} for e in decision.events]
+        wanted = then["events"]
+        if [w["type"] for w in wanted] != [g["type"] for g in got]:
+            yield (f"expected events {[w['type'] for w in wanted]}\n     got: {[g['type'] for g in got]}"
+                   + "".join(_not_declared("an event type", w["type"], aggregate.events) for w in wanted))
         else:
-            got = [{"type": e.get_type(), "data": e.get_data()} for e in decision.events]
-            wanted = then["events"]
-            if [w["type"] for w in wanted] != [g["type"] for g in got]:
-                yield (f"expected events {[w['type'] for w in wanted]}\n     got: {[g['type'] for g in got]}"
-                       + "".join(_not_declared("an event type", w["type"], aggregate.events) for w in wanted))
-            else:
-                for i, (w, g) in enumerate(zip(wanted, got)):
-                    if "data" in w and not is_subset(w["data"], g["data"]):
-                        yield (f"event {i} ({g['type']}) data differs\n expected: {_short(w['data'])}\n"
-                               f"      got: {_short(g['data'])}{_where(w['data'], g['data'])}")
+            for i, (w, g) in enumerate(zip(wanted, got, strict=True)):  # same types, so same length
+                if "data" in w and not is_subset(w["data"], g["data"]):
+                    yield (f"event {i} ({g['type']}) data differs\n expected: {_short(w['data'])}\n"
+                           f"      got: {_short(g['data'])}{_where(w['data'], g['data'])}")
     after = engine.state(aggregate.name, key)
     if "state" in then and then["state"] != after.state:
         yield (f"expected state {then['state']!r}\n     got: {after.state!r}"
@@ -241,7 +253,7 @@ def differences(expected: Any, actual: Any, path: str = "") -> Iterator[tuple[st
             else:
                 yield from differences(v, actual[k], where)
     elif isinstance(expected, list) and isinstance(actual, list) and len(expected) == len(actual):
-        for i, (e, a) in enumerate(zip(expected, actual)):
+        for i, (e, a) in enumerate(zip(expected, actual, strict=True)):
             yield from differences(e, a, f"{path}/{i}")
     elif not is_subset(expected, actual):
         if isinstance(expected, list) and isinstance(actual, list):
@@ -256,7 +268,7 @@ def is_subset(expected: Any, actual: Any) -> bool:
         return isinstance(actual, dict) and all(k in actual and is_subset(v, actual[k]) for k, v in expected.items())
     if isinstance(expected, list):
         return isinstance(actual, list) and len(expected) == len(actual) and all(
-            is_subset(e, a) for e, a in zip(expected, actual))
+            is_subset(e, a) for e, a in zip(expected, actual, strict=True))
     if isinstance(expected, bool) or isinstance(actual, bool):
         return expected is actual
     return bool(expected == actual)

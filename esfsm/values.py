@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from cloudevents.core.base import BaseCloudEvent
 
@@ -70,7 +70,7 @@ class Rejected:
     code: int
     message: str
     errors: tuple[ErrorDetail, ...] = ()
-    accepted: bool = field(default=False, init=False)
+    accepted: Literal[False] = field(default=False, init=False)  # the tag: `if decision.accepted` narrows Decision
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -88,7 +88,7 @@ class Accepted:
     events: tuple[BaseCloudEvent, ...]
     state: EntityState
     message: str = "command accepted"
-    accepted: bool = field(default=True, init=False)
+    accepted: Literal[True] = field(default=True, init=False)
 
     def as_dict(self) -> dict[str, Any]:
         from esfsm.events import event_to_dict
