@@ -1,14 +1,20 @@
-"""Shared fixtures: the example definitions, compiled once per session."""
+"""Shared fixtures: the example definitions compiled once per session, the session's
+nats-server and `esfsm run` process, and the raw clients the hostile suites talk through."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from esfsm.project import Project, load_project
 from esfsm.runtime.server import EmbeddedServer
+
+if TYPE_CHECKING:
+    from hostile_support import Isolated, Wire
+    from nats_support import RuntimeProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFINITIONS = ROOT / "definitions"
@@ -32,10 +38,56 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedSe
 
 
 @pytest.fixture(scope="session")
-def runtime(nats_server: EmbeddedServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+def runtime(nats_server: EmbeddedServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RuntimeProcess]:
     """One `esfsm run` process serving the examples and the test aggregates."""
     from nats_support import RuntimeProcess
 
     process = RuntimeProcess(nats_server.url, log=tmp_path_factory.mktemp("runtime") / "runtime.log").start()
     yield process
     assert process.terminate() == 0, process.log()
+
+
+# -- the hostile suites (test_hostile_*.py): raw clients, and runtimes of their own ----------
+
+
+@pytest.fixture(scope="module")
+def wire(nats_server: EmbeddedServer, runtime: RuntimeProcess) -> Iterator[Wire]:
+    """A raw nats-py client of the session's runtime."""
+    from hostile_support import Wire
+
+    client = Wire(nats_server.url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def bank(wire: Wire, runtime: RuntimeProcess) -> Iterator[Wire]:
+    """The session's runtime, checked to be alive and answering after the test."""
+    yield wire
+    wire.assert_alive(runtime)
+
+
+@pytest.fixture(scope="module")
+def isolated_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]:
+    """A nats-server of the module's own, for runtimes that hostile input may take down."""
+    from nats_support import start_server
+
+    server = start_server(tmp_path_factory.mktemp("hostile-nats"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def isolated(isolated_server: EmbeddedServer, tmp_path: Path) -> Iterator[Isolated]:
+    """A runtime of its own (bankaccount only) on a server of its own, killed after the test:
+    for inputs that may take a runtime's connection down."""
+    from hostile_support import BANKACCOUNT, Isolated, Wire
+    from nats_support import RuntimeProcess
+
+    process = RuntimeProcess(isolated_server.url, paths=[str(BANKACCOUNT)], log=tmp_path / "runtime.log").start()
+    client = Wire(isolated_server.url)
+    try:
+        yield Isolated(client, process)
+    finally:
+        client.close()
+        process.kill()
