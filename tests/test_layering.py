@@ -5,7 +5,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
-CORE = ["esfsm", "esfsm.loader", "esfsm.checks", "esfsm.model", "esfsm.compiler", "esfsm.engine", "esfsm.scenarios"]
+CORE = [
+    "esfsm", "esfsm.loader", "esfsm.model", "esfsm.compiler", "esfsm.engine", "esfsm.scenarios",
+    "esfsm.checks", "esfsm.checks.driver", "esfsm.checks.context", "esfsm.checks.dsl", "esfsm.checks.schema_errors",
+    "esfsm.checks.states", "esfsm.checks.cel", "esfsm.checks.emits", "esfsm.checks.json_schemas", "esfsm.checks.names",
+]
 RUNTIME = ["esfsm.runtime.runner", "esfsm.runtime.testing", "esfsm.client"]
 
 
