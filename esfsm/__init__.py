@@ -38,8 +38,8 @@ __all__ = [
     "Rejected",
     "ReplayError",
     "ScenarioError",
+    "__version__",
     "check_paths",
     "compile_aggregate",
     "load_project",
-    "__version__",
 ]

@@ -161,8 +161,8 @@ def build(raw: Mapping[str, Any], file: str) -> Aggregate:
             where=where,
         )
     events = {}
-    for ename, spec in raw["events"].items():
-        spec = spec or {}
+    for ename, declared in raw["events"].items():
+        spec = declared or {}  # `shipped:` with nothing after it declares an event with no body (null)
         events[ename] = Event(
             name=ename,
             description=spec.get("description", ""),

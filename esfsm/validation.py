@@ -16,6 +16,7 @@ from typing import Any
 
 import fastjsonschema
 from jsonschema import Draft202012Validator, validators
+from jsonschema.protocols import Validator
 
 from esfsm.findings import pointer
 from esfsm.values import ErrorDetail
@@ -38,7 +39,8 @@ def _is_strict_integer(checker: Any, instance: Any) -> bool:
 
 # JSON Schema calls 10.0 an integer; CEL does not (10.0 + 1 fails). Payloads must
 # send integers as integers, so a definition's integer fields never surprise CEL.
-StrictValidator = validators.extend(
+# (types-jsonschema leaves validators.extend unannotated; what it returns is a Validator class.)
+StrictValidator: type[Validator] = validators.extend(  # type: ignore[no-untyped-call]
     Draft202012Validator,
     type_checker=Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_strict_integer),
 )
@@ -57,9 +59,8 @@ def _portable(schema: Any) -> bool:
         elif key in ("additionalProperties", "items", "propertyNames", "not"):
             if not _portable(value):
                 return False
-        elif key in ("allOf", "anyOf", "oneOf"):
-            if not isinstance(value, list) or not all(_portable(v) for v in value):
-                return False
+        elif key in ("allOf", "anyOf", "oneOf") and not (isinstance(value, list) and all(map(_portable, value))):
+            return False
     return True
 
 
@@ -108,7 +109,8 @@ class SchemaCheck:
         details = []
         for error in self.validator.iter_errors(instance):
             path = list(error.absolute_path)
-            if error.validator == "required" and isinstance(error.instance, Mapping):
+            if (error.validator == "required" and isinstance(error.instance, Mapping)
+                    and isinstance(error.validator_value, list)):
                 missing = [p for p in error.validator_value if p not in error.instance and repr(p) in error.message]
                 path += missing[:1]
             details.append(ErrorDetail(pointer(*path), error.message))

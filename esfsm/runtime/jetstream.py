@@ -18,7 +18,7 @@ import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 import orjson
 from nats.aio.client import Client
@@ -92,8 +92,10 @@ class Stored:
     body: bytes
 
 
+# A request's reply: its data, and its headers (None unless it is a status message).
+Reply = tuple[bytes, dict[str, str] | None]
 # then(answer, error) of Requester.send_then: ((data, headers), None), or (None, the error)
-Answer = Callable[["tuple[bytes, dict[str, str] | None] | None", "BaseException | None"], None]
+Answer = Callable[[Reply | None, BaseException | None], None]
 
 
 class Requester:
@@ -110,7 +112,7 @@ class Requester:
         self.nc = nc
         self.wire = wire(nc)
         self.prefix = nc.new_inbox() + "."
-        self._pending: dict[str, asyncio.Future[tuple[bytes, dict[str, str] | None]] | Answer] = {}
+        self._pending: dict[str, asyncio.Future[Reply] | Answer] = {}
         self._sub: Any = None
         self._subscribing: asyncio.Lock | None = None
         self._count = 0
@@ -161,10 +163,10 @@ class Requester:
                 self._sub = await self.wire.subscribe(self.prefix + "*", self._deliver, parse_headers=False)
 
     def send(self, subject: str, payload: bytes, timeout: float,
-             headers: bytes = b"") -> asyncio.Future[tuple[bytes, dict[str, str] | None]]:
+             headers: bytes = b"") -> asyncio.Future[Reply]:
         """Publish a request now; the future gets the reply's (data, headers), or TimeoutError.
         Several can be in flight without a task each (after `await ready()`)."""
-        future: asyncio.Future[tuple[bytes, dict[str, str] | None]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._send(subject, payload, timeout, headers, future)
         return future
 
@@ -174,7 +176,7 @@ class Requester:
         self._send(subject, payload, timeout, headers, then)
 
     def _send(self, subject: str, payload: bytes, timeout: float, headers: bytes,
-              waiter: asyncio.Future[tuple[bytes, dict[str, str] | None]] | Answer) -> None:
+              waiter: asyncio.Future[Reply] | Answer) -> None:
         self._count += 1
         token = str(self._count)
         self.wire.publish(subject, payload, self.prefix + token, headers)  # raises if it cannot go out
@@ -188,7 +190,7 @@ class Requester:
             self._sweeper = loop.call_later(SWEEP, self._sweep)
 
     async def request(self, subject: str, payload: bytes, timeout: float,
-                      headers: bytes = b"") -> tuple[bytes, dict[str, str] | None]:
+                      headers: bytes = b"") -> Reply:
         """The reply's (data, headers); headers is None unless it is a status message."""
         if self._sub is None:
             await self.ready()
@@ -288,8 +290,14 @@ async def kv_update(nc: Client, subject: str, value: bytes, last: int, timeout: 
     return kv_update_result(subject, data)
 
 
+@overload
 def append_one(nc: Client, entity_subjects: str, expected_seq: int, event: Outgoing,
-               timeout: float = 5.0, then: Answer | None = None) -> asyncio.Future[tuple[bytes, dict[str, str] | None]] | None:
+               timeout: float = 5.0, then: None = None) -> asyncio.Future[Reply]: ...
+@overload
+def append_one(nc: Client, entity_subjects: str, expected_seq: int, event: Outgoing,
+               timeout: float, then: Answer) -> None: ...
+def append_one(nc: Client, entity_subjects: str, expected_seq: int, event: Outgoing,
+               timeout: float = 5.0, then: Answer | None = None) -> asyncio.Future[Reply] | None:
     """Start the append of a single event (the request mux must be ready). Without then, a
     future gets the ack for append_result, or TimeoutError; with then, it is called with
     them instead (see Requester.send_then). Raises NOT_SENT errors when it cannot go out."""
@@ -353,7 +361,7 @@ async def read_subject(
 
 def _direct_get_failed(subjects: str, status: str, headers: Mapping[str, str], api: str) -> StoreError:
     if status == "503":  # no responders: no JetStream behind this API prefix
-        return UnavailableError(f"JetStream does not answer on {api.split('.DIRECT.')[0]}: is JetStream enabled on "
+        return UnavailableError(f"JetStream does not answer on {api.split('.DIRECT.', 1)[0]}: is JetStream enabled on "
                                 "the server, and the JetStream domain (--js-domain) right?")
     description = " ".join(str(headers.get("Description", "")).split())
     return StoreError(f"direct get of {subjects} failed: {status} {description}".rstrip())
