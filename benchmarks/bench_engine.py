@@ -169,7 +169,7 @@ def esfsm_loop(engine: MemoryEngine, workload: Workload) -> tuple[int, int]:
     handle = engine.handle
     headers = [{"x-username": owner} for owner in workload.owners]
     accepted = rejected = 0
-    for key, owner, meta in zip(workload.keys, workload.owners, headers):
+    for key, owner, meta in zip(workload.keys, workload.owners, headers, strict=True):
         decision = handle(AGGREGATE, "open_account", key, {"owner": owner, "initial_balance": INITIAL_BALANCE}, meta)
         if not decision.accepted:
             raise AssertionError(f"esfsm rejected open_account {key}: {decision.message}")
@@ -264,7 +264,7 @@ def new_bank() -> Bank:
 def eventsourcing_loop(bank: Bank, ids: dict[str, UUID], workload: Workload) -> tuple[int, int]:
     """Every command of the workload through the Bank application; (accepted, rejected)."""
     accepted = rejected = 0
-    for key, owner in zip(workload.keys, workload.owners):
+    for key, owner in zip(workload.keys, workload.owners, strict=True):
         ids[key] = bank.open_account(owner, INITIAL_BALANCE)
         accepted += 1
     keys = workload.keys
