@@ -20,6 +20,7 @@ from typing import Any, Literal
 import yaml
 
 from esfsm.findings import Finding, pointer
+from esfsm.yaml_errors import LoadFailed, reader_failed, syntax_failed
 
 DocumentKind = Literal["definition", "scenarios"]
 SCENARIO_SUFFIXES = (".scenarios.yaml", ".scenarios.yml")
@@ -115,12 +116,6 @@ class Document:
         return Finding(self.path, pos.line, pos.column, ptr, message, rule, severity)  # type: ignore[arg-type]
 
 
-class _LoadFailed(Exception):
-    def __init__(self, line: int, column: int, message: str, rule: str) -> None:
-        super().__init__(message)
-        self.line, self.column, self.message, self.rule = line, column, message, rule
-
-
 def kind_of(path: Path | str) -> DocumentKind:
     return "scenarios" if str(path).endswith(SCENARIO_SUFFIXES) else "definition"
 
@@ -153,13 +148,13 @@ def load_text(text: str, path: str) -> tuple[Document | None, list[Finding]]:
     try:
         node = _compose(text)
         if node is None:
-            raise _LoadFailed(1, 1, f"the file is empty; expected {_expected(kind)}", "yaml-empty")
+            raise LoadFailed(1, 1, f"the file is empty; expected {_expected(kind)}", "yaml-empty")
         if _expanded_size(node) > MAX_NODES:
             raise _Builder._failed(node, f"the document expands to more than {MAX_NODES} values; "
                                    "is an alias repeated too often (a 'billion laughs')?", "yaml-size")
         builder = _Builder()
         data = builder.build(node, "")
-    except _LoadFailed as err:
+    except LoadFailed as err:
         return None, [Finding(path, err.line, err.column, "", err.message, err.rule)]
     except RecursionError:  # block nesting deep enough to exhaust Python's stack before MAX_DEPTH is seen
         return None, [Finding(path, 1, 1, "", f"the document is nested more than {MAX_DEPTH} levels deep", "yaml-size")]
@@ -214,44 +209,22 @@ def _compose(text: str) -> yaml.Node | None:
     try:
         loader = _Loader(text)
     except yaml.reader.ReaderError as err:  # control characters
-        raise _reader_failed(text, err) from err
+        raise reader_failed(text, err) from err
     try:
         return loader.get_single_node()
     except yaml.reader.ReaderError as err:
-        raise _reader_failed(text, err) from err
+        raise reader_failed(text, err) from err
     except _TooDeep as err:
         mark = err.problem_mark
-        raise _LoadFailed(mark.line + 1, mark.column + 1, str(err.problem), "yaml-size") from err
+        raise LoadFailed(mark.line + 1, mark.column + 1, str(err.problem), "yaml-size") from err
     except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark or err.context_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        problem = err.problem or "invalid YAML"
-        if "but found another document" in problem:
-            problem = "expected a single YAML document, found several (remove the '---' separators)"
-        elif err.context and err.context_mark and err.problem_mark:
-            problem += f" ({err.context} at line {err.context_mark.line + 1}, column {err.context_mark.column + 1})"
-            if err.context_mark.line != err.problem_mark.line and err.context in _FLOW_CONTEXTS:
-                problem += f"; is the {_FLOW_CONTEXTS[err.context]!r} there closed?"
-            else:
-                problem += _YAML_HINTS.get(err.context, "")
-        raise _LoadFailed(line, col, f"invalid YAML: {problem}", "yaml-syntax") from err
+        raise syntax_failed(text, err) from err
     except yaml.YAMLError as err:
-        raise _LoadFailed(1, 1, f"invalid YAML: {err}".replace("\n", " "), "yaml-syntax") from err
+        raise LoadFailed(1, 1, f"invalid YAML: {err}".replace("\n", " "), "yaml-syntax") from err
     except RecursionError as err:
-        raise _LoadFailed(1, 1, f"the document is nested more than {MAX_DEPTH} levels deep", "yaml-size") from err
+        raise LoadFailed(1, 1, f"the document is nested more than {MAX_DEPTH} levels deep", "yaml-size") from err
     finally:
         loader.dispose()
-
-
-_FLOW_HINT = ("; inside {…} or […], a comma or a bracket ends the value: quote an expression that holds one, "
-              "or write the mapping in block style")
-_FLOW_CONTEXTS = {"while parsing a flow mapping": "{", "while parsing a flow sequence": "["}
-_YAML_HINTS = {  # the traps of docs/dsl.md, by PyYAML's context (on the line where the error is)
-    "while parsing a flow mapping": _FLOW_HINT,
-    "while parsing a flow sequence": _FLOW_HINT,
-    "while scanning an alias": "; a value that starts with '*' is a YAML alias: quote it, as in from: '*'",
-    "while scanning an anchor": "; a value that starts with '&' is a YAML anchor: quote it",
-}
 
 
 def _expanded_size(root: yaml.Node) -> int:
@@ -271,15 +244,6 @@ def _expanded_size(root: yaml.Node) -> int:
         return total
 
     return size(root)
-
-
-def _reader_failed(text: str, err: yaml.reader.ReaderError) -> _LoadFailed:
-    """A ReaderError (a character YAML does not allow) with its line and column."""
-    before = text[: err.position]
-    line, column = before.count("\n") + 1, err.position - (before.rfind("\n") + 1) + 1
-    char = chr(err.character) if isinstance(err.character, int) else str(err.character)
-    return _LoadFailed(line, column, f"invalid YAML: the character {char!r} (#x{ord(char[:1] or ' '):04x}) "
-                       "is not allowed; remove it or write it as an escape in a double-quoted string", "yaml-syntax")
 
 
 class _Builder:
@@ -375,11 +339,11 @@ class _Builder:
             raise self._failed(node, f"{node.value!r} is not a valid value for the tag {tag!r}", "yaml-tag") from err
 
     @staticmethod
-    def _failed(node: yaml.Node, message: str, rule: str) -> _LoadFailed:
-        return _LoadFailed(node.start_mark.line + 1, node.start_mark.column + 1, message, rule)
+    def _failed(node: yaml.Node, message: str, rule: str) -> LoadFailed:
+        return LoadFailed(node.start_mark.line + 1, node.start_mark.column + 1, message, rule)
 
     @classmethod
-    def _bad_tag(cls, node: yaml.Node) -> _LoadFailed:
+    def _bad_tag(cls, node: yaml.Node) -> LoadFailed:
         tag = "!!" + node.tag[len(_CORE):] if node.tag.startswith(_CORE) else node.tag
         return cls._failed(node, f"the tag {tag!r} is not allowed; only plain YAML data is (strings, numbers, "
                            "true/false, null, lists and mappings)", "yaml-tag")

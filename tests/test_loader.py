@@ -180,6 +180,24 @@ def test_the_yaml_traps_of_the_docs_get_a_hint() -> None:
     )]
 
 
+def test_an_error_at_the_end_of_the_file_is_reported_on_its_last_line() -> None:
+    """PyYAML puts the end of the stream on the line after the final line break, which no editor shows."""
+    unclosed = ("t.yaml:1:9: error: invalid YAML: expected ',' or ']', but got '<stream end>' "
+                "(while parsing a flow sequence at line 1, column 4); is the '[' there closed?")
+    assert problems("a: [1, 2\n") == [unclosed]
+    assert problems("a: [1, 2\n\n  \n") == [unclosed]  # trailing blank lines too
+    assert problems("a: [1, 2\r\n") == [unclosed]
+    assert problems("a: [1, 2") == [unclosed]  # no final line break: already on the last line
+    assert problems("a: b\nc: 'text\n") == [
+        ("t.yaml:2:9: error: invalid YAML: found unexpected end of stream (while scanning a quoted scalar "
+         "at line 2, column 4)"),
+    ]
+    assert problems("a: {\n") == [  # the open bracket's own position is past the end too
+        ("t.yaml:1:5: error: invalid YAML: expected the node content, but found '<stream end>' "
+         "(while parsing a flow node at line 1, column 5)"),
+    ]
+
+
 def test_a_control_character_is_reported_where_it_is() -> None:
     assert problems("a: 1\nb: x\x07y\n") == [
         "t.yaml:2:5: error: invalid YAML: the character '\\x07' (#x0007) is not allowed; "
