@@ -431,3 +431,49 @@ def test_explain_an_unknown_command_suggests_the_closest(in_root: Path) -> None:
     assert run(explain, "order", "zzz", ORDER) == (
         1, "", "Error: unknown command 'zzz' for aggregate 'order'; expected one of 'add_item', 'cancel', "
                "'create', 'deliver', 'pay', 'place', 'remove_item', 'ship'\n")
+
+
+def _journal(folder: Path, notes: int) -> Path:
+    """An aggregate whose one command may close the journal, then may add any of `notes` notes
+    (a note is valid only while open): every conditional emit doubles its paths."""
+    emits = "".join(f"      - {{event: noted, if: cmd.n{i}}}\n" for i in range(notes))
+    (folder / "journal.yaml").write_text(f"""\
+aggregate: journal
+initial: open
+states: {{open: {{}}, closed: {{final: true}}}}
+commands:
+  write:
+    emit:
+      - {{event: closed, if: cmd.close}}
+{emits}events:
+  noted: {{from: open}}
+  closed: {{from: open, to: closed}}
+""")
+    return folder
+
+
+def test_explain_says_how_many_paths_it_does_not_show(tmp_path: Path) -> None:
+    # Closing leaves no note valid (1 path); not closing allows any subset of 6 notes (64).
+    folder = _journal(tmp_path, 6)
+    code, out, err = run(explain, "journal", "write", str(folder))
+    assert (code, err) == (0, "")
+    leads = out.split("Leads to:\n")[1].splitlines()
+    assert len(leads) == 33
+    assert leads[0] == "  open --closed--> closed (final)"
+    assert leads[-1] == "  … and 33 more paths not shown"
+    facts = json.loads(run(explain, "journal", "write", str(folder), "--format", "json")[1])
+    assert (len(facts["paths"]), facts["paths_not_shown"]) == (32, 33)
+    assert facts["emits"][1]["transitions"] == [{"from": "open", "to": "open"}]
+
+
+def test_explain_shows_every_path_when_they_are_few(in_root: Path) -> None:
+    facts = json.loads(run(explain, "order", "add_item", ORDER, "--format", "json")[1])
+    assert (len(facts["paths"]), facts["paths_not_shown"]) == (4, 0)
+
+
+def test_graph_follows_every_choice_of_many_conditional_emits(tmp_path: Path) -> None:
+    """Past 12 conditional emits, only "every emit taken" used to be followed: closing
+    and then noting is no path, so `write` lost its `closed` edge."""
+    code, out, err = run(graph, "journal", str(_journal(tmp_path, 13)))
+    assert (code, err) == (0, "")
+    assert "    open --> open: noted (write)\n    open --> closed: closed (write)\n" in out

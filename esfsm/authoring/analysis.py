@@ -2,43 +2,19 @@
 
 The authoring tools (``esfsm graph``, ``esfsm explain``) draw and describe the
 very Machine the engine runs: its states, its triggers (one per event type) and
-the commands that pull each trigger. Nothing here evaluates CEL: conditional
-emits are followed both ways, so a path is what the definition allows, not what
-some data makes happen.
+the commands that pull each trigger. The paths through a command's emits come
+from :mod:`esfsm.paths`, the same walk the compiler accepts commands by.
 """
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, replace
 
 from esfsm.compiler import CompiledAggregate
+from esfsm.paths import EmitPaths, Path, Step
 
-# Past this many conditional emits in one command, only the choice "every emit taken" is
-# followed, to bound the work (2**12 choices per state is more than any real command needs).
-MAX_CHOICES = 12
-
-
-@dataclass(frozen=True)
-class Step:
-    """One event fired by the emit at position ``emit``: the Machine moves from ``source`` to ``dest``."""
-
-    emit: int
-    event: str
-    source: str
-    dest: str
-
-
-@dataclass(frozen=True)
-class Path:
-    """One way a command can go from a state it is accepted in: its events, in order."""
-
-    start: str
-    steps: tuple[Step, ...]
-
-    @property
-    def end(self) -> str:
-        return self.steps[-1].dest if self.steps else self.start
+__all__ = ["Edge", "Path", "Step", "accepted_states", "command_paths", "command_steps", "count_paths", "edges",
+           "states_without_in"]
 
 
 @dataclass(frozen=True)
@@ -55,40 +31,37 @@ class Edge:
         return f"{self.event} ({', '.join(self.commands)})" if self.commands else self.event
 
 
-def command_paths(aggregate: CompiledAggregate, command: str) -> list[Path]:
-    """Every valid path of the command from each state it is accepted in.
+def _walks(aggregate: CompiledAggregate, command: str) -> list[EmitPaths]:
+    """The command's paths from each state it is accepted in, in declaration order."""
+    compiled = aggregate.commands[command]
+    return [EmitPaths(aggregate.next_state, start, compiled.model.emits)
+            for start in aggregate.model.states if start in compiled.accepted_states]
+
+
+def command_paths(aggregate: CompiledAggregate, command: str, limit: int | None = None) -> list[Path]:
+    """The valid paths of the command from each state it is accepted in, the first ``limit`` of them.
 
     States come in declaration order; for each, one path per choice of its
     conditional emits (taken before skipped) whose events are valid transitions
     in turn. A path with no step means every conditional emit was skipped.
     """
-    compiled = aggregate.commands[command]
-    emits = compiled.model.emits
-    options = [(True, False) if e.condition else (True,) for e in emits]
-    if sum(len(o) > 1 for o in options) > MAX_CHOICES:  # pragma: no cover - no real definition is that wide
-        options = [(True,) for _ in emits]
-    paths = []
-    for start in aggregate.model.states:
-        if start not in compiled.accepted_states:
-            continue
-        for choice in itertools.product(*options):
-            steps = _walk(aggregate, start, [(i, e.event) for i, (e, take) in enumerate(zip(emits, choice)) if take])
-            if steps is not None:
-                paths.append(Path(start, steps))
+    paths: list[Path] = []
+    for walk in _walks(aggregate, command):
+        for path in walk.paths():
+            if limit is not None and len(paths) >= limit:
+                return paths
+            paths.append(path)
     return paths
 
 
-def _walk(aggregate: CompiledAggregate, start: str, emits: list[tuple[int, str]]) -> tuple[Step, ...] | None:
-    """The steps of firing the emits' events in turn from start, or None if one is not a valid transition."""
-    steps = []
-    state = start
-    for index, event in emits:
-        dest = aggregate.next_state(state, event)
-        if dest is None:
-            return None
-        steps.append(Step(index, event, state, dest))
-        state = dest
-    return tuple(steps)
+def count_paths(aggregate: CompiledAggregate, command: str) -> int:
+    """How many paths :func:`command_paths` has without a limit (counted, not listed)."""
+    return sum(walk.count() for walk in _walks(aggregate, command))
+
+
+def command_steps(aggregate: CompiledAggregate, command: str) -> list[Step]:
+    """Every step that lies on some path of the command, first shown first (not cut by any limit)."""
+    return [step for walk in _walks(aggregate, command) for step in walk.steps()]
 
 
 def edges(aggregate: CompiledAggregate) -> list[Edge]:
@@ -100,11 +73,10 @@ def edges(aggregate: CompiledAggregate) -> list[Edge]:
     """
     fired: dict[tuple[str, str], list[str]] = {}
     for name in aggregate.commands:
-        for path in command_paths(aggregate, name):
-            for step in path.steps:
-                names = fired.setdefault((step.event, step.source), [])
-                if name not in names:
-                    names.append(name)
+        for step in command_steps(aggregate, name):
+            names = fired.setdefault((step.event, step.source), [])
+            if name not in names:
+                names.append(name)
     result = []
     for event in aggregate.model.events:
         for source, transitions in aggregate.machine.events[event].transitions.items():

@@ -12,10 +12,14 @@ import textwrap
 from collections.abc import Mapping
 from typing import Any
 
-from esfsm.authoring.analysis import Path, accepted_states, command_paths, states_without_in
+from esfsm.authoring.analysis import Step, accepted_states, command_paths, command_steps, count_paths, states_without_in
 from esfsm.compiler import CompiledAggregate
 
 WIDTH = 88
+
+# The paths an explanation lists at most: each conditional emit can double them, and past a
+# few dozen they no longer explain anything. The rest are counted ("… and N more paths").
+MAX_PATHS = 32
 
 # Schema keywords the field summary spells out; any other keyword is named as "see the schema".
 _CONSTRAINTS = ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum", "multipleOf", "minLength",
@@ -29,7 +33,8 @@ def explain(aggregate: CompiledAggregate, command: str) -> dict[str, Any]:
     """Everything a reader needs to know about one command, as JSON-ready data."""
     compiled = aggregate.commands[command]
     model = compiled.model
-    paths = command_paths(aggregate, command)
+    paths = command_paths(aggregate, command, MAX_PATHS)
+    steps = command_steps(aggregate, command)
     return {
         "aggregate": aggregate.name,
         "command": command,
@@ -46,7 +51,7 @@ def explain(aggregate: CompiledAggregate, command: str) -> dict[str, Any]:
                 "event": emit.event,
                 "if": emit.condition,
                 "data": emit.data,
-                "transitions": _transitions(paths, i),
+                "transitions": _transitions(steps, i),
             }
             for i, emit in enumerate(model.emits)
         ],
@@ -55,6 +60,7 @@ def explain(aggregate: CompiledAggregate, command: str) -> dict[str, Any]:
              "steps": [{"event": s.event, "from": s.source, "to": s.dest} for s in p.steps]}
             for p in paths
         ],
+        "paths_not_shown": count_paths(aggregate, command) - len(paths),
     }
 
 
@@ -62,10 +68,10 @@ def _rule(rule: Any) -> dict[str, Any]:
     return {"rule": rule.expression.source, "message": rule.message, "code": rule.code, "path": rule.path}
 
 
-def _transitions(paths: list[Path], emit: int) -> list[dict[str, str]]:
+def _transitions(steps: list[Step], emit: int) -> list[dict[str, str]]:
     """Where the emit can fire: its (from, to) pairs over every path, first seen first."""
     seen: list[dict[str, str]] = []
-    for step in (s for p in paths for s in p.steps if s.emit == emit):
+    for step in (s for s in steps if s.emit == emit):
         pair = {"from": step.source, "to": step.dest}
         if pair not in seen:
             seen.append(pair)
@@ -137,7 +143,7 @@ def render_text(facts: Mapping[str, Any]) -> str:
     if facts["rules"]:
         out += ["", "Rules, in order:", *_rules_lines(facts["rules"])]
     out += ["", "Emits, in order:", *_emit_lines(facts["emits"])]
-    out += ["", "Leads to:", *_path_lines(facts["paths"])]
+    out += ["", "Leads to:", *_path_lines(facts["paths"], facts["paths_not_shown"])]
     return "\n".join(out) + "\n"
 
 
@@ -192,7 +198,7 @@ def _emit_lines(emits: list[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
-def _path_lines(paths: list[Mapping[str, Any]]) -> list[str]:
+def _path_lines(paths: list[Mapping[str, Any]], not_shown: int = 0) -> list[str]:
     lines = []
     for path in paths:
         if not path["steps"]:
@@ -200,6 +206,8 @@ def _path_lines(paths: list[Mapping[str, Any]]) -> list[str]:
             continue
         chain = "".join(f" --{s['event']}--> {s['to']}" for s in path["steps"])
         lines.append(f"  {path['from']}{chain}" + (" (final)" if path["final"] else ""))
+    if not_shown:
+        lines.append(f"  … and {not_shown} more path{'s' if not_shown != 1 else ''} not shown")
     return lines
 
 
