@@ -229,7 +229,9 @@ async def client_runtime(args: argparse.Namespace) -> dict[str, Any]:
         js = nc.jetstream(timeout=10)
         before = (await js.stream_info(EVENTS_STREAM)).state.messages
         keys = [f"b{args.run}-{i:06d}" for i in range(args.keys)]
-        work = workload(args.commands, keys, args.seed + args.run)
+        # the timed commands go to the last --warm keys opened (all of them by default): in scale
+        # mode, past the runtime's cache cap, those are the entities it still holds
+        work = workload(args.commands, keys[-args.warm:] if args.warm else keys, args.seed + args.run)
         base = {USER_HEADER: "bench"}
         versions = dict.fromkeys(keys, 0)
         balances = dict.fromkeys(keys, 0)
@@ -249,7 +251,24 @@ async def client_runtime(args: argparse.Namespace) -> dict[str, Any]:
             versions[key] = 1
             balances[key] = INITIAL_BALANCE
 
-        open_lat, open_elapsed = await drive(len(keys), args.concurrency, open_one, deadline)
+        # first commands: one open per entity, cold and new; with --split, the opens up to it
+        # (below the cache cap) and those after it (past the cap) are timed separately
+        spans = [(0, args.split), (args.split, len(keys))] if 0 < args.split < len(keys) else [(0, len(keys))]
+        phases: list[dict[str, Any]] = []
+        for start, end in spans:
+            with CpuMeter(args) as open_cpu:
+                lat, took = await drive(end - start, args.concurrency,
+                                        lambda i, start=start: open_one(start + i), deadline)
+            phases.append({**summary(lat, took), **open_cpu.per_op_us(len(lat)), "entities": end - start})
+        open_elapsed = sum(phase["elapsed_s"] for phase in phases)
+        opens_drained = float("nan")
+        if args.drain_first:  # scale mode: the timed loop starts once the opens' snapshots are written
+            drain_started = time.monotonic()
+            drained_at = await wait_drained(js, args.drain)
+            if drained_at is not None:
+                opens_drained = drained_at - drain_started
+            else:
+                problems.append(f"the snapshot writer still had the opens' backlog {args.drain:g}s after them")
 
         accepted = rejected = unexpected = 0
 
@@ -334,7 +353,9 @@ async def client_runtime(args: argparse.Namespace) -> dict[str, Any]:
             "kind": "runtime",
             **summary(latencies, elapsed),
             **cpu.per_op_us(len(latencies)),
-            "open_per_s": len(open_lat) / open_elapsed if open_elapsed else 0.0,
+            "open_per_s": len(keys) / open_elapsed if open_elapsed else 0.0,
+            "open_phases": phases,
+            "opens_drained_s": opens_drained,
             "opens": len(keys),
             "accepted": accepted,
             "rejected": rejected,
@@ -431,12 +452,34 @@ def ephemeral_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def runtime_env(esfsm_path: str | None) -> dict[str, str]:
+    """The runtime process's environment: no NATS_URL; with --esfsm-path, that checkout's code."""
+    env = {k: v for k, v in os.environ.items() if k != "NATS_URL"}
+    if esfsm_path:
+        env["PYTHONPATH"] = os.pathsep.join([str(Path(esfsm_path).resolve()),
+                                             *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
+def probe_runtime(env: dict[str, str], script: str | None) -> tuple[str, bool]:
+    """Which esfsm the runtime process imports, and whether its `run` takes --cache-entities."""
+    where = subprocess.run([sys.executable, "-c", "import esfsm; print(esfsm.__file__)"], capture_output=True,
+                           text=True, env=env, cwd=tempfile.gettempdir(), timeout=60, check=False)
+    helped = subprocess.run([sys.executable, *([script] if script else ["-m", "esfsm"]), "run", "--help"],
+                            capture_output=True, text=True, env=env, cwd=tempfile.gettempdir(), timeout=60,
+                            check=False)
+    return where.stdout.strip() or where.stderr.strip()[-300:], "--cache-entities" in helped.stdout
+
+
 class Runtime:
     """`python -m esfsm run bankaccount.yaml --server URL` in a child process."""
 
-    def __init__(self, url: str, workdir: Path, script: str | None = None, workers: int = 1) -> None:
+    def __init__(self, url: str, workdir: Path, script: str | None = None, workers: int = 1,
+                 extra: list[str] | None = None, env: dict[str, str] | None = None) -> None:
         self.url = url
         self.workers = workers
+        self.extra = extra or []
+        self.env = env if env is not None else runtime_env(None)
         self.entry = [script] if script else ["-m", "esfsm"]
         self.workdir = workdir
         self.log_path = workdir / "runtime.log"
@@ -444,12 +487,11 @@ class Runtime:
 
     def start(self, timeout: float = 30.0) -> None:
         log = open(self.log_path, "ab")
-        env = {k: v for k, v in os.environ.items() if k != "NATS_URL"}
         self.process = subprocess.Popen(
             [sys.executable, *self.entry, "run", str(DEFINITION), "--server", self.url,
              "--store-dir", str(self.workdir / "esfsm-store"), "--log-level", "info",
-             *(["--workers", str(self.workers)] if self.workers > 1 else [])],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.workdir, env=env)
+             *(["--workers", str(self.workers)] if self.workers > 1 else []), *self.extra],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.workdir, env=self.env)
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -478,10 +520,13 @@ class Runtime:
         return code
 
 
-def run_client(mode: str, url: str, run: int, args: argparse.Namespace, pids: dict[str, int]) -> dict[str, Any]:
-    bound = max(60.0, args.commands / 200.0 + args.keys / 100.0)
+def run_client(mode: str, url: str, run: int, args: argparse.Namespace, pids: dict[str, int],
+               keys: int | None = None, extra: list[str] | None = None, slow_opens: int = 0) -> dict[str, Any]:
+    keys = keys or args.keys
+    # slow_opens: opens that may crawl (the baseline past its cache cap: ~20 a second)
+    bound = max(60.0, args.commands / 200.0 + keys / 100.0 + slow_opens / 5.0 + (args.drain if extra else 0.0))
     cmd = [sys.executable, str(Path(__file__).resolve()), "--client-mode", mode, "--url", url,
-           "--run", str(run), "--commands", str(args.commands), "--keys", str(args.keys),
+           "--run", str(run), "--commands", str(args.commands), "--keys", str(keys), *(extra or []),
            "--concurrency", str(args.concurrency), "--seed", str(args.seed), "--settle", str(args.settle), "--drain", str(args.drain),
            "--time-bound", str(bound), "--runtime-pid", str(pids.get("runtime", 0)),
            "--server-pid", str(pids.get("server", 0))]
@@ -519,7 +564,9 @@ def orchestrate(args: argparse.Namespace) -> int:
     profiler: subprocess.Popen[bytes] | None = None
     try:
         server.start()
-        runtime = Runtime(server.url, workdir, args.runtime_script, args.workers)
+        runtime = Runtime(server.url, workdir, args.runtime_script, args.workers, env=runtime_env(args.esfsm_path))
+        if args.esfsm_path:
+            print(f"runtime code: {probe_runtime(runtime.env, args.runtime_script)[0]}", flush=True)
         runtime.start()
         assert runtime.process is not None
         print(f"nats-server {server.url} (pid {server.process.pid if server.process else '?'}), "
@@ -625,6 +672,138 @@ def orchestrate(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+# ---------------------------------------------------------------------------
+# scale mode: first commands and deposits at several numbers of entities
+
+
+DEFAULT_CACHE = 100_000  # entities the runtime keeps warm when `esfsm run` has no --cache-entities
+
+
+def parse_points(text: str) -> list[int | str]:
+    """`1000,100000,past` → [1000, 100000, "past"]; "past": more entities than the cache holds."""
+    points: list[int | str] = []
+    for item in filter(None, (part.strip().replace("_", "") for part in text.split(","))):
+        if item in ("past", "cap"):
+            points.append("past")
+        elif item.isdigit() and int(item) > 0:
+            points.append(int(item))
+        else:
+            raise ValueError(f"not a number of entities nor 'past': {item!r}")
+    if not points:
+        raise ValueError("no points")
+    return points
+
+
+def _figures(m: dict[str, float]) -> str:
+    return f"{m['per_s']:>8,.0f}/s p50 {m['p50_ms']:7.1f} ms p99 {m['p99_ms']:7.1f} ms"
+
+
+def orchestrate_scale(args: argparse.Namespace) -> int:
+    """Per point and run, a server and a runtime of their own: the ceiling at that many keys, then
+    the point's first commands (an open per entity) and the timed deposits/withdrawals over its
+    warm entities (after the opens' snapshots are written)."""
+    from esfsm.runtime.server import EmbeddedServer
+
+    points = parse_points(args.scale)
+    env = runtime_env(args.esfsm_path)
+    code_at, has_cache = probe_runtime(env, args.runtime_script)
+    cap = args.cache_entities if (args.cache_entities and has_cache) else DEFAULT_CACHE
+    past = args.past or max(1, cap // 2)
+    print(f"runtime code: {code_at}; `esfsm run --cache-entities`: {'yes' if has_cache else 'no'}", flush=True)
+    if args.cache_entities and not has_cache:
+        print(f"this runtime has no --cache-entities: past the cap means past its {DEFAULT_CACHE:,}", flush=True)
+    print(f"scale points {points}; N={args.commands} timed commands, C={args.concurrency} in flight, "
+          f"repeat {args.repeat}; past the cap: {cap:,} entities cached, {past:,} more opened", flush=True)
+    rows: dict[str, list[dict[str, Any]]] = {}
+    problems: list[str] = []
+    for point in points:
+        is_past = point == "past"
+        label = f"past {cap:,}" if is_past else f"{point:,}"
+        entities = cap + past if is_past else int(point)
+        extra_rt = ["--cache-entities", str(cap)] if is_past and has_cache and args.cache_entities else []
+        client_extra = ["--drain-first", "--split", str(cap if is_past else 0), "--warm", str(cap if is_past else 0)]
+        for run in range(args.repeat):
+            workdir = Path(tempfile.mkdtemp(prefix="esfsm-scale-"))
+            server = EmbeddedServer(workdir / "nats", port=ephemeral_port(), host="127.0.0.1")
+            runtime: Runtime | None = None
+            got: dict[str, dict[str, Any]] = {}
+            try:
+                server.start()
+                runtime = Runtime(server.url, workdir, args.runtime_script, 1, extra=extra_rt, env=env)
+                runtime.start()
+                assert runtime.process is not None
+                pids = {"runtime": runtime.process.pid, "server": server.process.pid if server.process else 0}
+                order = ["ceiling", "runtime"] if run % 2 == 0 else ["runtime", "ceiling"]
+                for mode in order:
+                    result = run_client(mode, server.url, run, args, pids, keys=entities,
+                                        extra=client_extra if mode == "runtime" else None,
+                                        slow_opens=past if is_past else 0)
+                    got[mode] = result
+                    problems.extend(f"{label} run {run + 1} {mode}: {p}" for p in result.get("problems", []))
+                    if "per_s" not in result or runtime.process.poll() is not None:
+                        break
+            except Exception as err:  # noqa: BLE001 - a server or runtime that would not start, say
+                problems.append(f"{label} run {run + 1}: {type(err).__name__}: {str(err)[-1500:]}")
+            finally:
+                code = runtime.stop() if runtime is not None else None
+                if code not in (None, 0):
+                    problems.append(f"{label} run {run + 1}: runtime exited with {code} on SIGTERM")
+                if runtime is not None and "level=error" in runtime.log():
+                    errors = [line for line in runtime.log().splitlines() if "level=error" in line]
+                    problems.append(f"{label} run {run + 1}: runtime logged {len(errors)} errors, "
+                                    f"e.g. {errors[0][:300]}")
+                server.stop()
+                if args.keep:
+                    print(f"kept {workdir}")
+                else:
+                    shutil.rmtree(workdir, ignore_errors=True)
+            ceiling, rt = got.get("ceiling", {}), got.get("runtime", {})
+            if "per_s" not in ceiling or "per_s" not in rt:
+                continue
+            row = {"ceiling": ceiling, "opens": rt["open_phases"], "deposits": rt}
+            rows.setdefault(label, []).append(row)
+            print(f"{label:>12} run {run + 1} {'ceiling':<20} {_figures(ceiling)}", flush=True)
+            names = ["first commands"] if len(rt["open_phases"]) == 1 else ["first, below the cap",
+                                                                             "first, past the cap"]
+            for name, phase in zip(names, rt["open_phases"], strict=False):
+                print(f"{label:>12} run {run + 1} {name:<20} {_figures(phase)} = "
+                      f"{phase['per_s'] / ceiling['per_s']:.2f} of the ceiling ({phase['entities']:,} entities, "
+                      f"runtime {phase.get('cpu_runtime_us', 0):.0f} µs/cmd)", flush=True)
+            print(f"{label:>12} run {run + 1} {'deposits':<20} {_figures(rt)} = {rt['per_s'] / ceiling['per_s']:.2f}"
+                  f" of the ceiling (runtime {rt.get('cpu_runtime_us', 0):.0f} µs/cmd; opens' snapshots written "
+                  f"{_seconds(rt['opens_drained_s'])} after them, deposits' {_seconds(rt['snapshot_caught_up_s'])})",
+                  flush=True)
+
+    if rows:
+        med = statistics.median
+        print()
+        print(f"medians of {args.repeat} run(s) per point; N={args.commands} timed commands, C={args.concurrency}; "
+              "÷ ceiling: per second ÷ the JetStream publish ceiling at as many keys, same run")
+        print("| entities | phase | per second | p50 ms | p99 ms | ÷ ceiling | ceiling msg/s |")
+        print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+        for label, runs in rows.items():
+            ceiling = med(r["ceiling"]["per_s"] for r in runs)
+            phases = [("first commands", [r["opens"][0] for r in runs])]
+            if all(len(r["opens"]) > 1 for r in runs):
+                phases = [("first, below the cap", [r["opens"][0] for r in runs]),
+                          ("first, past the cap", [r["opens"][1] for r in runs])]
+            phases.append(("deposits (warm)", [r["deposits"] for r in runs]))
+            for name, items in phases:
+                ratio = med(item["per_s"] / r["ceiling"]["per_s"] for item, r in zip(items, runs, strict=True))
+                print(f"| {label} | {name} | {med(i['per_s'] for i in items):,.0f} "
+                      f"| {med(i['p50_ms'] for i in items):.1f} | {med(i['p99_ms'] for i in items):.1f} "
+                      f"| {ratio:.2f} | {ceiling:,.0f} |")
+        for runs in rows.values():
+            if all(len(r["opens"]) > 1 for r in runs):
+                ratio = med(r["opens"][1]["per_s"] / r["opens"][0]["per_s"] for r in runs)
+                print(f"first commands past the cap / below it = {ratio:.2f}")
+    elif not problems:
+        problems.append("no complete run")
+    for problem in problems:
+        print(f"FAILED: {problem}")
+    return 1 if problems else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      epilog="The last line printed is `ratio: X.XX` (runtime commands/s ÷ ceiling "
@@ -644,6 +823,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds to wait for the snapshot writer's backlog before the next loop (default %(default)s)")
     parser.add_argument("--py-spy", metavar="OUT", help="record the runtime with py-spy (.svg, .json or .txt)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, stores)")
+    parser.add_argument("--scale", metavar="POINTS",
+                        help="scale mode: comma-separated numbers of entities, and `past` for more than the runtime's "
+                             "cache holds (e.g. 1000,100000,past); per point and run a fresh server and runtime, "
+                             "first commands and deposits timed separately (see docs/benchmarks.md)")
+    parser.add_argument("--cache-entities", type=int, default=0,
+                        help="scale mode, point `past`: the cache cap passed as `esfsm run --cache-entities` "
+                             f"(if the runtime has it; otherwise past its {DEFAULT_CACHE:,})")
+    parser.add_argument("--past", type=int, default=0,
+                        help="scale mode, point `past`: entities opened past the cap (default: half the cap)")
+    parser.add_argument("--esfsm-path", metavar="DIR",
+                        help="run the runtime from this checkout (its PYTHONPATH), e.g. a baseline worktree")
     parser.add_argument("--runtime-script", help=argparse.SUPPRESS)  # experiments: a script standing in for `-m esfsm`
     parser.add_argument("--client-mode", choices=["runtime", "ceiling"], help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -651,13 +841,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time-bound", type=float, default=300.0, help=argparse.SUPPRESS)
     parser.add_argument("--runtime-pid", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--server-pid", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--split", type=int, default=0, help=argparse.SUPPRESS)  # opens up to it: below the cap
+    parser.add_argument("--warm", type=int, default=0, help=argparse.SUPPRESS)  # timed commands over the last N keys
+    parser.add_argument("--drain-first", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if min(args.commands, args.keys, args.concurrency, args.repeat, args.workers) < 1:
         parser.error("--commands, --keys, --concurrency, --repeat and --workers must be at least 1")
     if args.settle < 0 or args.drain < 0:
         parser.error("--settle and --drain must not be negative")
+    if min(args.cache_entities, args.past) < 0:
+        parser.error("--cache-entities and --past must not be negative")
     if args.client_mode:
         return client_main(args)
+    if args.esfsm_path:  # the server helpers too come from that checkout
+        sys.path.insert(0, str(Path(args.esfsm_path).resolve()))
+    if args.scale:
+        try:
+            parse_points(args.scale)
+        except ValueError as err:
+            parser.error(f"--scale: {err}")
+        return orchestrate_scale(args)
     return orchestrate(args)
 
 

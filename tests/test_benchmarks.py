@@ -42,3 +42,18 @@ def test_the_engine_benchmark_checks_both_sides_against_the_model() -> None:
     lines = done.stdout.strip().splitlines()
     assert RATIO.fullmatch(lines[-1]), lines[-1]
     assert "check: counts and 20 sampled balances agree with the reference" in done.stdout
+
+
+def test_the_runtime_benchmark_has_a_scale_mode_timing_first_commands_and_deposits_per_point() -> None:
+    helped = subprocess.run([sys.executable, "-m", "esfsm", "run", "--help"], cwd=ROOT, env=ENV, capture_output=True,
+                            text=True, timeout=60, check=False)
+    past = "--cache-entities" in helped.stdout  # past the cache cap only where the cap can be made tiny
+    done = bench("bench_runtime.py", "--scale", "20,40" + (",past" if past else ""), "--cache-entities", "30",
+                 "--past", "15", "--commands", "100", "--concurrency", "4", "--repeat", "1")
+    assert done.returncode == 0, done.stdout + done.stderr
+    for row in ("| 20 | first commands |", "| 20 | deposits (warm) |", "| 40 | first commands |"):
+        assert row in done.stdout, done.stdout
+    if past:
+        assert "| past 30 | first, below the cap |" in done.stdout, done.stdout
+        assert "| past 30 | first, past the cap |" in done.stdout, done.stdout
+        assert re.search(r"^first commands past the cap / below it = \d+\.\d\d$", done.stdout, re.M), done.stdout
