@@ -61,13 +61,31 @@ def subschemas(schema: Any, ptr: str) -> Iterator[tuple[str, Mapping[str, Any]]]
 
 def json_schemas(ctx: Context) -> Iterator[Finding]:
     for ptr, schema in written_schemas(ctx):
+        nulls = dict(_unquoted_null_types(schema, ptr))
+        for where in nulls.values():
+            yield ctx.error(where, "not a valid JSON Schema: YAML reads an unquoted null as nothing, not as the "
+                            "type name; quote it: 'null'", "invalid-json-schema")
         for error in _META_VALIDATOR.iter_errors(schema):
             for leaf in explain(error):
+                at = ptr + pointer(*leaf.absolute_path)
+                if any(at == t or at.startswith(t + "/") for t in nulls):
+                    continue  # explained above
                 message = schema_error_message(leaf)
                 if leaf.validator == "format" and leaf.validator_value == "regex":
                     message = f"{leaf.instance!r} is not a valid regular expression"
-                yield ctx.error(ptr + pointer(*leaf.absolute_path), f"not a valid JSON Schema: {message}",
-                                "invalid-json-schema")
+                yield ctx.error(at, f"not a valid JSON Schema: {message}", "invalid-json-schema")
+
+
+def _unquoted_null_types(schema: Any, ptr: str) -> Iterator[tuple[str, str]]:
+    """(pointer of 'type', pointer of the null) where a type list holds null, or type is null, as YAML read it."""
+    for where, sub in subschemas(schema, ptr):
+        if "type" not in sub:
+            continue
+        kinds = sub["type"]
+        if kinds is None:
+            yield f"{where}/type", f"{where}/type"
+        elif isinstance(kinds, list) and None in kinds:
+            yield f"{where}/type", f"{where}/type/{kinds.index(None)}"
 
 
 def json_schema_refs(ctx: Context) -> Iterator[Finding]:
