@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from esfsm.cel_errors import unsupported_operation
 from esfsm.errors import EvaluationError
 
 
@@ -359,7 +360,7 @@ def _reason(err: Exception) -> str:
     bad_regex = _BAD_REGEX.match(text)
     if bad_regex:
         return f"{bad_regex.group(1)} is not a valid regular expression (RE2 syntax)"
-    return text
+    return unsupported_operation(text) or text
 
 
 _UNDEFINED = re.compile(r"Undefined variable or function: '([^']+)'")
