@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from esfsm import contract
 from esfsm.checks import check_documents
 from esfsm.loader import load_text
 
@@ -70,4 +71,23 @@ def test_other_mistakes_in_a_type_list_keep_their_message() -> None:
     assert findings(text) == [
         ("t.yaml:7:13: error: not a valid JSON Schema: the list ['string', 'strin'] is not one of 'array', "
          "'boolean', 'integer', 'null', 'number', 'object', 'string' [/data/properties/title/type]"),
+    ]
+
+
+def test_a_clash_with_a_defaulted_name_quotes_the_contract_s_names() -> None:
+    """The names the checker reports for an unwritten 'nats:' block are the ones the runtime will use."""
+    other = BASE.replace("aggregate: ticket", "aggregate: issue").replace(
+        "initial: open", f"nats: {{events: {contract.default_events('ticket')}.issues}}\ninitial: open")
+    docs = [load_text(BASE, "a.yaml")[0], load_text(other, "b.yaml")[0]]
+    assert [str(f) for f in check_documents(docs).findings] == [
+        (f"b.yaml:2:16: error: events subject '{contract.default_events('ticket')}.issues' lies inside "
+        f"{contract.stream_subjects(contract.default_events('ticket'))!r}, the events of aggregate 'ticket' in a.yaml; "
+        "that stream would also capture these events [/nats/events]"),
+    ]
+    written = BASE.replace("initial: open", f"nats: {{bucket: {contract.default_bucket('issue')}}}\ninitial: open")
+    defaulted = BASE.replace("aggregate: ticket", "aggregate: issue")
+    docs = [load_text(written, "a.yaml")[0], load_text(defaulted, "b.yaml")[0]]
+    assert [str(f) for f in check_documents(docs).findings] == [
+        (f"b.yaml:1:12: error: bucket {contract.default_bucket('issue')!r} (the default for aggregate 'issue'; set "
+        "'nats.bucket' to choose another) is already used by aggregate 'ticket' in a.yaml [/aggregate]"),
     ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
+from esfsm import contract
 from esfsm import model as m
 from esfsm.checks.context import Context, Rule
 from esfsm.findings import Finding
@@ -79,7 +80,8 @@ def duplicate_names(contexts: list[Context]) -> Iterator[Finding]:
 
 
 def overlapping_subjects(contexts: list[Context]) -> Iterator[Finding]:
-    """An events stream captures '<events>.>': no other subject of any aggregate may fall inside it."""
+    """An events stream captures contract.stream_subjects(events): no other subject of any aggregate may
+    fall inside it."""
     for ctx in contexts:
         for field, what in _NATS_NAMES[:2]:
             subject = getattr(ctx.aggregate.nats, field)
@@ -87,9 +89,10 @@ def overlapping_subjects(contexts: list[Context]) -> Iterator[Finding]:
                 events = other.aggregate.nats.events
                 if field == "events" and (other is ctx or subject == events):
                     continue  # one stream per aggregate; equal prefixes are a duplicate name
-                if subject == events or subject.startswith(events + "."):
+                if subject == events or contract.key_of_subject(events, subject) is not None:
                     ptr, note = _nats_where(ctx, field)
                     whose = ("this aggregate's own events" if other is ctx
                              else f"the events of aggregate {other.aggregate.name!r} in {other.doc.path}")
-                    yield ctx.error(ptr, f"{what} {subject!r}{note} lies inside {events + '.>'!r}, {whose}; "
+                    stream = contract.stream_subjects(events)
+                    yield ctx.error(ptr, f"{what} {subject!r}{note} lies inside {stream!r}, {whose}; "
                                     f"that stream would also capture these {field}", "overlapping-subjects")
