@@ -29,6 +29,7 @@ import logging
 from collections.abc import Callable
 
 import orjson
+from cachetools import LRUCache
 
 from esfsm.errors import EsfsmError
 from esfsm.runtime.entity import Entity, SnapshotTooLarge
@@ -48,6 +49,7 @@ BUSY = 50  # a batch at least this large means load: pace the next cycle
 RETRY = 0.5  # seconds before pulling again after an error status (JetStream down, consumer missing)
 ACK, NAK = b"+ACK", b'-NAK {"delay": 1000000000}'
 HAND_OVER = 1000  # events per message handed to the worker that owns their keys
+REVISIONS = 100_000  # keys whose last written KV revision is remembered (least recently used forgotten)
 
 
 def stream_sequence(ack_subject: str) -> int | None:
@@ -76,7 +78,8 @@ class Projector:
         self.wire = wire(store.nc)
         self._inbox = store.nc.new_inbox()
         self._next = f"{store.api}.CONSUMER.MSG.NEXT.{store.names.stream}.{store.durable}"
-        self._revisions: dict[str, int] = {}  # the KV revision this process wrote last, per key
+        # the KV revision this process wrote last, per key: only a hint (a miss costs one read)
+        self._revisions: LRUCache[str, int] = LRUCache(maxsize=REVISIONS)
         self._stopping = asyncio.Event()
         self._batch: list[tuple[str | None, int | None, str]] = []  # (key, stream seq, ack subject)
         self._asked = 0  # events still to come on the open pull request
@@ -251,13 +254,12 @@ class Projector:
                     self._written(key, revision)
                 return True
 
-        results = await asyncio.gather(*[write(key, newest[key]) for key in slow])
-        failed = {key for key, ok in zip(slow, results) if not ok}
+        async with asyncio.TaskGroup() as writes:  # cancelled together, never left running
+            results = [writes.create_task(write(key, newest[key])) for key in slow]
+        failed = {key for key, ok in zip(slow, results, strict=True) if not ok.result()}
         self.wire.publish_many([(reply, NAK if key in failed else ACK) for key, _, reply in batch])
 
     def _written(self, key: str, revision: int) -> None:
-        if len(self._revisions) > 100_000:
-            self._revisions.clear()  # only a hint: a miss costs one read
         self._revisions[key] = revision
         self.written += 1
 
