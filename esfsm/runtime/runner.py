@@ -1,76 +1,60 @@
-"""`esfsm run`: the runtime for a set of compiled aggregates, start to drain."""
+"""`esfsm run`: the runtime for a set of compiled aggregates, start to drain.
+
+Its lifecycle: connect (until stopped), prepare the streams, buckets and
+consumers, open (join the queue groups, start the snapshot writers), serve
+until a signal, drain, stop. The worker processes of `--workers N` are in
+workers.py, the log lines in logs.py.
+
+Every long-lived task runs in an `asyncio.TaskGroup`: `serve`'s (the workers'
+watchers, a worker's watch on its parent) and the `Runtime`'s (its snapshot
+writers and the definition comparison, under one supervising task). A task that
+fails while serving stops the run with exit status 1, as a lost connection
+does; stopping cancels whatever has not ended and waits for it.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import datetime as dt
+import contextlib
 import gc
 import json
 import logging
 import os
 import secrets
-import signal
-import sys
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cachetools import TTLCache
 from nats.aio.client import Client
 
 from esfsm.compiler import CompiledAggregate
+from esfsm.contract import all_commands, info_subject
 from esfsm.errors import EsfsmError
 from esfsm.model import fingerprint
 from esfsm.runtime.connection import DEFAULT_STORE, ConnectOptions, connect, gather_answers, resolve_servers
+from esfsm.runtime.logs import configure_logging, info, setup_logging
 from esfsm.runtime.partition import PREFIX, Partition
 from esfsm.runtime.projector import Projector
-from esfsm.runtime.server import EmbeddedServer, die_with_parent
+from esfsm.runtime.server import EmbeddedServer
 from esfsm.runtime.service import AggregateService
 from esfsm.runtime.store import AggregateStore
+from esfsm.runtime.workers import STOP_SIGNALS, WORKER_STOP_WAIT, Workers, watch_parent
+
+__all__ = ["GC_THRESHOLDS", "STOP_SIGNALS", "WORKER_STOP_WAIT", "ConnectionLost", "RunSettings", "Runtime",
+           "Workers", "configure_logging", "serve", "setup_logging", "tune_gc"]
 
 log = logging.getLogger("esfsm.run")
 
 DISCOVERY_WAIT = 0.5  # seconds to collect the other runtimes' $SRV.INFO answers
+STOP_WAIT = 5.0  # seconds the snapshot writers get to finish their batch before they are cancelled
+RETRY_NOTE = 10.0  # seconds between warnings while the servers cannot be reached
 
 
-class LogfmtFormatter(logging.Formatter):
-    """One structured line per record: ts=… level=… logger=… [worker=…] msg="…" key=value…"""
-
-    def __init__(self, worker: int | None = None) -> None:
-        super().__init__()
-        self.worker = worker
-
-    def format(self, record: logging.LogRecord) -> str:
-        ts = dt.datetime.fromtimestamp(record.created, dt.timezone.utc).isoformat(timespec="milliseconds")
-        parts = [f"ts={ts.replace('+00:00', 'Z')}", f"level={record.levelname.lower()}", f"logger={record.name}"]
-        if self.worker is not None:
-            parts.append(f"worker={self.worker}")
-        parts.append(f"msg={_quote(record.getMessage())}")
-        for key, value in getattr(record, "fields", {}).items():
-            parts.append(f"{key}={_quote(str(value).lower() if isinstance(value, bool) else str(value))}")
-        if record.exc_info:
-            parts.append(f"error={_quote(self.formatException(record.exc_info))}")
-        return " ".join(parts)
-
-
-def _quote(text: str) -> str:
-    if text and all(c.isalnum() or c in "-_./:@" for c in text):
-        return text
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-
-
-def setup_logging(level: str = "info", worker: int | None = None) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(LogfmtFormatter(worker))
-    root = logging.getLogger("esfsm")
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    root.propagate = False
-
-
-def info(message: str, **fields: object) -> None:
-    log.info(message, extra={"fields": fields})
+class ConnectionLost(EsfsmError):
+    """The connection closed under a running runtime, one of its workers exited, or one of its
+    tasks failed (it exits 1 so that it can be restarted)."""
 
 
 @dataclass
@@ -82,9 +66,11 @@ class Runtime:
     domain: str | None = None
     test_clock: bool = False
     partition: Partition | None = None  # one of several workers (partition.py)
+    on_failure: Callable[[BaseException], None] | None = None  # a task failed while serving (not when stopping)
     services: dict[str, AggregateService] = field(default_factory=dict)
     projectors: list[Projector] = field(default_factory=list)
-    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _tasks: asyncio.Task[None] | None = None  # supervises the TaskGroup of the long-lived tasks
+    _stopping: bool = False
     _ping: Any = None
 
     async def start(self) -> None:
@@ -113,21 +99,42 @@ class Runtime:
         for service in self.services.values():
             compiled = service.compiled
             await service.start()
-            projector = Projector(service.store, service.cached, self.partition)
-            self._tasks.append(asyncio.create_task(projector.run(), name=f"projector-{compiled.name}"))
-            self.projectors.append(projector)
+            self.projectors.append(Projector(service.store, service.cached, self.partition))
             names = compiled.model.nats
             info("serving aggregate", aggregate=compiled.name, service=compiled.model.service_name,
-                 commands=f"{names.commands}.>", stream=names.stream, bucket=names.bucket)
-        self._tasks.append(asyncio.create_task(self._compare_definitions(), name="compare-definitions"))
+                 commands=all_commands(names.commands), stream=names.stream, bucket=names.bucket)
+        self._tasks = asyncio.create_task(self._supervise(), name="runtime")
+        self._tasks.add_done_callback(self._ended)  # retrieves its outcome, whoever awaits it
         return True
+
+    async def _supervise(self) -> None:
+        async with asyncio.TaskGroup() as tasks:
+            for projector in self.projectors:
+                tasks.create_task(projector.run(), name=f"projector-{projector.store.compiled.name}")
+            tasks.create_task(self._compare_definitions(), name="compare-definitions")
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        """The long-lived tasks are over: normally on stop(); on an error, the others were
+        cancelled, so the runtime writes no snapshots any more: say so, and stop it."""
+        if task.cancelled() or task.exception() is None:
+            return
+        error = task.exception()
+        assert error is not None
+        errors = error.exceptions if isinstance(error, BaseExceptionGroup) else (error,)
+        what = "; ".join(f"{type(e).__name__}: {e}" for e in errors)
+        if self._stopping:
+            log.warning("a task of the runtime failed while stopping: %s", what)
+            return
+        log.error("a task of the runtime failed: %s; stopping", what, exc_info=errors[0])
+        if self.on_failure is not None:
+            self.on_failure(errors[0])
 
     async def _compare_definitions(self, wait: float = DISCOVERY_WAIT) -> None:
         """Warn when another runtime serves one of these aggregates from a different definition:
         the two would decide its commands differently (expected only during a rolling upgrade)."""
         ours = {name: fingerprint(service.compiled.model) for name, service in self.services.items()}
         try:  # on the subject every client may ask on (docs/security.md)
-            answers = await gather_answers(self.nc, [f"$SRV.INFO.aggregate-{name}" for name in ours], wait)
+            answers = await gather_answers(self.nc, [info_subject(name) for name in ours], wait)
         except Exception as err:  # noqa: BLE001 - a check for the operator's sake: never stops the runtime
             log.debug("comparing definitions with other runtimes failed: %s", type(err).__name__)
             return
@@ -146,8 +153,10 @@ class Runtime:
                             "only during a rolling upgrade", name, theirs, ours[name],
                             extra={"fields": {"aggregate": name, "other": info_.get("id", "?")}})
 
-    async def stop(self) -> None:
-        """Stop taking commands, finish those in flight, then stop the snapshot writers."""
+    async def stop(self, wait: float = STOP_WAIT) -> None:
+        """Stop taking commands, finish those in flight, then stop the snapshot writers (cancelled
+        if they have not finished within wait seconds) and wait until every task has ended."""
+        self._stopping = True
         for service in self.services.values():
             await service.stop()
         if self._ping is not None:
@@ -157,10 +166,9 @@ class Runtime:
                 log.debug("unsubscribing the worker ping failed: %s", type(err).__name__)
         for projector in self.projectors:
             projector.stop()
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=5)
-        for task in self._tasks:
-            task.cancel()
+        if self._tasks is not None and not (await asyncio.wait({self._tasks}, timeout=wait))[0]:
+            self._tasks.cancel()  # the TaskGroup cancels its tasks and waits for them
+            await asyncio.wait({self._tasks})
 
 
 @dataclass
@@ -187,10 +195,6 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-# SIGHUP: the terminal `esfsm run` was started from was closed; drain and stop as for the others
-STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
-
-
 async def serve(aggregates: Iterable[CompiledAggregate], settings: RunSettings,
                 stop: asyncio.Event | None = None) -> None:
     """Run until SIGINT/SIGTERM/SIGHUP (or stop is set), then drain and return."""
@@ -210,79 +214,9 @@ async def serve(aggregates: Iterable[CompiledAggregate], settings: RunSettings,
         servers = [embedded.url]
         info("started embedded nats-server", url=embedded.url, store=str(settings.store_dir.resolve()))
     lost: list[str] = []
-    workers: Workers | None = None
     try:
-        async def closed() -> None:
-            if not stop.is_set():  # closed by the server or after giving up: exit so a supervisor restarts us
-                log.error("the NATS connection was closed; stopping")
-                lost.append("the NATS connection was closed while serving")
-                stop.set()
-
-        noted: dict[str, float] = {}
-
-        async def trouble(err: Exception) -> None:  # nats-py's error callback: while connecting, and later
-            text = f"{type(err).__name__}: {err}"
-            if "permissions violation" in text and f"{PREFIX.lower()}." in text.lower() and not stop.is_set():
-                log.error("the NATS user may not use %s.>, which the workers of --workers pass commands on "
-                          "(see docs/security.md): %s; stopping", PREFIX, err)
-                lost.append(f"no permission on {PREFIX}.> for the workers")
-                stop.set()
-                return
-            if "permissions violation" in text and "$srv.info.aggregate-" in text.lower():
-                info("no permission to ask the other runtimes for their definitions (publish "
-                     "$SRV.INFO.aggregate-<name>, docs/security.md); not comparing them")
-                return
-            now = loop.time()
-            if now - noted.get(text, -RETRY_NOTE) < RETRY_NOTE:
-                return  # the same error again (a retry every 0.5 s): one line per RETRY_NOTE seconds
-            if len(noted) > 100:
-                noted.clear()
-            noted[text] = now
-            log.warning("NATS: %s%s", text, "" if connected else f"; still trying {', '.join(servers)}")
-
-        connected = False
-        nc = await _until_stopped(connect(servers, settings.options, error_cb=trouble,
-                                          disconnected_cb=_log_async("disconnected from NATS", unless=stop),
-                                          reconnected_cb=_log_async("reconnected to NATS"),
-                                          closed_cb=closed), stop)
-        if nc is None:
-            info("stopped before connecting")
-            return
-        connected = True
-        info("connected", url=str(nc.connected_url.geturl() if nc.connected_url else servers[0]))
-        partition = settings.partition
-        if settings.workers > 1:
-            partition = Partition(secrets.token_hex(4), 0, settings.workers)
-        runtime = Runtime(nc, aggregates, settings.options.js_domain, partition=partition)
-        watch: asyncio.Task[None] | None = None
-        try:
-            await runtime.prepare()
-            if settings.workers > 1:
-                assert partition is not None
-                cores = os.cpu_count() or 1
-                if settings.workers > cores:
-                    log.warning("%d workers on %d cores: more workers than cores costs CPU (a passed-on command "
-                                "is one more message) and gains nothing", settings.workers, cores)
-                workers = Workers(partition, settings, servers, stop, lost)
-                await workers.start()
-            elif settings.partition is not None:
-                watch = asyncio.create_task(_watch_parent(stop, lost))
-            if await runtime.open(stop):
-                tune_gc()
-                info("ready", aggregates=",".join(a.name for a in aggregates),
-                     **({"workers": settings.workers} if workers else {}))
-            await stop.wait()
-            info("draining")
-        finally:
-            stop.set()  # stopping, whatever the cause: the connection closing below is no news
-            if workers is not None:
-                workers.terminate()  # they drain alongside this one
-            if watch is not None:
-                watch.cancel()
-            await runtime.stop()
-            await _close(nc)
-            if workers is not None:
-                await workers.wait()
+        async with task_group() as tasks:
+            await _serve(aggregates, settings, servers, stop, lost, tasks)
     finally:
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
@@ -292,120 +226,127 @@ async def serve(aggregates: Iterable[CompiledAggregate], settings: RunSettings,
         raise ConnectionLost("; ".join(lost))
 
 
-WORKER_STOP_WAIT = 45.0  # seconds a worker gets to drain after SIGTERM (its commands in flight wait up to 30)
+async def _serve(aggregates: list[CompiledAggregate], settings: RunSettings, servers: list[str],
+                 stop: asyncio.Event, lost: list[str], tasks: asyncio.TaskGroup) -> None:
+    """Connect, serve until stop is set, drain; what ended the run unasked goes in lost."""
+    watcher = _ConnectionWatcher(servers, stop, lost)
+    nc = await _until_stopped(connect(servers, settings.options, error_cb=watcher.trouble,
+                                      disconnected_cb=_log_async("disconnected from NATS", unless=stop),
+                                      reconnected_cb=_log_async("reconnected to NATS"),
+                                      closed_cb=watcher.closed), stop)
+    if nc is None:
+        info("stopped before connecting")
+        return
+    watcher.connected = True
+    info("connected", url=str(nc.connected_url.geturl() if nc.connected_url else servers[0]))
+
+    def failed(error: BaseException) -> None:
+        lost.append(f"a task of the runtime failed ({type(error).__name__})")
+        stop.set()
+
+    partition = settings.partition
+    if settings.workers > 1:
+        partition = Partition(secrets.token_hex(4), 0, settings.workers)
+    runtime = Runtime(nc, aggregates, settings.options.js_domain, partition=partition, on_failure=failed)
+    workers: Workers | None = None
+    try:
+        await runtime.prepare()
+        if settings.workers > 1:
+            assert partition is not None
+            cores = os.cpu_count() or 1
+            if settings.workers > cores:
+                log.warning("%d workers on %d cores: more workers than cores costs CPU (a passed-on command "
+                            "is one more message) and gains nothing", settings.workers, cores)
+            workers = Workers(partition, settings.options, settings.worker_args, servers, stop, lost)
+            await workers.start(tasks)
+        elif settings.partition is not None:
+            tasks.create_task(watch_parent(stop, lost), name="watch-parent")
+        if await runtime.open(stop):
+            tune_gc()
+            info("ready", aggregates=",".join(a.name for a in aggregates),
+                 **({"workers": settings.workers} if workers else {}))
+        await stop.wait()
+        info("draining")
+    finally:
+        stop.set()  # stopping, whatever the cause: the connection closing below is no news; ends watch_parent
+        if workers is not None:
+            workers.terminate()  # they drain alongside this one
+        await runtime.stop()
+        await _close(nc)
+        if workers is not None:
+            await workers.wait()  # and with them, their watchers
 
 
-class Workers:
-    """The other worker processes of `esfsm run --workers N`: `esfsm run --worker GROUP:I/N`,
-    each on its own connection to the same servers. One that exits while serving stops the
-    whole run (exit status 1), as a lost connection does: a supervisor restarts it whole."""
+class _ConnectionWatcher:
+    """nats-py's callbacks of the runtime's connection: a closed connection, a missing permission
+    the workers need, or an error while (re)connecting (one line per RETRY_NOTE seconds each)."""
 
-    def __init__(self, partition: Partition, settings: RunSettings, servers: list[str], stop: asyncio.Event,
-                 lost: list[str]) -> None:
-        self.partition, self.settings, self.servers, self.stop, self.lost = partition, settings, servers, stop, lost
-        self.processes: dict[int, asyncio.subprocess.Process] = {}
-        self._failed: set[int] = set()  # reported in lost already
-        self._watchers: list[asyncio.Task[None]] = []
+    def __init__(self, servers: list[str], stop: asyncio.Event, lost: list[str]) -> None:
+        self.servers, self.stop, self.lost = servers, stop, lost
+        self.connected = False
+        # the errors warned about in the last RETRY_NOTE seconds (a retry comes every 0.5 s)
+        self.noted: TTLCache[str, bool] = TTLCache(maxsize=100, ttl=RETRY_NOTE, timer=asyncio.get_running_loop().time)
 
-    async def start(self) -> None:
-        args, env = self.settings.options.for_worker()
-        for index in range(1, self.partition.count):
-            command = [sys.executable, "-m", "esfsm", "run", *self.settings.worker_args, *args,
-                       "--worker", str(dataclasses.replace(self.partition, index=index))]
-            for server in self.servers:
-                command += ["--server", server]
-            # A session of its own: a terminal's Ctrl-C or hang-up reaches only this process, which
-            # drains and then stops the workers with SIGTERM (a worker still starting would die of it).
-            process = await asyncio.create_subprocess_exec(*command, env={**os.environ, **env},
-                                                           stdin=asyncio.subprocess.DEVNULL,
-                                                           start_new_session=True, preexec_fn=die_with_parent)
-            self.processes[index] = process
-            info("started worker process", number=index, pid=process.pid)
-            self._watchers.append(asyncio.create_task(self._watch(index, process)))
+    async def closed(self) -> None:
+        if not self.stop.is_set():  # closed by the server or after giving up: exit so a supervisor restarts us
+            log.error("the NATS connection was closed; stopping")
+            self.lost.append("the NATS connection was closed while serving")
+            self.stop.set()
 
-    async def _watch(self, index: int, process: asyncio.subprocess.Process) -> None:
-        code = await process.wait()
-        if self.stop.is_set():
+    async def trouble(self, err: Exception) -> None:  # nats-py's error callback: while connecting, and later
+        text = f"{type(err).__name__}: {err}"
+        if "permissions violation" in text and f"{PREFIX.lower()}." in text.lower() and not self.stop.is_set():
+            log.error("the NATS user may not use %s.>, which the workers of --workers pass commands on "
+                      "(see docs/security.md): %s; stopping", PREFIX, err)
+            self.lost.append(f"no permission on {PREFIX}.> for the workers")
+            self.stop.set()
             return
-        if code == 0:  # it drained on a signal sent to it alone
-            info("worker stopped; stopping", number=index)
-        else:
-            log.error("worker %d exited with status %s while serving; stopping", index, code)
-            self._failed.add(index)
-            self.lost.append(f"worker {index} exited with status {code}")
-        self.stop.set()
-
-    def terminate(self) -> None:
-        for process in self.processes.values():
-            if process.returncode is None:
-                try:
-                    process.terminate()
-                except ProcessLookupError:
-                    pass
-
-    async def wait(self) -> None:
-        for index, process in self.processes.items():
-            try:
-                code = await asyncio.wait_for(process.wait(), WORKER_STOP_WAIT)
-            except TimeoutError:
-                log.error("worker %d did not stop within %.0f s; killing it", index, WORKER_STOP_WAIT)
-                process.kill()
-                code = await process.wait()
-            # -SIGINT/-SIGTERM/-SIGHUP: the signal (Ctrl-C to the group, or ours) came before the worker
-            # set its handlers up, so it had not served yet: stopped, not failed
-            if code != 0 and -code not in STOP_SIGNALS and index not in self._failed:
-                self.lost.append(f"worker {index} exited with status {code}")
-        for watcher in self._watchers:
-            watcher.cancel()
+        if "permissions violation" in text and info_subject("").lower() in text.lower():
+            info(f"no permission to ask the other runtimes for their definitions (publish "
+                 f"{info_subject('<name>')}, docs/security.md); not comparing them")
+            return
+        if text in self.noted:
+            return
+        self.noted[text] = True
+        log.warning("NATS: %s%s", text, "" if self.connected else f"; still trying {', '.join(self.servers)}")
 
 
-async def _watch_parent(stop: asyncio.Event, lost: list[str]) -> None:
-    """A worker stops when the `esfsm run` that started it is gone."""
-    parent = os.getppid()
-    while not stop.is_set():
-        await asyncio.sleep(1.0)
-        if os.getppid() != parent:
-            log.error("the esfsm run that started this worker is gone; stopping")
-            lost.append("the parent process is gone")
-            stop.set()
+@contextlib.asynccontextmanager
+async def task_group() -> AsyncIterator[asyncio.TaskGroup]:
+    """An asyncio.TaskGroup whose one error (of its body or of a task) comes out as itself, not
+    wrapped in an ExceptionGroup, so that callers catch EsfsmError as before."""
+    try:
+        async with asyncio.TaskGroup() as tasks:
+            yield tasks
+    except BaseExceptionGroup as errors:
+        if len(errors.exceptions) == 1:
+            raise errors.exceptions[0] from None
+        raise
 
 
-RETRY_NOTE = 10.0  # seconds between warnings while the servers cannot be reached
-
-
-async def _until_stopped(connecting: Any, stop: asyncio.Event) -> Client | None:
+async def _until_stopped(connecting: Coroutine[Any, Any, Client], stop: asyncio.Event) -> Client | None:
     """The connection, or None if stop was set first (the attempt is then given up).
     The runtime keeps trying to connect until it is stopped, so it may start before
     its servers; SIGINT/SIGTERM still end it at once."""
-    attempt = asyncio.ensure_future(connecting)
-    stopped = asyncio.ensure_future(stop.wait())
-    await asyncio.wait({attempt, stopped}, return_when=asyncio.FIRST_COMPLETED)
-    stopped.cancel()
-    if attempt.done():
-        return attempt.result()  # type: ignore[no-any-return]
-    attempt.cancel()
-    try:
-        await attempt
-    except asyncio.CancelledError:
-        pass
-    return None
+    async with task_group() as tasks:
+        attempt = tasks.create_task(connecting, name="connect")
+        stopped = tasks.create_task(stop.wait(), name="stopped")
+        await asyncio.wait({attempt, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        attempt.cancel()  # nothing if it is done
+    return None if attempt.cancelled() else attempt.result()
 
 
 async def _close(nc: Client) -> None:
     """Drain the connection (flushes the last replies); if it cannot drain, close it."""
     try:
         await nc.drain()
-    except Exception as err:  # reconnecting or already closed: nothing is left to flush
+    except Exception as err:  # noqa: BLE001 - reconnecting or already closed: nothing is left to flush
         log.warning("could not drain the connection (%s: %s); closing it", type(err).__name__, err)
         try:
             await nc.close()
         except Exception as closing:  # noqa: BLE001 - the server went away meanwhile: the socket is gone already
             log.debug("closing the connection failed: %s: %s", type(closing).__name__, closing)
-
-
-class ConnectionLost(EsfsmError):
-    """The connection closed under a running runtime, or one of its workers exited (it exits 1
-    so that it can be restarted)."""
 
 
 def _log_async(message: str, unless: asyncio.Event | None = None):  # type: ignore[no-untyped-def]
