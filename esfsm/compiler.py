@@ -200,10 +200,10 @@ class CompiledAggregate:
         return EntityState(state.key, cursor.state, data, state.version + 1)
 
     def replay(self, key: str, events: Iterable[BaseCloudEvent]) -> EntityState:
-        state = self.initial_state(key)
-        for event in events:
-            state = self.evolve(state, event)
-        return state
+        """The state after events, from the initial state: the read path's replay (reading.py)."""
+        from esfsm import reading
+
+        return reading.replay(self, key, events)
 
     def decide(
         self,
@@ -240,8 +240,8 @@ class CompiledAggregate:
                     return rule.rejection()
             return self._emit(command, state, variables, now, new_id)
         except EvaluationError as err:
-            return Rejected(INTERNAL, f"the definition failed to evaluate {err.where}: {err.reason}",
-                            (ErrorDetail("", str(err)),))
+            return _overflow(err) or Rejected(INTERNAL, f"the definition failed to evaluate {err.where}: {err.reason}",
+                                              (ErrorDetail("", str(err)),))
 
     def unknown_command(self, name: str) -> Rejected:
         return Rejected(
@@ -280,13 +280,25 @@ class CompiledAggregate:
             try:
                 current = self.evolve(current, event)
             except ReplayError as err:
-                return Rejected(INTERNAL, str(err), (ErrorDetail("", str(err)),))
+                cause = err.__cause__
+                overflow = _overflow(cause) if isinstance(cause, EvaluationError) else None
+                return overflow or Rejected(INTERNAL, str(err), (ErrorDetail("", str(err)),))
             events.append(event)
         if events and not self.data_validator.is_valid(current.data):
             errors = self.data_validator.errors(current.data)
             return Rejected(UNPROCESSABLE, f"the command would make the data invalid: {errors[0].message}",
                             errors)
         return Accepted(tuple(events), current)
+
+
+def _overflow(err: EvaluationError) -> Rejected | None:
+    """A 422 naming the expression and the field when err is a 64-bit integer overflow: the
+    command's values are too large for what the definition computes with them."""
+    if "overflow" not in err.reason.lower():
+        return None
+    message = (f"the command's values are too large: {err.where} ({err.source!r}) would overflow "
+               f"a 64-bit integer: {err.reason}")
+    return Rejected(UNPROCESSABLE, message, (ErrorDetail(err.where, message),))
 
 
 def compile_aggregate(model: Aggregate) -> CompiledAggregate:

@@ -102,3 +102,8 @@ def kv_stream(bucket: str) -> str:
 def kv_subject(bucket: str, key: str) -> str:
     """The subject a KV bucket stores key on."""
     return f"$KV.{bucket}.{key}"
+
+
+def answers_bucket(bucket: str) -> str:
+    """The KV bucket that keeps the answers to command ids (durable idempotency)."""
+    return f"{bucket}_ids"

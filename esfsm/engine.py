@@ -9,29 +9,37 @@ tests, ``esfsm test`` and most of the test suite run on it.
 from __future__ import annotations
 
 import datetime as dt
-import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from cloudevents.core.base import BaseCloudEvent
 
+from esfsm import reading
+from esfsm.command_path import (  # noqa: F401  (re-exported: the request checks were defined here)
+    INT64,
+    MAX_DEPTH,
+    Prepared,
+    check_command_id,
+    check_key,
+    check_payload,
+    clip,
+    expected_version,
+    prepare,
+    step,
+    version_conflict,
+)
 from esfsm.compiler import CompiledAggregate
 from esfsm.errors import ScenarioError, UnknownAggregateError
 from esfsm.findings import did_you_mean, one_of
 from esfsm.values import (
-    BAD_REQUEST,
-    COMMAND_ID_HEADER,
-    CONFLICT,
-    EXPECTED_VERSION_HEADER,
     HEADER_NAME,
     NOT_FOUND,
-    CommandRequest,
+    Accepted,
     Decision,
     EntityState,
     ErrorDetail,
     Rejected,
-    valid_key,
 )
 
 Clock = Callable[[], dt.datetime]
@@ -39,116 +47,6 @@ Clock = Callable[[], dt.datetime]
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
-
-
-def check_key(key: object) -> Rejected | None:
-    """400 unless key is one subject token and a valid KV key."""
-    if valid_key(key):
-        return None
-    message = f"invalid entity key {clip(repr(key), 60)}: expected 1 to 128 characters from A-Z a-z 0-9 _ = -"
-    if key is None or key == "":
-        message = "missing entity key: set the x-ergonats-entity-key header"
-    return Rejected(BAD_REQUEST, message, (ErrorDetail("", message),))
-
-
-def check_command_id(headers: Mapping[str, str]) -> Rejected | None:
-    """400 when x-esfsm-command-id is present but empty, too long or not printable ASCII."""
-    raw = headers.get(COMMAND_ID_HEADER)
-    if raw is None or (0 < len(raw) <= 256 and raw.isascii() and raw.isprintable()):
-        return None
-    message = f"invalid {COMMAND_ID_HEADER} {raw[:40]!r}: expected 1 to 256 printable ASCII characters"
-    return Rejected(BAD_REQUEST, message, (ErrorDetail("", message),))
-
-
-def expected_version(headers: Mapping[str, str]) -> int | Rejected | None:
-    """The x-esfsm-expected-version header as an int, None when absent, or a 400."""
-    raw = headers.get(EXPECTED_VERSION_HEADER)
-    if raw is None:
-        return None
-    text = str(raw).strip()
-    if not (text.isascii() and text.isdigit()) or len(text) > 18:  # '²'.isdigit() is True
-        message = f"invalid {EXPECTED_VERSION_HEADER} {clip(repr(raw))}: expected a non-negative integer"
-        return Rejected(BAD_REQUEST, message, (ErrorDetail("", message),))
-    return int(text)
-
-
-MAX_DEPTH = 64  # nesting of a payload: deeper ones would exhaust the validators' recursion
-INT64 = (-(2**63), 2**63 - 1)  # CEL integers are 64-bit
-
-
-def clip(text: str, limit: int = 200) -> str:
-    """text, cut to limit characters: messages quote input, and input can be huge."""
-    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
-
-
-def check_payload(payload: Any) -> Rejected | None:
-    """400 for what JSON allows but a definition cannot evaluate: nesting deeper than
-    MAX_DEPTH, integers outside 64 bits, non-finite numbers; and for what is no JSON at
-    all (a set, bytes, a datetime, a non-string key), which only an in-process caller
-    can hand the in-memory engine."""
-    if _fine(payload, 0):  # the usual case, without building a path for every value
-        return None
-    stack = [(payload, "", 0)]
-    while stack:
-        value, path, depth = stack.pop()
-        problem = None
-        if depth > MAX_DEPTH:
-            problem = f"the payload is nested more than {MAX_DEPTH} levels deep"
-        elif isinstance(value, bool):
-            continue
-        elif isinstance(value, int) and not INT64[0] <= value <= INT64[1]:
-            problem = f"{clip(str(value), 40)} is outside the 64-bit integer range"
-        elif isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
-            problem = f"{value} is not a finite number"
-        elif isinstance(value, dict):
-            if not all(isinstance(k, str) for k in value):
-                problem = f"a key {next(k for k in value if not isinstance(k, str))!r} is not a string, as JSON needs"
-            stack.extend((v, f"{path}/{k}", depth + 1) for k, v in value.items())
-        elif isinstance(value, (list, tuple)):
-            stack.extend((v, f"{path}/{i}", depth + 1) for i, v in enumerate(value))
-        elif not (value is None or isinstance(value, (str, int, float))):
-            problem = f"a {type(value).__name__} value is not JSON"
-        if problem:
-            return Rejected(BAD_REQUEST, problem, (ErrorDetail(path[:200], problem),))
-    return None
-
-
-def _fine(value: Any, depth: int) -> bool:
-    """Whether check_payload has nothing to say about value (at depth)."""
-    kind = type(value)
-    if kind is str or kind is bool or value is None:
-        return True
-    if kind is int:
-        return INT64[0] <= value <= INT64[1]
-    if depth >= MAX_DEPTH:
-        return False
-    if kind is dict:
-        return all(type(k) is str for k in value) and all(_fine(v, depth + 1) for v in value.values())
-    if kind is list:
-        return all(_fine(v, depth + 1) for v in value)
-    if kind is float:
-        return math.isfinite(value)
-    return False  # anything else: let the full walk decide
-
-
-def check_request(compiled: CompiledAggregate, command: str, key: object,
-                  headers: Mapping[str, str]) -> Rejected | None:
-    """What both engines check before looking at the entity, in this order: the key (400),
-    the command id (400), the expected version's form (400), the command's name (404)."""
-    problem = check_key(key) or check_command_id(headers)
-    if problem:
-        return problem
-    expected = expected_version(headers)
-    if isinstance(expected, Rejected):
-        return expected
-    if command not in compiled.commands:
-        return compiled.unknown_command(command)
-    return None
-
-
-def version_conflict(expected: int, actual: int) -> Rejected:
-    message = f"expected version {expected}, but the entity is at version {actual}"
-    return Rejected(CONFLICT, message, (ErrorDetail("", message),))
 
 
 def unknown_aggregate(name: str, known: Iterable[str]) -> Rejected:
@@ -231,7 +129,8 @@ class MemoryEngine:
         self.new_id = new_id
         self.store = store or MemoryEventStore()
         self._states: dict[tuple[str, str], EntityState] = {}
-        self._outcomes: dict[tuple[str, str, str], Decision] = {}
+        self._outcomes: dict[tuple[str, str, str], Decision] = {}  # answers by command id, kept for ever
+        self.state_limit: int | None = None  # bytes an entity's state may take as JSON (the runtime's KV limit)
 
     def aggregate(self, name: str) -> CompiledAggregate:
         require_text("aggregate", name)
@@ -245,13 +144,14 @@ class MemoryEngine:
         compiled = self.aggregate(aggregate)
         cached = self._states.get((aggregate, key))
         if cached is None:
-            cached = compiled.replay(key, self.store.load(aggregate, key))
+            cached = reading.replay(compiled, key, self.store.load(aggregate, key))
             self._states[(aggregate, key)] = cached
         return cached
 
     def history(self, aggregate: str, key: str) -> list[BaseCloudEvent]:
+        """The entity's events, as the read path gives them to a definition."""
         self.aggregate(aggregate)
-        return self.store.load(aggregate, key)
+        return [reading.decode(event) for event in self.store.load(aggregate, key)]
 
     def handle(
         self,
@@ -269,28 +169,31 @@ class MemoryEngine:
         compiled = self.aggregates.get(aggregate)
         if compiled is None:
             return unknown_aggregate(aggregate, self.aggregates)
-        problem = check_request(compiled, command, key, headers)
-        if problem:
-            return problem
-        command_id = headers.get(COMMAND_ID_HEADER)
-        if command_id is not None and (aggregate, key, command_id) in self._outcomes:
-            return self._outcomes[(aggregate, key, command_id)]
-        expected = expected_version(headers)
-        assert not isinstance(expected, Rejected)  # check_request looked at it
-        current = self.state(aggregate, key)
-        if expected is not None and expected != current.version:
-            decision: Decision = version_conflict(expected, current.version)
-        else:
-            payload = {} if payload is None else payload
-            request = CommandRequest(command, key, payload, headers)
-            bad_payload = check_payload(payload)
-            decision = bad_payload or compiled.decide(current, request, self.clock(), self.new_id)
-            if decision.accepted and decision.events:
-                self.store.append(aggregate, key, current.version, decision.events)
-                self._states[(aggregate, key)] = decision.state
+        prepared = prepare(compiled.commands, compiled.unknown_command, command, key, headers, payload)
+        if isinstance(prepared, Rejected):
+            return prepared
+        command_id = prepared.command_id
+        earlier = None if command_id is None else self._outcomes.get((aggregate, prepared.key, command_id))
+        current = self.state(aggregate, prepared.key)
+        outcome = step(self._decider(compiled), current, prepared, earlier, self.clock(), self.state_limit)
+        if outcome.decision is None:
+            return outcome.earlier  # type: ignore[no-any-return]
+        decision = outcome.decision
+        if outcome.stores:
+            assert isinstance(decision, Accepted)
+            self.store.append(aggregate, prepared.key, current.version, decision.events)
+            self._states[(aggregate, prepared.key)] = decision.state
         if command_id is not None:
-            self._outcomes[(aggregate, key, command_id)] = decision
+            self._outcomes[(aggregate, prepared.key, command_id)] = decision
         return decision
+
+    def _decider(self, compiled: CompiledAggregate) -> Callable[..., Decision]:
+        new_id = self.new_id
+
+        def decide(state: EntityState, request: Any, now: dt.datetime | None) -> Decision:
+            return compiled.decide(state, request, now, new_id)
+
+        return decide
 
     def record(self, aggregate: str, key: str, events: Iterable[BaseCloudEvent]) -> EntityState:
         """Append events as given (scenario 'given' events); each must be a valid transition."""
@@ -303,9 +206,7 @@ class MemoryEngine:
             if not callable(getattr(event, "get_type", None)):  # BaseCloudEvent is a protocol
                 raise TypeError(f"record takes CloudEvents (esfsm.events.new_event), got {type(event).__name__}")
         state = self.state(aggregate, key)
-        new_state = state
-        for event in events:
-            new_state = compiled.evolve(new_state, event)
+        new_state = reading.fold(compiled, state, events)
         self.store.append(aggregate, key, state.version, events)
         self._states[(aggregate, key)] = new_state
         return new_state

@@ -23,6 +23,7 @@ BAD_REQUEST = 400
 FORBIDDEN = 403
 NOT_FOUND = 404
 CONFLICT = 409
+TOO_LARGE = 413  # the resulting state would not fit one snapshot (a KV value)
 UNPROCESSABLE = 422
 INTERNAL = 500
 UNAVAILABLE = 503

@@ -1,4 +1,4 @@
-"""The runtime's fast path (AggregateService._fast): commands on a warm entity are decided
+"""The runtime's fast path (pipeline.py, Pipeline.fast): commands on a warm entity are decided
 and appended straight from the read loop and answered from the ack's callback. These
 tests send real requests through NATS to services started in this process, so every
 command can take it, and check what it must keep: per-entity order, no lost update when
@@ -102,14 +102,14 @@ def test_two_processes_racing_on_one_entity_lose_no_update(own_server: Any, proj
                 assert (await send(client, "deposit", key, {"amount": 1}))["accepted"]
             stale_retries = 0
             for service in (a, b):
-                held = service._held
+                held = service.pipeline.held
 
                 def counting(*args: Any, _held: Any = held, **kwargs: Any) -> Any:
                     nonlocal stale_retries
                     stale_retries += bool(kwargs.get("stale"))
                     return _held(*args, **kwargs)
 
-                service._held = counting  # type: ignore[method-assign]
+                service.pipeline.held = counting  # type: ignore[method-assign]
             amounts = list(range(10, 130))
             replies = await asyncio.gather(*[send(client, "deposit", key, {"amount": x}) for x in amounts])
             accepted = [x for x, r in zip(amounts, replies) if r["accepted"]]
@@ -201,14 +201,14 @@ def test_an_append_left_unanswered_is_resolved_like_on_the_ordinary_path(own_ser
                 requester(service.nc).send_then("silent.append", event.body, 0.3, b"", then)
 
             resumed = []
-            resume = service._resume
+            resume = service.pipeline._resume
 
             def counting(*args: Any) -> Any:
                 resumed.append(args)
                 return resume(*args)
 
             service.store.append_one = into_the_void  # type: ignore[method-assign]
-            service._resume = counting  # type: ignore[method-assign]
+            service.pipeline._resume = counting  # type: ignore[method-assign]
             reply = await send(client, "deposit", key, {"amount": 5})
             assert reply["accepted"] and reply["version"] == 2
             assert len(resumed) == 1  # the fast path waited for the ack, then resolved it

@@ -8,6 +8,7 @@ what); the crash tests use real `esfsm run` processes.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import uuid
 from collections import OrderedDict
@@ -20,7 +21,7 @@ import nats
 import pytest
 
 from esfsm.compiler import CompiledAggregate
-from esfsm.events import event_from_json
+from esfsm.events import event_from_json, event_to_json, new_event
 from esfsm.project import Project
 from esfsm.runtime.entity import Entity, SnapshotTooLarge
 from esfsm.runtime.jetstream import ConflictError, Outgoing
@@ -251,8 +252,10 @@ def test_converges_when_snapshots_do_not_fit_in_a_message(tmp_path: Path, projec
                                                           monkeypatch: pytest.MonkeyPatch,
                                                           caplog: pytest.LogCaptureFixture) -> None:
     """A snapshot over max_payload could never be written (the writer used to retry it every
-    second, for ever): old replies are left out of it, and a state that alone does not fit is
-    reported and acknowledged, while the other entities' snapshots are written."""
+    second, for ever): old replies are left out of it. A command whose state alone would not
+    fit is refused (413) before anything is stored; one stored before that check (an older
+    runtime, a smaller max_payload now) is reported and acknowledged, while the other
+    entities' snapshots are written."""
     compiled = project.aggregates["bankaccount"]
     monkeypatch.setattr(AggregateStore, "snapshot_limit", property(lambda self: 600))
     server = start_server(tmp_path / "nats")
@@ -260,8 +263,15 @@ def test_converges_when_snapshots_do_not_fit_in_a_message(tmp_path: Path, projec
     async def scenario() -> None:
         async with processes(server.url, compiled, 1) as (a,):
             replies, huge, small = key(), key(), key()
-            for k, owner, extra in [(replies, "r" * 300, {"x-esfsm-command-id": "c1"}), (huge, "h" * 800, {}),
-                                    (small, "ann", {})]:
+            refused = await a.process("open_account", body({"owner": "h" * 800, "initial_balance": 150}),
+                                      headers(huge))
+            assert refused["code"] == 413 and "nothing was stored" in refused["message"], refused
+            assert await a.store.history(huge) == []
+            opened = new_event("bankaccount", "account_opened", huge, 1, {"owner": "h" * 800, "balance": 150},
+                               dt.datetime.now(dt.UTC))  # as a runtime without the check stored it
+            await a.store.append(huge, 0, [Outgoing(a.store.subject(huge, "account_opened"),
+                                                    event_to_json(opened), opened.get_id())])
+            for k, owner, extra in [(replies, "r" * 300, {"x-esfsm-command-id": "c1"}), (small, "ann", {})]:
                 reply = await a.process("open_account", body({"owner": owner, "initial_balance": 150}),
                                         headers(k, **extra))
                 assert reply["accepted"], reply

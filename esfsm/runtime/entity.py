@@ -16,13 +16,14 @@ from typing import Any
 import orjson
 from cloudevents.core.base import BaseCloudEvent
 
+from esfsm import reading
 from esfsm.compiler import CompiledAggregate
+from esfsm.contract import COMMAND_ID_EXTENSION
 from esfsm.errors import EsfsmError
-from esfsm.events import event_from_json, event_to_dict
+from esfsm.events import event_to_dict
 from esfsm.values import EntityState
 
-RECENT_COMMANDS = 32  # command ids remembered per entity (idempotent retries)
-COMMAND_ID_EXTENSION = "commandid"
+RECENT_COMMANDS = 32  # answers of recent commands kept in the snapshot (older ones: answers.py)
 
 
 class SnapshotTooLarge(EsfsmError):
@@ -82,8 +83,7 @@ def accepted_reply(version: int, state: str, events: list[dict[str, Any]]) -> di
 
 def fold(compiled: CompiledAggregate, entity: Entity, seq: int, raw: bytes) -> BaseCloudEvent:
     """Apply one stored event (CloudEvents JSON at stream sequence seq) to entity, in place."""
-    event = event_from_json(raw)
-    entity.state = compiled.evolve(entity.state, event)
+    event, entity.state = reading.apply(compiled, entity.state, raw)
     entity.seq = seq
     command_id = event.get_extension(COMMAND_ID_EXTENSION)
     if command_id:

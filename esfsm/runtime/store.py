@@ -20,7 +20,9 @@ from nats.js.errors import (
 )
 from nats.js.kv import KeyValue
 
+from esfsm import contract
 from esfsm.compiler import CompiledAggregate
+from esfsm.runtime.answers import DEFAULT_WINDOW, Answers
 from esfsm.runtime.entity import Entity, fold
 from esfsm.runtime.jetstream import (
     NOT_SENT,
@@ -47,7 +49,8 @@ KV_HEADROOM = 256  # bytes: more than a KV write's headers take of max_payload
 class AggregateStore:
     """Events in stream `<stream>` on `<events>.<key>.<type>`; snapshots in bucket `<bucket>`."""
 
-    def __init__(self, nc: Client, compiled: CompiledAggregate, timeout: float = 5.0, domain: str | None = None) -> None:
+    def __init__(self, nc: Client, compiled: CompiledAggregate, timeout: float = 5.0, domain: str | None = None,
+                 command_window: float = DEFAULT_WINDOW) -> None:
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream(timeout=timeout, domain=domain)
         self.api = api_prefix(domain)
@@ -55,17 +58,22 @@ class AggregateStore:
         self.names = compiled.model.nats
         self.timeout = timeout
         self.kv: KeyValue | None = None
+        self.answers = Answers(self.js, self.names.bucket, self.names.replicas, command_window,
+                               f"esfsm answers to command ids of aggregate {compiled.name}")
         self._written: dict[str, tuple[int, int]] = {}  # key → (KV revision, stream seq) this process wrote last
 
     @property
     def durable(self) -> str:
-        return f"AGG_{self.compiled.name}"
+        return contract.durable_name(self.compiled.name)
 
     def entity_subjects(self, key: str) -> str:
-        return f"{self.names.events}.{key}.>"
+        return contract.entity_subjects(self.names.events, key)
 
     def subject(self, key: str, event_type: str) -> str:
-        return f"{self.names.events}.{key}.{event_type}"
+        return contract.event_subject(self.names.events, key, event_type)
+
+    def kv_subject(self, key: str) -> str:
+        return contract.kv_subject(self.names.bucket, key)
 
     async def ensure(self) -> None:
         """Create or update the stream, the bucket and the durable consumer; StoreError
@@ -81,7 +89,7 @@ class AggregateStore:
     async def _ensure(self) -> None:
         config = StreamConfig(
             name=self.names.stream,
-            subjects=[f"{self.names.events}.>"],
+            subjects=[contract.stream_subjects(self.names.events)],
             storage=StorageType.FILE,
             num_replicas=self.names.replicas,
             duplicate_window=DUPLICATE_WINDOW,
@@ -100,15 +108,16 @@ class AggregateStore:
                 bucket=self.names.bucket, history=1, replicas=self.names.replicas, direct=True,
                 description=f"esfsm state of aggregate {self.compiled.name}",
             ))
-        bucket = await self.js.stream_info(f"KV_{self.names.bucket}")
+        bucket = await self.js.stream_info(contract.kv_stream(self.names.bucket))
         if bucket.config.num_replicas != self.names.replicas:  # `replicas` changed (say, moved to a cluster)
             bucket.config.num_replicas = self.names.replicas
             await self.js.update_stream(bucket.config)
         await self.js.add_consumer(self.names.stream, ConsumerConfig(
-            durable_name=self.durable, filter_subject=f"{self.names.events}.>", ack_wait=10,
+            durable_name=self.durable, filter_subject=contract.stream_subjects(self.names.events), ack_wait=10,
             max_ack_pending=20_000, description=f"esfsm snapshots of aggregate {self.compiled.name}",
             headers_only=True,  # the snapshot writer reads subjects and sequences, never the events themselves
         ))
+        await self.answers.ensure()
 
     # -- events --------------------------------------------------------------
 
@@ -196,7 +205,7 @@ class AggregateStore:
         assert self.kv is not None
         key, seq, value = entity.state.key, entity.seq, entity.to_json(self.snapshot_limit)  # before any await
         if revision:
-            written = await kv_update(self.nc, f"{self.kv._pre}{key}", value, revision, self.timeout)
+            written = await kv_update(self.nc, self.kv_subject(key), value, revision, self.timeout)
         else:
             written = await self.kv.create(key, value)
         self._note_written(key, written, seq)
@@ -228,7 +237,7 @@ class AggregateStore:
         sent: list[tuple[str, str, int, asyncio.Future[tuple[bytes, dict[str, str] | None]] | BaseException]] = []
         for entity, revision in writes:
             key, seq = entity.state.key, entity.seq
-            subject = f"{self.kv._pre}{key}"
+            subject = self.kv_subject(key)
             try:
                 sent.append((key, subject, seq, mux.send(subject, entity.to_json(self.snapshot_limit), self.timeout,
                                                          kv_update_headers(revision))))
