@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from typing import Any
 import nats
 import nats.errors
 import yaml
+from helpers import fresh_key
 from hypothesis import HealthCheck, settings
 from nats_support import LoopThread, RuntimeProcess
 
@@ -62,7 +62,7 @@ CHECKER = settings(max_examples=120 * SCALE, deadline=None,
 
 
 def fresh(prefix: str = "hx") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+    return fresh_key(prefix)
 
 
 def valid_key(key: str) -> bool:

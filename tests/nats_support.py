@@ -87,6 +87,11 @@ class RuntimeProcess:
             self._log.close()
 
 
+def unknown(reply: dict[str, Any] | None) -> bool:
+    """No reply, or a 503: the command may or may not have been stored."""
+    return reply is None or (not reply["accepted"] and reply["code"] == 503)
+
+
 def run(coroutine: Coroutine[Any, Any, T], timeout: float = 120.0) -> T:
     """asyncio.run with a bound: a test that would hang fails instead, showing where it waited."""
     return asyncio.run(asyncio.wait_for(coroutine, timeout))

@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import DEFINITIONS, ROOT
+from helpers import run_cli as run
 from esfsm.authoring import explain, graph, init
 from esfsm.authoring.analysis import edges
 from esfsm.project import check_paths, load_project
@@ -23,12 +24,6 @@ from esfsm.scenarios import run_scenario_files
 BANK, ORDER, TICKET = "definitions/bankaccount.yaml", "definitions/order.yaml", "definitions/ticket.yaml"
 HAS_DOT = shutil.which("dot") is not None
 NEEDS_DOT = pytest.mark.skipif(not HAS_DOT, reason="Graphviz's dot is not installed (apt-get install graphviz)")
-
-
-def run(command: click.Command, *args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(command, list(args))
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    return result.exit_code, result.stdout, result.stderr
 
 
 @pytest.fixture

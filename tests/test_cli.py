@@ -6,9 +6,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from conftest import DEFINITIONS
+from helpers import run_cli
 from esfsm import __version__
 from esfsm.cli import main
 
@@ -46,9 +46,7 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def run(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(main, list(args))
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    return result.exit_code, result.stdout, result.stderr
+    return run_cli(main, *args)
 
 
 def test_version() -> None:

@@ -46,7 +46,8 @@ import nats
 from esfsm.events import event_from_json
 from esfsm.project import load_project
 from esfsm.runtime.store import AggregateStore
-from nats_support import Cluster, RuntimeProcess, run, start_cluster, wait_for_jetstream
+from helpers import bank_headers
+from nats_support import Cluster, RuntimeProcess, run, start_cluster, unknown, wait_for_jetstream
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "cluster"
 AGGREGATE = "clusterbank"
@@ -61,18 +62,6 @@ MIN_DOWN = 4.0  # the node stays down at least this long ...
 ACCEPTED_WHILE_DOWN = 50  # ... and until this many commands were accepted without it
 AFTER_RESTART = 3.0  # seconds of load once it is back
 T = TypeVar("T")
-
-
-def headers(key: str, command_id: str | None = None) -> dict[str, str]:
-    h = {"x-ergonats-entity-key": key, "x-username": "ann"}
-    if command_id:
-        h["x-esfsm-command-id"] = command_id
-    return h
-
-
-def unknown(reply: dict[str, Any] | None) -> bool:
-    """No reply, or a 503: the command may or may not have been stored."""
-    return reply is None or (not reply["accepted"] and reply["code"] == 503)
 
 
 @dataclass
@@ -104,7 +93,7 @@ async def send(nc: Any, command: str, key: str, body: dict[str, Any], command_id
                timeout: float = CLIENT_TIMEOUT) -> dict[str, Any] | None:
     try:
         msg = await nc.request(f"{COMMANDS}.{command}", json.dumps(body).encode(), timeout=timeout,
-                               headers=headers(key, command_id))
+                               headers=bank_headers(key, command_id))
     except Exception:  # timeout, no responders while the queue group moves, disconnected
         return None
     return json.loads(msg.data)  # type: ignore[no-any-return]
@@ -371,7 +360,7 @@ def test_read_your_writes_across_processes_on_a_replicated_stream(tmp_path: Path
             stale: list[dict[str, Any]] = []
 
             async def account(key: str) -> None:
-                h = headers(key)
+                h = bank_headers(key)
                 assert (await a.process("open_account", b'{"owner": "ann", "initial_balance": 100}', h))["accepted"]
                 balance = 100
                 for _ in range(300):
@@ -414,7 +403,7 @@ def test_a_redelivered_event_never_moves_the_snapshot_back(tmp_path: Path) -> No
             store = AggregateStore(nc, compiled)
             await store.ensure()
             service = AggregateService(nc, compiled, store)
-            h = headers("k")
+            h = bank_headers("k")
             assert (await service.process("open_account", b'{"owner": "a", "initial_balance": 100}', h))["accepted"]
             assert (await service.process("deposit", b'{"amount": 1}', h))["accepted"]
             warm = copy.deepcopy(service.cached("k"))  # A's warm entity, at S1

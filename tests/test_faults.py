@@ -19,19 +19,17 @@ import pytest
 from esfsm.events import event_from_json
 from esfsm.project import Project
 from esfsm.runtime.store import AggregateStore
-from nats_support import RuntimeProcess, ephemeral_port, run, start_server
+from helpers import bank_headers
+from nats_support import RuntimeProcess, ephemeral_port, run, start_server, unknown
 
 KEYS = [f"fault-{i}" for i in range(12)]
-
-
-def headers(key: str, command_id: str) -> dict[str, str]:
-    return {"x-ergonats-entity-key": key, "x-username": "ann", "x-esfsm-command-id": command_id}
 
 
 async def send(nc: Any, key: str, command_id: str, timeout: float = 3.0) -> dict[str, Any] | None:
     """The reply, or None when no reply came (timeout, disconnected)."""
     try:
-        msg = await nc.request("bank.cmds.deposit", b'{"amount": 1}', timeout=timeout, headers=headers(key, command_id))
+        msg = await nc.request("bank.cmds.deposit", b'{"amount": 1}', timeout=timeout,
+                               headers=bank_headers(key, command_id))
     except Exception:
         return None
     return json.loads(msg.data)  # type: ignore[no-any-return]
@@ -68,10 +66,6 @@ async def check_convergence(url: str, project: Project, outcomes: dict[str, dict
             assert snapshot is not None and snapshot.state == live, f"{key}: KV did not converge"
     finally:
         await nc.close()
-
-
-def unknown(reply: dict[str, Any] | None) -> bool:
-    return reply is None or (not reply["accepted"] and reply["code"] == 503)
 
 
 async def resolve(nc: Any, outcomes: dict[str, dict[str, Any] | None]) -> None:
@@ -204,7 +198,7 @@ def test_a_publish_while_disconnected_fails_fast_and_is_never_sent_later(tmp_pat
                 if not nc.is_connected:
                     break
                 await asyncio.sleep(0.02)
-            reply = await service.process("deposit", b'{"amount": 5}', headers("k", "while-down"))
+            reply = await service.process("deposit", b'{"amount": 5}', bank_headers("k", "while-down"))
             assert (reply["accepted"], reply["code"]) == (False, 503)
             assert "nothing was stored" in reply["message"]
             server.start()  # on this thread: one of the pool's would take the server with it
@@ -215,7 +209,7 @@ def test_a_publish_while_disconnected_fails_fast_and_is_never_sent_later(tmp_pat
             await asyncio.sleep(0.5)
             history = [json.loads(r) for r in await store.history("k")]
             assert [e["type"] for e in history] == ["account_opened"]
-            later = await service.process("deposit", b'{"amount": 5}', headers("k", "after"))
+            later = await service.process("deposit", b'{"amount": 5}', bank_headers("k", "after"))
             assert later["accepted"] and later["version"] == 2
             await nc.close()
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 
-from esfsm.cli import main
+from helpers import validate
 
 ROOT = Path(__file__).resolve().parent.parent
 INVALID = Path(__file__).resolve().parent / "fixtures" / "invalid"
@@ -40,14 +40,6 @@ def expected(text: str) -> Expected:
     codes = [int(line.removeprefix("# exit: ")) for line in text.splitlines() if line.startswith("# exit: ")]
     assert len(codes) == 1, "a fixture needs exactly one '# exit: N' line"
     return Expected(lines, codes[0])
-
-
-def validate(*args: str) -> Result:
-    result = CliRunner().invoke(main, ["validate", *args])
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
-    assert result.exit_code in (0, 1), result.output
-    assert "Traceback" not in result.output and "internal error" not in result.output, result.output
-    return result
 
 
 def split_output(result: Result, prefix: str) -> tuple[list[str], list[str]]:

@@ -14,13 +14,10 @@ from typing import Any
 
 import nats
 import pytest
+from nats_support import run
 
 pytestmark = pytest.mark.usefixtures("runtime")
 KEY = "x-ergonats-entity-key"
-
-
-def run(coroutine: Any) -> Any:
-    return asyncio.run(asyncio.wait_for(coroutine, 60))
 
 
 async def request(nc: Any, command: str, key: str | None, payload: bytes, **headers: str) -> tuple[dict, dict]:
