@@ -13,6 +13,7 @@ from esfsm.project import Project, load_project
 from esfsm.runtime.server import EmbeddedServer
 
 if TYPE_CHECKING:
+    from drivers import NatsDriver
     from hostile_support import Isolated, Wire
     from nats_support import RuntimeProcess
 
@@ -45,6 +46,19 @@ def runtime(nats_server: EmbeddedServer, tmp_path_factory: pytest.TempPathFactor
     process = RuntimeProcess(nats_server.url, log=tmp_path_factory.mktemp("runtime") / "runtime.log").start()
     yield process
     assert process.terminate() == 0, process.log()
+
+
+@pytest.fixture(scope="module")
+def nats_driver(project: Project, request: pytest.FixtureRequest) -> Iterator[NatsDriver]:
+    """The behaviour suite's driver of the session's runtime (tests/drivers.py). The runtime
+    is asked for here, not in the signature, so that a module whose tests are parametrised
+    over engines starts it only when a NATS case runs."""
+    from drivers import NatsDriver
+
+    request.getfixturevalue("runtime")
+    driver = NatsDriver(project, request.getfixturevalue("nats_server").url)
+    yield driver
+    driver.close()
 
 
 # -- the hostile suites (test_hostile_*.py): raw clients, and runtimes of their own ----------

@@ -7,22 +7,13 @@ engine through the parametrised ``driver`` fixture.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
 import pytest
 
-from drivers import Driver, MemoryDriver, NatsDriver
+from drivers import Driver, MemoryDriver
 from esfsm.project import Project
 
 ANN = {"x-username": "ann"}
-
-
-@pytest.fixture(scope="module")
-def nats_driver(project: Project, request: pytest.FixtureRequest) -> Iterator[NatsDriver]:
-    request.getfixturevalue("runtime")
-    driver = NatsDriver(project, request.getfixturevalue("nats_server").url)
-    yield driver
-    driver.close()
 
 
 @pytest.fixture(params=["memory", "nats"])

@@ -12,11 +12,9 @@ snapshot against a fold of the stream's history.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import pytest
 from drivers import NatsDriver
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -24,7 +22,6 @@ from hypothesis import strategies as st
 from esfsm.engine import MemoryEngine
 from esfsm.events import event_from_dict, event_from_json, event_to_json
 from esfsm.project import Project
-from esfsm.runtime.server import EmbeddedServer
 
 KEYS = ["a", "b", "c"]
 ANN = {"x-username": "ann"}
@@ -118,13 +115,6 @@ def test_a_fresh_engine_on_the_same_store_sees_the_same_states(project: Project,
     second = MemoryEngine([project.aggregates["bankaccount"]], store=first.store)
     for key in KEYS:
         assert second.state("bankaccount", key) == first.state("bankaccount", key)
-
-
-@pytest.fixture
-def nats_driver(project: Project, nats_server: EmbeddedServer, runtime: object) -> Iterator[NatsDriver]:
-    driver = NatsDriver(project, nats_server.url)
-    yield driver
-    driver.close()
 
 
 def test_on_nats_the_kv_snapshot_is_the_fold_of_the_stream(project: Project, nats_driver: NatsDriver) -> None:
