@@ -25,7 +25,9 @@ from nats.aio.client import Client as NatsClient
 from nats.errors import MaxPayloadError, NoRespondersError, TimeoutError
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError, ServiceUnavailableError
 
-from esfsm.engine import check_key, require_text, wire_headers
+from esfsm import contract, reading
+from esfsm.command_path import check_key
+from esfsm.engine import require_text, wire_headers
 from esfsm.errors import EsfsmError
 from esfsm.findings import did_you_mean, one_of
 from esfsm.runtime.connection import (
@@ -108,13 +110,13 @@ class Client:
                               "and '_', starting with a letter")
         if name not in self._info:
             try:
-                msg = await self.nc.request(f"$SRV.INFO.aggregate-{name}", b"", self.timeout)
+                msg = await self.nc.request(contract.info_subject(name), b"", self.timeout)
             except (NoRespondersError, TimeoutError) as err:
                 served = await self.served()
                 hint = (did_you_mean(name, served) or f"; the runtimes on this server serve {one_of(served)}"
                         if served else "; is `esfsm run` running with its definition?")
                 raise ClientError(f"no runtime serves aggregate {name!r} (no answer on "
-                                  f"$SRV.INFO.aggregate-{name}){hint}") from err
+                                  f"{contract.info_subject(name)}){hint}") from err
             info = orjson.loads(msg.data)
             meta = info.get("metadata") or {}
             self._info[name] = AggregateInfo(
@@ -127,13 +129,14 @@ class Client:
         """The aggregates that esfsm runtimes serve on this server (the micro services that
         answer `$SRV.PING` within wait seconds), sorted."""
         found: set[str] = set()
-        for answer in await gather_answers(self.nc, ["$SRV.PING"], wait):
+        for answer in await gather_answers(self.nc, [contract.PING_SUBJECT], wait):
             try:
                 name = orjson.loads(answer).get("name", "")
             except (orjson.JSONDecodeError, AttributeError):
                 continue
-            if isinstance(name, str) and name.startswith("aggregate-"):
-                found.add(name.removeprefix("aggregate-"))
+            served = contract.aggregate_of_service(name) if isinstance(name, str) else None
+            if served is not None:
+                found.add(served)
         return sorted(found)
 
     async def send(self, aggregate: str, command: str, key: str, data: Any = None,
@@ -181,7 +184,7 @@ class Client:
                               "right?") from err
         deadline = time.monotonic() + wait
         while True:
-            last = await last_message(self.nc, info.stream, f"{info.events}.{key}.>", self.timeout,
+            last = await last_message(self.nc, info.stream, contract.entity_subjects(info.events, key), self.timeout,
                                       api_prefix(self.domain))
             try:
                 entry = await kv.get(key)
@@ -202,9 +205,9 @@ class Client:
         _check_key(key)
         info = await self.aggregate(aggregate)
         events = []
-        async for stored in read_subject(self.nc, info.stream, f"{info.events}.{key}.>", 0, self.timeout,
-                                         api_prefix(self.domain)):
-            event = orjson.loads(stored.body)
+        async for stored in read_subject(self.nc, info.stream, contract.entity_subjects(info.events, key), 0,
+                                         self.timeout, api_prefix(self.domain)):
+            event = reading.document(stored.body)  # as the definition reads it
             event["seq"] = stored.seq
             events.append(event)
         return events

@@ -332,15 +332,17 @@ def test_tls_options_against_a_plaintext_server_are_refused_before_any_credentia
 RUNTIME_PERMISSIONS = """{
   publish: {allow: [
     "bank.events.>",
-    "$KV.AGG_bankaccount.>",
+    "$KV.AGG_bankaccount.>", "$KV.AGG_bankaccount_ids.>",
     "$JS.API.STREAM.INFO.BANK_EVENTS", "$JS.API.STREAM.CREATE.BANK_EVENTS", "$JS.API.STREAM.UPDATE.BANK_EVENTS",
     "$JS.API.STREAM.INFO.KV_AGG_bankaccount", "$JS.API.STREAM.CREATE.KV_AGG_bankaccount",
+    "$JS.API.STREAM.INFO.KV_AGG_bankaccount_ids", "$JS.API.STREAM.CREATE.KV_AGG_bankaccount_ids",
     "$JS.API.CONSUMER.DURABLE.CREATE.BANK_EVENTS.AGG_bankaccount",
     "$JS.API.CONSUMER.CREATE.BANK_EVENTS.AGG_bankaccount.>",
     "$JS.API.CONSUMER.MSG.NEXT.BANK_EVENTS.AGG_bankaccount",
     "$JS.ACK.BANK_EVENTS.AGG_bankaccount.>",
     "$JS.API.DIRECT.GET.BANK_EVENTS",
     "$JS.API.DIRECT.GET.KV_AGG_bankaccount.$KV.AGG_bankaccount.>",
+    "$JS.API.DIRECT.GET.KV_AGG_bankaccount_ids.$KV.AGG_bankaccount_ids.>",
     "$SRV.INFO.aggregate-bankaccount"
   ]}
   subscribe: {allow: ["bank.cmds.>", "$SRV.*", "$SRV.*.aggregate-bankaccount", "$SRV.*.aggregate-bankaccount.*",

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from nats.js.errors import BadRequestError, KeyWrongLastSequenceError
 
+from esfsm import contract
 from esfsm.runtime.entity import Entity, SnapshotTooLarge
 from esfsm.runtime.store import AggregateStore
 
@@ -15,10 +16,9 @@ log = logging.getLogger("esfsm.rebuild")
 
 async def entity_keys(store: AggregateStore) -> list[str]:
     """Every entity key with at least one event in the stream."""
-    info = await store.js.stream_info(store.names.stream, subjects_filter=f"{store.names.events}.>")
-    prefix = store.names.events + "."
-    keys = {subject[len(prefix):].split(".", 1)[0] for subject in (info.state.subjects or {})}
-    return sorted(keys)
+    info = await store.js.stream_info(store.names.stream, subjects_filter=contract.stream_subjects(store.names.events))
+    keys = {contract.key_of_subject(store.names.events, subject) for subject in (info.state.subjects or {})}
+    return sorted(key for key in keys if key)
 
 
 async def rebuild(store: AggregateStore, progress: Callable[[str], None] = lambda key: None) -> int:

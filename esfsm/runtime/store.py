@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing
 
 import nats.errors
 import orjson
@@ -25,6 +26,7 @@ from esfsm.compiler import CompiledAggregate
 from esfsm.runtime.answers import DEFAULT_WINDOW, Answers
 from esfsm.runtime.entity import Entity, fold
 from esfsm.runtime.jetstream import (
+    MSG_ID,
     NOT_SENT,
     Answer,
     Outgoing,
@@ -39,6 +41,7 @@ from esfsm.runtime.jetstream import (
     last_message,
     read_subject,
     requester,
+    Stored,
 )
 
 log = logging.getLogger("esfsm.store")
@@ -160,22 +163,28 @@ class AggregateStore:
 
     async def find_msg_id(self, key: str, after_seq: int, msg_id: str) -> int | None:
         """The sequence of the entity's message with msg_id stored after after_seq, if any."""
-        async for stored in read_subject(self.nc, self.names.stream, self.entity_subjects(key), after_seq,
-                                         self.timeout, self.api):
-            if stored.headers.get("Nats-Msg-Id") == msg_id:
-                return stored.seq
+        async with aclosing(self._read(key, after_seq)) as stored_events:
+            async for stored in stored_events:
+                if stored.headers.get(MSG_ID) == msg_id:
+                    return stored.seq
         return None
+
+    def _read(self, key: str, after_seq: int) -> AsyncIterator[Stored]:
+        """The entity's stored messages after after_seq; read it under contextlib.aclosing, so a
+        reader that stops early (or fails) closes the direct get it started."""
+        return read_subject(self.nc, self.names.stream, self.entity_subjects(key), after_seq, self.timeout, self.api)
 
     async def catch_up(self, entity: Entity) -> Entity:
         """Fold every event stored after entity.seq into entity (in place) and return it."""
-        async for stored in read_subject(self.nc, self.names.stream, self.entity_subjects(entity.state.key),
-                                         entity.seq, self.timeout, self.api):
-            fold(self.compiled, entity, stored.seq, stored.body)
+        async with aclosing(self._read(entity.state.key, entity.seq)) as stored_events:
+            async for stored in stored_events:
+                fold(self.compiled, entity, stored.seq, stored.body)
         return entity
 
     async def history(self, key: str) -> list[bytes]:
-        return [s.body async for s in read_subject(self.nc, self.names.stream, self.entity_subjects(key), 0,
-                                                   self.timeout, self.api)]
+        """The entity's events as stored (reading.py turns them into events)."""
+        async with aclosing(self._read(key, 0)) as stored_events:
+            return [stored.body async for stored in stored_events]
 
     # -- snapshots -----------------------------------------------------------
 

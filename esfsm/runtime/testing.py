@@ -23,14 +23,13 @@ from cloudevents.core.base import BaseCloudEvent
 from nats.js.errors import KeyNotFoundError
 
 from esfsm.compiler import CompiledAggregate
-from esfsm.events import event_from_dict, event_to_json
+from esfsm import contract, reading
+from esfsm.contract import KEY_HEADER, TEST_NOW_HEADER
 from esfsm.expressions import format_time
 from esfsm.runtime.connection import ConnectOptions, connect
-from esfsm.runtime.entity import Entity
 from esfsm.runtime.jetstream import Outgoing
 from esfsm.runtime.runner import Runtime
 from esfsm.runtime.server import EmbeddedServer
-from esfsm.runtime.service import TEST_NOW_HEADER
 from esfsm.values import Accepted, Decision, EntityState, ErrorDetail, Rejected
 
 T = TypeVar("T")
@@ -105,6 +104,7 @@ class NatsScenarioEngine:
             await self.store.kv.purge(key)
         except KeyNotFoundError:
             pass
+        await self.store.answers.purge(key)
         self.service.forget(key)
 
     def handle(self, aggregate: str, command: str, key: str, payload: Any = None,
@@ -122,14 +122,14 @@ class NatsScenarioEngine:
         if not reply["accepted"]:
             errors = tuple(ErrorDetail(e["path"], e["message"]) for e in reply.get("errors", []))
             return Rejected(reply["code"], reply["message"], errors)
-        events = tuple(event_from_dict(e) for e in reply["events"])
+        events = tuple(reading.decode(e) for e in reply["events"])
         return Accepted(events, EntityState(key, reply["state"], {}, reply["version"]))
 
     def _request(self, command: str, key: str, payload: Any, headers: dict[str, str] | None) -> tuple[str, bytes, Any]:
         from esfsm.client import payload_json
 
-        all_headers = {**(headers or {}), "x-ergonats-entity-key": key, TEST_NOW_HEADER: format_time(self.clock())}
-        subject = f"{self.aggregate.model.nats.commands}.{command}"
+        all_headers = {**(headers or {}), KEY_HEADER: key, TEST_NOW_HEADER: format_time(self.clock())}
+        subject = contract.command_subject(self.aggregate.model.nats.commands, command)
         return subject, payload_json({} if payload is None else payload), all_headers
 
     @staticmethod
@@ -159,7 +159,7 @@ class NatsScenarioEngine:
         return self._run(go())
 
     def record(self, aggregate: str, key: str, events: Iterable[BaseCloudEvent]) -> EntityState:
-        from esfsm.engine import check_key
+        from esfsm.command_path import check_key
         from esfsm.errors import ScenarioError
 
         problem = check_key(key)
@@ -169,13 +169,11 @@ class NatsScenarioEngine:
         async def go() -> EntityState:
             await self._purge(key)
             entity = await self.store.load(key)
-            probe = Entity(entity.state, entity.seq)
-            outgoing = []
-            for event in events:
-                probe.state = self.aggregate.evolve(probe.state, event)  # refuses an invalid transition
-                outgoing.append(Outgoing(self.store.subject(key, event.get_type()), event_to_json(event),
-                                         event.get_id()))
+            given = list(events)
+            state = reading.fold(self.aggregate, entity.state, given)  # refuses an invalid transition
+            outgoing = [Outgoing(self.store.subject(key, event.get_type()), reading.encode(event), event.get_id())
+                        for event in given]
             await self.store.append(key, entity.seq, outgoing)
-            return probe.state
+            return state
 
         return self._run(go())
