@@ -10,7 +10,7 @@ from __future__ import annotations
 import ast
 import json
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,14 +47,6 @@ class Raw:
         nc = self.driver.client.nc
         reply = self.driver.loop.run(nc.request(f"bank.cmds.{command}", body, 10, headers=headers))
         return orjson.loads(reply.data)  # type: ignore[no-any-return]
-
-
-@pytest.fixture(scope="module")
-def nats_driver(project: Project, request: pytest.FixtureRequest) -> Iterator[NatsDriver]:
-    request.getfixturevalue("runtime")
-    driver = NatsDriver(project, request.getfixturevalue("nats_server").url)
-    yield driver
-    driver.close()
 
 
 @pytest.fixture(params=["memory", "nats"])
