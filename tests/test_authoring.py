@@ -472,3 +472,61 @@ def test_graph_follows_every_choice_of_many_conditional_emits(tmp_path: Path) ->
     code, out, err = run(graph, "journal", str(_journal(tmp_path, 13)))
     assert (code, err) == (0, "")
     assert "    open --> open: noted (write)\n    open --> closed: closed (write)\n" in out
+
+
+# -- AGGREGATE as a definition file or folder ------------------------------------------
+
+
+def test_graph_takes_a_definition_file_where_the_aggregate_is_named(in_root: Path) -> None:
+    assert run(graph, BANK) == (0, BANKACCOUNT_MERMAID, "")
+    assert run(graph, f"./{BANK}", "--format", "dot") == run(graph, "bankaccount", "--format", "dot")
+
+
+def test_graph_takes_a_folder_that_defines_one_aggregate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "bank").mkdir()
+    shutil.copy(DEFINITIONS / "bankaccount.yaml", tmp_path / "bank" / "bankaccount.yaml")
+    monkeypatch.chdir(tmp_path)  # no ./definitions here: the folder is all there is to read
+    assert run(graph, "bank/") == (0, BANKACCOUNT_MERMAID, "")
+    assert run(graph, "bank") == (0, BANKACCOUNT_MERMAID, "")  # a folder, since no aggregate is called bank
+
+
+def test_a_folder_of_several_aggregates_asks_for_a_name(in_root: Path) -> None:
+    assert run(graph, "definitions/") == (
+        1, "", "Error: definitions/ defines 3 aggregates ('bankaccount', 'order', 'ticket'): give the name of one, "
+               "and definitions/ as PATHS\n")
+    assert run(graph, "definitions")[2] == (
+        "Error: definitions defines 3 aggregates ('bankaccount', 'order', 'ticket'): give the name of one, "
+        "and definitions as PATHS\n")
+
+
+def test_a_bare_word_names_the_aggregate_even_when_a_folder_has_that_name(defs: Path) -> None:
+    (defs.parent / "order").mkdir()
+    (defs.parent / "order" / "notes.yaml").write_text("aggregate: elsewhere\n")
+    assert run(graph, "order")[:2] == run(graph, "order", str(defs))[:2]
+    assert run(graph, "order")[1].startswith("---\ntitle: order\n")
+
+
+def test_a_file_that_defines_no_aggregate_says_so(in_root: Path, tmp_path: Path) -> None:
+    assert run(graph, "definitions/bankaccount.scenarios.yaml") == (
+        1, "", "Error: definitions/bankaccount.scenarios.yaml defines no aggregate (give an aggregate's name or its "
+               "definition file)\n")
+    (tmp_path / "broken.yaml").write_text("aggregate: [\n")
+    code, out, err = run(graph, str(tmp_path / "broken.yaml"))
+    assert (code, out) == (1, "")
+    assert err.splitlines()[-1] == f"Error: no aggregate could be read from {tmp_path / 'broken.yaml'} (see above)"
+    assert "broken.yaml:1:13: error: invalid YAML: " in err.splitlines()[0]
+
+
+def test_graph_of_a_definition_file_with_errors_shows_them(defs: Path) -> None:
+    path = defs / "bankaccount.yaml"
+    path.write_text(path.read_text().replace("account_frozen: {from: open, to: frozen}",
+                                             "account_frozen: {from: open, to: frozn}"))
+    code, out, err = run(graph, "definitions/bankaccount.yaml")
+    assert (code, out) == (1, "")
+    assert err.endswith("Error: aggregate 'bankaccount' in definitions/bankaccount.yaml has errors; fix them first "
+                        "(see above, or run `esfsm validate`)\n")
+
+
+def test_explain_takes_a_definition_file_where_the_aggregate_is_named(in_root: Path) -> None:
+    assert run(explain, BANK, "withdraw") == (0, WITHDRAW, "")
+    assert run(explain, ORDER, "zzz")[2].startswith("Error: unknown command 'zzz' for aggregate 'order'; ")

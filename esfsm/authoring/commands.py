@@ -17,26 +17,22 @@ import click
 from esfsm.authoring import diagram, scaffold
 from esfsm.authoring.explanation import explain as explain_command
 from esfsm.authoring.explanation import render_text
+from esfsm.cli.common import CONTEXT, PATHS, default_paths, described, print_findings, resolve_aggregate
 from esfsm.compiler import CompiledAggregate
 from esfsm.engine import unknown_aggregate
-from esfsm.findings import Finding, did_you_mean, one_of
-from esfsm.project import check_paths
-
-CONTEXT = {"help_option_names": ["-h", "--help"]}
-PATHS = click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
+from esfsm.findings import did_you_mean, one_of
 
 
-def load_aggregate(name: str, paths: Iterable[Path]) -> CompiledAggregate:
-    """The compiled aggregate called name under paths (default ./definitions), or a clear error.
+def load_aggregate(argument: str, paths: Iterable[Path]) -> CompiledAggregate:
+    """The compiled aggregate AGGREGATE means under paths (default ./definitions), or a clear error.
 
-    Errors in other files do not stop the authoring tools (a note says they
-    exist); errors in the aggregate's own file do, and are printed.
+    AGGREGATE is a name or a definition file or folder (see
+    :func:`esfsm.cli.common.resolve_aggregate`). Errors in other files do not
+    stop the authoring tools (a note says they exist); errors in the
+    aggregate's own file do, and are printed.
     """
-    chosen = list(paths) or [Path("definitions")]
-    missing = [p for p in chosen if not p.exists()]
-    if missing:
-        raise click.UsageError(f"path {str(missing[0])!r} does not exist (give the definition files or folders)")
-    project = check_paths(chosen)
+    paths = tuple(paths)
+    name, project = resolve_aggregate(argument, paths)
     errors = [f for f in project.findings if f.severity == "error"]
     if name in project.aggregates:
         if errors:
@@ -45,22 +41,17 @@ def load_aggregate(name: str, paths: Iterable[Path]) -> CompiledAggregate:
     definitions = [d for d in project.documents if d.kind == "definition" and isinstance(d.data, dict)]
     mine = [d.path for d in definitions if d.data.get("aggregate") == name]
     if mine:
-        _print_findings([f for f in errors if f.file in mine])
+        print_findings([f for f in errors if f.file in mine], err=True)
         raise click.ClickException(f"aggregate {name!r} in {mine[0]} has errors; fix them first (see above, "
                                    "or run `esfsm validate`)")
     named = {str(d.data["aggregate"]) for d in definitions if isinstance(d.data.get("aggregate"), str)}
     if not named and not errors:
-        raise click.ClickException(f"no definitions under {', '.join(map(str, chosen))}")
+        raise click.ClickException(f"no definitions under {described(default_paths(paths))}")
     message = unknown_aggregate(name, sorted(named)).message
     if errors:
         broken = len({f.file for f in errors})
         message += f" ({broken} file(s) with errors may hide it: run `esfsm validate`)"
     raise click.ClickException(message)
-
-
-def _print_findings(findings: list[Finding]) -> None:
-    for finding in findings:
-        click.echo(str(finding), err=True)
 
 
 # -- esfsm graph -----------------------------------------------------------------
@@ -87,10 +78,12 @@ def graph(aggregate: str, paths: tuple[Path, ...], fmt: str | None, output: Path
     --format mermaid (a stateDiagram-v2 that GitHub, GitLab and most Markdown
     tools render) and dot (Graphviz source) need nothing installed; svg and
     png run Graphviz's `dot` program. PATHS hold the definitions (default:
-    ./definitions).
+    ./definitions). AGGREGATE is the aggregate's name, or its definition
+    file (or a folder defining one aggregate).
 
     \b
     esfsm graph bankaccount                    # Mermaid on standard output
+    esfsm graph definitions/bankaccount.yaml   # the same
     esfsm graph order --format svg -o order.svg
     """
     if output is not None and str(output) == "-":
@@ -158,7 +151,7 @@ def init(name: str, folder: Path) -> None:
     planned = scaffold.plan(name, folder)
     errors = [f for f in planned.findings if f.severity == "error"]
     if errors:
-        _print_findings(errors)
+        print_findings(errors, err=True)
         raise click.ClickException(f"aggregate {name!r} would clash with the definitions in {folder} (see above); "
                                    "choose another name")
     try:
@@ -194,12 +187,14 @@ def explain(aggregate: str, command: str, paths: tuple[Path, ...], fmt: str) -> 
       transition (from → to) each makes;
     - where it leads from each state it is accepted in.
 
-    PATHS hold the definitions (default: ./definitions).
+    PATHS hold the definitions (default: ./definitions). AGGREGATE is the
+    aggregate's name, or its definition file (or a folder defining one
+    aggregate).
     """
     compiled = load_aggregate(aggregate, paths)
     if command not in compiled.commands:
         hint = did_you_mean(command, compiled.commands) or f"; expected one of {one_of(compiled.commands)}"
-        raise click.ClickException(f"unknown command {command!r} for aggregate {aggregate!r}{hint}")
+        raise click.ClickException(f"unknown command {command!r} for aggregate {compiled.name!r}{hint}")
     facts = explain_command(compiled, command)
     if fmt == "json":
         click.echo(json.dumps(facts, indent=2, ensure_ascii=False))

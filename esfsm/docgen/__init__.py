@@ -16,11 +16,11 @@ from typing import Any
 import click
 import yaml
 
+from esfsm.cli.common import PATHS, valid_definitions
 from esfsm.compiler import CompiledAggregate
 from esfsm.docgen.asyncapi import asyncapi_document
 from esfsm.docgen.facts import GENERATED, definition_path
 from esfsm.docgen.markdown import aggregate_page, index_page
-from esfsm.project import check_paths
 
 __all__ = ["asyncapi_document", "docs", "render_docs", "write_docs"]
 
@@ -86,7 +86,7 @@ def write_docs(files: dict[str, str], output: Path) -> tuple[list[Path], list[Pa
 
 
 @click.command("docs")
-@click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
+@PATHS
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("docs/generated"),
               show_default=True, help="The folder to write into (created if needed).")
 def docs(paths: tuple[Path, ...], output: Path) -> None:
@@ -100,17 +100,7 @@ def docs(paths: tuple[Path, ...], output: Path) -> None:
     Files an earlier run generated for aggregates that are gone are removed.
     Refuses to run while the definitions have errors.
     """
-    chosen = list(paths) or [Path("definitions")]
-    missing = [p for p in chosen if not p.exists()]
-    if missing:
-        raise click.UsageError(f"path {str(missing[0])!r} does not exist (give the definition files or folders)")
-    project = check_paths(chosen)
-    if not project.ok:
-        for finding in project.findings:
-            click.echo(str(finding))
-        raise click.ClickException("the definitions have errors; fix them before generating docs")
-    if not project.aggregates:
-        raise click.ClickException(f"no definitions under {', '.join(map(str, chosen))}")
+    project = valid_definitions(paths, "the definitions have errors; fix them before generating docs")
     files = render_docs(project.aggregates.values())
     taken = sorted(name for name in files if (output / name).exists() and not _generated(output / name))
     if taken:

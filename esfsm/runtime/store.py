@@ -9,6 +9,7 @@ from contextlib import aclosing
 
 import nats.errors
 import orjson
+from cachetools import LRUCache
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, KeyValueConfig, StorageType, StreamConfig
@@ -47,6 +48,7 @@ from esfsm.runtime.jetstream import (
 log = logging.getLogger("esfsm.store")
 DUPLICATE_WINDOW = 120.0  # seconds: Nats-Msg-Id deduplication of retried appends
 KV_HEADROOM = 256  # bytes: more than a KV write's headers take of max_payload
+WRITTEN = 100_000  # keys whose last snapshot write this process remembers
 
 
 class AggregateStore:
@@ -63,7 +65,9 @@ class AggregateStore:
         self.kv: KeyValue | None = None
         self.answers = Answers(self.js, self.names.bucket, self.names.replicas, command_window,
                                f"esfsm answers to command ids of aggregate {compiled.name}")
-        self._written: dict[str, tuple[int, int]] = {}  # key → (KV revision, stream seq) this process wrote last
+        # key → (KV revision, stream seq) this process wrote last; only guards the fast path of
+        # write_snapshot, so a key forgotten costs one read
+        self._written: LRUCache[str, tuple[int, int]] = LRUCache(maxsize=WRITTEN)
 
     @property
     def durable(self) -> str:
@@ -221,8 +225,6 @@ class AggregateStore:
         return written
 
     def _note_written(self, key: str, revision: int, seq: int) -> None:
-        if len(self._written) > 100_000:
-            self._written.clear()  # only guards the fast path of write_snapshot: a miss costs one read
         self._written[key] = (revision, seq)
 
     @property
