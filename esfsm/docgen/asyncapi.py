@@ -22,6 +22,19 @@ from typing import Any
 
 from esfsm import __version__
 from esfsm.compiler import CompiledAggregate
+from esfsm.contract import (
+    COMMAND_ID_EXTENSION,
+    COMMAND_ID_HEADER,
+    ENTITY_KEY_EXTENSION,
+    ERROR_CODE_HEADER,
+    ERROR_HEADER,
+    EXPECTED_VERSION_HEADER,
+    KEY_HEADER,
+    VERSION_EXTENSION,
+    event_subject,
+    kv_subject,
+    stream_subjects,
+)
 from esfsm.docgen.facts import (
     accepted_in,
     definition_path,
@@ -31,7 +44,6 @@ from esfsm.docgen.facts import (
     in_state_order,
     resulting_states,
 )
-from esfsm.values import COMMAND_ID_HEADER, EXPECTED_VERSION_HEADER, KEY_HEADER
 
 ASYNCAPI = "3.0.0"
 NATS_BINDING = "0.1.0"
@@ -126,11 +138,10 @@ def _common_schemas() -> dict[str, Any]:
         },
         "rejection_headers": {
             "type": "object",
-            "required": ["Nats-Service-Error", "Nats-Service-Error-Code"],
+            "required": [ERROR_HEADER, ERROR_CODE_HEADER],
             "properties": {
-                "Nats-Service-Error": {"type": "string", "description": "The rejection message."},
-                "Nats-Service-Error-Code": {"type": "string", "pattern": "^[0-9]{3}$",
-                                            "description": "The rejection code."},
+                ERROR_HEADER: {"type": "string", "description": "The rejection message."},
+                ERROR_CODE_HEADER: {"type": "string", "pattern": "^[0-9]{3}$", "description": "The rejection code."},
             },
         },
         "event_headers": {
@@ -149,7 +160,7 @@ def _cloudevent(compiled: CompiledAggregate, event: str) -> dict[str, Any]:
         "type": "object",
         "description": f"The CloudEvents 1.0 event `{event}`, JSON structured mode.",
         "required": ["specversion", "id", "source", "type", "subject", "time", "datacontenttype",
-                     "entitykey", "aggversion", "data"],
+                     ENTITY_KEY_EXTENSION, VERSION_EXTENSION, "data"],
         "properties": {
             "specversion": {"const": "1.0"},
             "id": {"type": "string", "description": "A new UUID, also the message's Nats-Msg-Id."},
@@ -159,10 +170,11 @@ def _cloudevent(compiled: CompiledAggregate, event: str) -> dict[str, Any]:
             "time": {"type": "string", "format": "date-time",
                      "description": "When the command was decided (the `now` its expressions saw)."},
             "datacontenttype": {"const": JSON},
-            "entitykey": _entity_key("Extension: the entity key (as in the ergonats seed)."),
-            "aggversion": {"type": "integer", "minimum": 1,
-                           "description": "Extension: the entity's version after this event (1 for the first)."},
-            "commandid": _command_id("Extension, only when the command carried x-esfsm-command-id: that id."),
+            ENTITY_KEY_EXTENSION: _entity_key("Extension: the entity key (as in the ergonats seed)."),
+            VERSION_EXTENSION: {"type": "integer", "minimum": 1,
+                                "description": "Extension: the entity's version after this event (1 for the first)."},
+            COMMAND_ID_EXTENSION: _command_id(
+                f"Extension, only when the command carried {COMMAND_ID_HEADER}: that id."),
             "data": _ref("components", "schemas", f"event.{event}.data"),
         },
     }
@@ -303,9 +315,9 @@ def asyncapi_document(compiled: CompiledAggregate) -> dict[str, Any]:
             "payload": _ref("components", "schemas", f"event.{name}.cloudevent"),
         }
         channels[f"event.{name}"] = {
-            "address": f"{nats.events}.{{key}}.{name}",
+            "address": event_subject(nats.events, "{key}", name),
             "title": f"Event {name}",
-            "description": f"Stored in the stream `{nats.stream}` (subjects `{nats.events}.>`).",
+            "description": f"Stored in the stream `{nats.stream}` (subjects `{stream_subjects(nats.events)}`).",
             "messages": {"event": _ref("components", "messages", f"event.{name}")},
             "parameters": copy.deepcopy(key_parameter),
         }
@@ -331,7 +343,7 @@ def asyncapi_document(compiled: CompiledAggregate) -> dict[str, Any]:
         "payload": _ref("components", "schemas", "state"),
     }
     channels["state"] = {
-        "address": f"$KV.{nats.bucket}.{{key}}",
+        "address": kv_subject(nats.bucket, "{key}"),
         "title": "Entity state",
         "description": f"The KV bucket `{nats.bucket}`, key = entity key: read it with a KV get or watch. "
                        f"Written by the durable consumer `{durable_name(model.name)}` after the events are stored.",

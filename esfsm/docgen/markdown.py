@@ -9,6 +9,7 @@ from typing import Any
 
 from esfsm.authoring.diagram import mermaid
 from esfsm.compiler import CompiledAggregate, CompiledRule
+from esfsm.contract import command_subject, event_subject, stream_subjects
 from esfsm.docgen.facts import (
     GENERATED,
     accepted_in,
@@ -217,9 +218,9 @@ def _nats(compiled: CompiledAggregate) -> list[str]:
     nats = model.nats
     return ["## NATS names", "", *table(["what", "name"], [
         ["micro service", f"{code(model.service_name)}, queue group {code(model.name)}"],
-        ["commands", f"requests to {code(nats.commands + '.<command>')}"],
-        ["events", f"CloudEvents on {code(nats.events + '.<key>.<event>')}"],
-        ["stream", f"{code(nats.stream)}, subjects {code(nats.events + '.>')}"],
+        ["commands", f"requests to {code(command_subject(nats.commands, '<command>'))}"],
+        ["events", f"CloudEvents on {code(event_subject(nats.events, '<key>', '<event>'))}"],
+        ["stream", f"{code(nats.stream)}, subjects {code(stream_subjects(nats.events))}"],
         ["KV bucket", f"{code(nats.bucket)}, key = entity key"],
         ["durable consumer", code(durable_name(model.name))],
         ["replicas", str(nats.replicas)],
@@ -321,7 +322,7 @@ def _events(compiled: CompiledAggregate) -> list[str]:
         if event.description:
             lines += [event.description, ""]
         lines += [
-            f"- Subject: {code(f'{model.nats.events}.<key>.{name}')}, type {code(name)}, "
+            f"- Subject: {code(event_subject(model.nats.events, '<key>', name))}, type {code(name)}, "
             f"source {code(f'esfsm/{model.name}')}",
             f"- Transitions: {moves(name)}" + (" (`from` omitted: any non-final state)"
                                                if "*" in event.sources else ""),
