@@ -3,6 +3,8 @@ and the authoring tools all read where a command is accepted and where it leads.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
 from esfsm.model import Emit
@@ -65,3 +67,10 @@ def test_many_conditional_emits_are_counted_and_summed_up_without_listing_their_
     assert paths.emits_an_event()
     assert next(paths.paths()).end == "b"
     assert time.perf_counter() - began < 1.0
+
+
+def test_the_paths_module_is_core_it_imports_neither_nats_nor_the_runtime_nor_the_cli() -> None:
+    code = "import sys, esfsm.paths\nprint(' '.join(sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert "esfsm.paths" in loaded
+    assert not [m for m in loaded if m == "nats" or m.startswith(("nats.", "esfsm.runtime", "esfsm.cli"))]
