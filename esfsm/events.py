@@ -12,6 +12,7 @@ from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 
 from esfsm.expressions import format_time
+from esfsm.seam import unchecked_event
 
 CONTENT_TYPE = "application/cloudevents+json"
 _FORMAT = JSONFormat()
@@ -47,9 +48,7 @@ def new_event(
         # The SDK checked an event of this very shape: names and constant values
         # were valid; what changes per event (id, key, time, version, command id)
         # has the types it accepted then. Its per-event checks are a third of decide.
-        event = CloudEvent.__new__(CloudEvent)
-        event._attributes, event._data = attributes, data
-        return event
+        return unchecked_event(CloudEvent, attributes, data)
     event = CloudEvent(attributes, data)
     if len(_VALIDATED) < 10_000:
         _VALIDATED.add(shape)

@@ -138,7 +138,7 @@ def test_publish_while_disconnected_fails_at_once(tmp_path: Any) -> None:
             await asyncio.sleep(0.05)
         with pytest.raises(OutboundBufferLimitError):
             lean.publish("during", b"lost?")
-        assert nc._pending_data_size == 0
+        assert nc.pending_data_size == 0
         await nc.close()
 
     try:
@@ -263,10 +263,11 @@ def test_runtime_connections_read_with_the_lean_parser(nats_server: Any) -> None
     """Large and small messages, split across reads, arrive whole through esfsm's own client."""
     from esfsm.runtime.connection import ConnectOptions, connect
     from esfsm.runtime.wire import LeanParser
+    from esfsm.seam import parser_of
 
     async def scenario() -> None:
         nc = await connect([nats_server.url], ConnectOptions())
-        assert isinstance(nc._ps, LeanParser)
+        assert isinstance(parser_of(nc), LeanParser)
         sender = await nats.connect(nats_server.url)
         sub = await nc.subscribe("sizes.>")
         await nc.flush()
@@ -391,3 +392,25 @@ def test_the_snapshot_writer_waits_after_a_pull_ends_in_trouble(nats_server: Any
         await nc.close()
 
     run(scenario())
+
+
+def test_runtime_connections_take_subjects_with_a_vertical_tab_without_patching_nats_py() -> None:
+    """The server splits protocol lines on space and tab only, so it delivers `a<VT>b`; nats-py's
+    parser (\\s) would raise ProtocolError on it and drop the connection. The lean parser splits
+    as the server does, so esfsm rewrites no pattern of nats-py's parser module (it once did)."""
+    import nats.protocol.parser as parser
+
+    import esfsm.runtime.connection  # noqa: F401
+
+    assert parser.MSG_RE.pattern.startswith(rb"\AMSG\s+") and parser.HMSG_RE.pattern.startswith(rb"\AHMSG\s+")
+
+    async def feed() -> list[tuple[Any, ...]]:
+        from esfsm.runtime.wire import LeanParser
+
+        recorder = _Recorder()
+        parser_ = LeanParser(recorder)
+        await parser_.parse(b"MSG a\x0bb 1 _R.\x0c 2\r\nhi\r\nHMSG a\x0bb 2 12 12\r\nNATS/1.0\r\n\r\n\r\n")
+        return recorder.calls
+
+    assert run(feed()) == [("msg", 1, b"a\x0bb", b"_R.\x0c", b"hi", None),
+                           ("msg", 2, b"a\x0bb", b"", b"", b"NATS/1.0\r\n\r\n")]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ import nats
 import nats.errors
 from nats.aio.client import Client
 
+from esfsm import seam
 from esfsm.errors import EsfsmError
 from esfsm.runtime.server import embedded_url
 from esfsm.runtime.wire import LeanParser
@@ -146,51 +146,29 @@ class PlaintextRefused(nats.errors.Error):
                 "connection (configure `tls {...}` on the server)")
 
 
-def _harden_parser() -> None:
-    """nats-py splits MSG/HMSG lines on any whitespace (\\s); the server splits on space and tab
-    only, so it delivers subjects holding a vertical tab or form feed, which nats-py then fails
-    to parse: a ProtocolError that drops the runtime's connection and every request in
-    flight. Split the way the server does."""
-    from nats.protocol import parser
-
-    token, gap = rb"[^ \t\r\n]+", rb"[ \t]+"
-    parser.MSG_RE = re.compile(rb"\AMSG" + gap + b"(" + token + b")" + gap + b"(" + token + b")" + gap
-                               + b"((" + token + b")" + gap + rb")?(\d+)\r\n")
-    parser.HMSG_RE = re.compile(rb"\AHMSG" + gap + b"(" + token + b")" + gap + b"(" + token + b")" + gap
-                                + b"((" + token + b")" + gap + rb")?(\d+)" + gap + rb"(\d+)\r\n")
+# What nats-py raises inside its read loop on some header blocks from any publisher (a bare
+# `NATS/1.0`, a status that is not UTF-8, …): the loop would stop, leaving the runtime deaf
+# until a reconnect minutes later. Such a message arrives with no headers instead (a command
+# without its entity key: a 400).
+_BAD_HEADERS = (IndexError, UnicodeDecodeError, ValueError, KeyError)
 
 
-_harden_parser()
+def _client(tls_only: bool) -> Client:
+    """A nats-py client that reads with the lean parser of wire.py and survives a malformed
+    header block; with tls_only, one that refuses, before sending CONNECT (and any
+    credential), a server whose INFO does not require TLS (nats-py would otherwise carry on
+    in plaintext)."""
+    nc = Client()
+    seam.install_parser(nc, LeanParser(nc))
+    seam.tolerate_bad_headers(nc, _BAD_HEADERS)
+    if tls_only:
+        seam.check_server_info(nc, _require_tls)
+    return nc
 
 
-class _RobustClient(Client):
-    """A nats-py client whose reader survives a malformed header block from any publisher.
-
-    nats-py raises inside its read loop on some header blocks (a bare `NATS/1.0`,
-    a status that is not UTF-8, …) and the loop stops: one such message would leave
-    the runtime deaf until a reconnect minutes later. Here the message arrives with
-    no headers instead (a command without its entity key: a 400). It reads with the
-    lean parser of wire.py."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._ps = LeanParser(self)
-
-    async def _process_headers(self, headers: Any) -> dict[str, str] | None:
-        try:
-            return await super()._process_headers(headers)  # type: ignore[no-any-return]
-        except (IndexError, UnicodeDecodeError, ValueError, KeyError):
-            return None
-
-
-class _TLSOnlyClient(_RobustClient):
-    """A nats-py client that refuses, before sending CONNECT (and any credential), a server
-    whose INFO does not require TLS. nats-py would otherwise carry on in plaintext."""
-
-    async def _process_info(self, info: dict[str, Any], initial_connection: bool = False) -> None:
-        if initial_connection and not info.get("tls_required"):
-            raise PlaintextRefused()
-        await super()._process_info(info, initial_connection)
+def _require_tls(info: dict[str, Any]) -> None:
+    if not info.get("tls_required"):
+        raise PlaintextRefused()
 
 
 def _refusal(err: BaseException) -> str | None:
@@ -240,7 +218,7 @@ async def connect(servers: list[str], options: ConnectOptions, **extra: Any) -> 
             import nkeys  # noqa: F401  (nats-py signs the server's nonce with it)
         except ImportError as err:
             raise ConnectError("--nkey and --creds need the `nkeys` package: pip install nkeys") from err
-    nc = _TLSOnlyClient() if _wants_tls(servers, options) else _RobustClient()
+    nc = _client(tls_only=_wants_tls(servers, options))
     try:
         await nc.connect(servers=servers, error_cb=on_error, allow_reconnect=True,
                          connect_timeout=extra.pop("connect_timeout", 5), **{**options.connect_kwargs(), **extra})
@@ -264,12 +242,7 @@ async def _abandon(nc: Client) -> None:
     After a failed TLS upgrade nats-py's close would wait forever for the plain stream it
     handed to start_tls (that stream never hears that the socket closed): abort the socket
     here and let close skip the stream; the wait stays bounded all the same."""
-    nc._disconnected_cb = nc._closed_cb = None
-    transport = nc._transport
-    writer = getattr(transport, "_io_writer", None)
-    if writer is not None:
-        writer.transport.abort()
-        transport._io_writer = None  # type: ignore[union-attr]
+    seam.abort_socket(nc)
     try:
         await asyncio.wait_for(nc.close(), 2)
     except Exception:  # half-open or timed out: the socket is closed already

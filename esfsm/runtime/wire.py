@@ -17,14 +17,14 @@ nats-py's parser deletes each message from the front of its buffer (moving
 the rest of a read each time) and matches every control line against
 regexes; this one walks the buffer with an offset and trims it once per read.
 
-It uses nats-py internals (`_process_msg`, `_pending`, `_flush_queue`, the
-parser's state), which is why pyproject.toml bounds the nats-py version;
-tests/test_wire_lean.py pins the behaviour.
+It uses nats-py internals (how a message is processed, the pending buffer and
+its flusher, the parser's state) through esfsm/seam.py only, which is why
+pyproject.toml bounds the nats-py version; tests/test_seam.py checks that the
+internals are there, tests/test_wire_lean.py pins the behaviour.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import re
@@ -43,6 +43,8 @@ from nats.errors import (
     ProtocolError,
 )
 from nats.protocol.parser import AWAITING_CONTROL_LINE, AWAITING_MSG_PAYLOAD, Parser
+
+from esfsm import seam
 
 log = logging.getLogger("esfsm.wire")
 
@@ -91,22 +93,27 @@ class Wire:
     def __init__(self, nc: Client) -> None:
         self.nc = nc
         self._direct: dict[int, _Direct] = {}
-        original = nc._process_msg
-        process_headers = nc._process_headers
+        process_headers = seam.header_parser(nc)
         direct = self._direct
 
-        async def process_msg(sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
-            if self.dispatch(sid, subject, reply, data, headers):
-                return
-            target = direct.get(sid)
-            if target is None:
-                await original(sid, subject, reply, data, headers)
-                return
-            parsed = await process_headers(headers)  # a status line
-            self._call(target, subject, reply, data, parsed)
+        def make(original: seam.MsgProcessor) -> seam.MsgProcessor:
+            async def process_msg(sid: int, subject: bytes, reply: bytes, data: bytes,
+                                  headers: bytes | None) -> None:
+                if self.dispatch(sid, subject, reply, data, headers):
+                    return
+                target = direct.get(sid)
+                if target is None:
+                    await original(sid, subject, reply, data, headers)
+                    return
+                parsed = await process_headers(headers)  # a status line
+                self._call(target, subject, reply, data, parsed)
 
-        nc._process_msg = process_msg  # type: ignore[method-assign]
-        nc._esfsm_wire = self  # type: ignore[attr-defined]  # LeanParser dispatches without a coroutine
+            return process_msg
+
+        seam.intercept_messages(nc, make)
+        parser = seam.parser_of(nc)
+        if isinstance(parser, LeanParser):  # it dispatches without a coroutine
+            parser.lean = self
 
     def dispatch(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> bool:
         """Hand a message to its direct subscription at once; False if it is not one (or
@@ -136,15 +143,15 @@ class Wire:
                         parse_headers: bool = True) -> Subscription:
         """Subscribe with handler called straight from the read loop (it must not block)."""
         sub = await self.nc.subscribe(subject, queue=queue, cb=_unused)
-        self._direct[sub._id] = _Direct(handler, parse_headers)
+        self._direct[seam.subscription_id(sub)] = _Direct(handler, parse_headers)
         return sub
 
     def route(self, sub: Subscription, handler: Handler, parse_headers: bool = True) -> None:
         """Send the messages of an existing subscription (say, a micro endpoint's) to handler."""
-        self._direct[sub._id] = _Direct(handler, parse_headers)
+        self._direct[seam.subscription_id(sub)] = _Direct(handler, parse_headers)
 
     def unroute(self, sub: Subscription) -> None:
-        self._direct.pop(sub._id, None)
+        self._direct.pop(seam.subscription_id(sub), None)
 
     async def unsubscribe(self, sub: Subscription) -> None:
         self.unroute(sub)
@@ -162,7 +169,7 @@ class Wire:
             raise ConnectionDrainingError
         if not nc.is_connected:  # never buffered for later: the caller reports "nothing sent"
             raise OutboundBufferLimitError
-        if len(payload) + len(headers) > nc._max_payload:  # the server counts both, and would close us
+        if len(payload) + len(headers) > nc.max_payload:  # the server counts both, and would close us
             raise MaxPayloadError
         if headers:
             command = b"HPUB %s %s %d %d\r\n%s%s\r\n" % (
@@ -183,13 +190,9 @@ class Wire:
 
     def write(self, command: bytes, payload_size: int, count: int = 1) -> None:
         nc = self.nc
-        nc._pending.append(command)
-        nc._pending_data_size += len(command)
+        seam.enqueue(nc, command)
         nc.stats["out_msgs"] += count
         nc.stats["out_bytes"] += payload_size
-        queue = nc._flush_queue
-        if queue is not None and queue.empty():  # wake nats-py's flusher, as its publish does
-            queue.put_nowait(asyncio.get_running_loop().create_future())
 
 
 async def _unused(msg: Any) -> None:  # pragma: no cover - direct subscriptions never reach it
@@ -203,12 +206,16 @@ class LeanParser(Parser):
     """nats-py's protocol parser, walking its buffer with an offset (see the module docstring).
     Same operations, same calls into the client, same errors."""
 
+    def __init__(self, nc: Any = None) -> None:
+        super().__init__(nc)
+        self.lean: Wire | None = None  # the Wire of nc, once made: it takes direct subscriptions' messages
+
     async def parse(self, data: bytes = b"") -> None:
         buf = self.buf
         buf.extend(data)
         view = bytes(buf)  # one copy per read; every slice below is then a single copy
         size = len(view)
-        lean = getattr(self.nc, "_esfsm_wire", None)
+        lean, nc = self.lean, self.nc
         pos = 0
         try:
             while pos < size:
@@ -223,7 +230,7 @@ class LeanParser(Parser):
                     self.state, self.header_needed = AWAITING_CONTROL_LINE, 0
                     arg = self.msg_arg
                     if lean is None or not lean.dispatch(arg["sid"], arg["subject"], arg["reply"], payload, headers):
-                        await self.nc._process_msg(arg["sid"], arg["subject"], arg["reply"], payload, headers)
+                        await seam.process_msg(nc, arg["sid"], arg["subject"], arg["reply"], payload, headers)
                         if self.buf is not buf:  # reset by a reconnect meanwhile
                             return
                     continue
@@ -239,13 +246,13 @@ class LeanParser(Parser):
                 if line.startswith((b"+OK", b"+ok")):
                     continue
                 if op == b"PING":
-                    await self.nc._process_ping()
+                    await seam.process_ping(nc)
                 elif op == b"PONG":
-                    await self.nc._process_pong()
+                    await seam.process_pong(nc)
                 elif op == b"INFO":
-                    await self.nc._process_info(json.loads(line[4:].strip().decode()))
+                    await seam.process_info(nc, json.loads(line[4:].strip().decode()))
                 elif line[:4].upper() == b"-ERR":
-                    await self.nc._process_err(line[4:].strip().decode().lower())
+                    await seam.process_err(nc, line[4:].strip().decode().lower())
                 else:
                     raise ProtocolError("nats: unknown protocol")
                 if self.buf is not buf:
