@@ -394,6 +394,59 @@ def test_the_snapshot_writer_waits_after_a_pull_ends_in_trouble(nats_server: Any
     run(scenario())
 
 
+# -- a repeated entity-key header -----------------------------------------------------------------
+
+KEY = "x-ergonats-entity-key"
+
+
+def test_two_entity_key_header_lines_are_marked_not_resolved_to_the_last() -> None:
+    from esfsm.runtime.wire import DUPLICATED, duplicate_header, header_lines
+
+    block = f"NATS/1.0\r\nx-username: ann\r\n{KEY}: alice\r\n{KEY}: bob\r\n\r\n".encode()
+    parsed = header_lines(block)
+    assert duplicate_header(parsed) == KEY
+    assert parsed is not None and parsed[KEY] == DUPLICATED and parsed["x-username"] == "ann"
+    assert DUPLICATED not in ("alice", "bob")
+    from esfsm.values import valid_key
+
+    assert not valid_key(DUPLICATED)  # a service that does not look still answers 400
+    # once is fine, and other repeated headers keep nats-py's last-one-wins
+    once = header_lines(f"NATS/1.0\r\n{KEY}: alice\r\ndup: 1\r\ndup: 2\r\n\r\n".encode())
+    assert once == {KEY: "alice", "dup": "2"} and duplicate_header(once) is None
+    assert duplicate_header(None) is None and duplicate_header({}) is None
+
+
+def test_a_raw_hmsg_with_two_entity_key_lines_reaches_the_handler_marked(nats_server: Any) -> None:
+    """Through a runtime connection's parser, with and without a status line (which nats-py parses)."""
+    from esfsm.runtime.connection import ConnectOptions, connect
+    from esfsm.runtime.wire import DUPLICATED, duplicate_header
+
+    async def scenario() -> None:
+        nc = await connect([nats_server.url], ConnectOptions())
+        sender = await nats.connect(nats_server.url)
+        got: list[Any] = []
+        await wire(nc).subscribe("dupkey.>", lambda *m: got.append(m))
+        await nc.flush()
+        lines = f"x-username: ann\r\n{KEY}: alice\r\n{KEY}: bob\r\n\r\n".encode()
+        wire(sender).publish("dupkey.plain", b"{}", reply="r.1", headers=b"NATS/1.0\r\n" + lines)
+        wire(sender).publish("dupkey.status", b"{}", reply="r.2", headers=b"NATS/1.0 200 OK\r\n" + lines)
+        wire(sender).publish("dupkey.once", b"{}", reply="r.3", headers=f"NATS/1.0\r\n{KEY}: alice\r\n\r\n".encode())
+        await sender.flush()
+        for _ in range(100):
+            if len(got) == 3:
+                break
+            await asyncio.sleep(0.02)
+        by_subject = {subject: headers for subject, _, _, headers in got}
+        for subject in ("dupkey.plain", "dupkey.status"):
+            assert duplicate_header(by_subject[subject]) == KEY, subject
+            assert by_subject[subject][KEY] == DUPLICATED, subject
+        assert by_subject["dupkey.once"] == {KEY: "alice"}
+        await sender.close()
+        await nc.close()
+
+    run(scenario())
+
+
 def test_runtime_connections_take_subjects_with_a_vertical_tab_without_patching_nats_py() -> None:
     """The server splits protocol lines on space and tab only, so it delivers `a<VT>b`; nats-py's
     parser (\\s) would raise ProtocolError on it and drop the connection. The lean parser splits

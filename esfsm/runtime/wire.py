@@ -45,6 +45,7 @@ from nats.errors import (
 from nats.protocol.parser import AWAITING_CONTROL_LINE, AWAITING_MSG_PAYLOAD, Parser
 
 from esfsm import seam
+from esfsm.contract import KEY_HEADER
 
 log = logging.getLogger("esfsm.wire")
 
@@ -63,7 +64,8 @@ def header_block(headers: Mapping[str, str]) -> bytes:
 
 def header_lines(block: bytes) -> dict[str, str] | None:
     """The headers of a block without a status line, parsed as nats-py does
-    (`Client._parse_header_lines` after the version line), without its awaits."""
+    (`Client._parse_header_lines` after the version line), without its awaits; a
+    repeated entity-key header is marked (see duplicate_header)."""
     out: dict[str, str] = {}
     for line in block[10:].split(b"\r\n"):
         name, sep, value = line.partition(b":")
@@ -75,8 +77,41 @@ def header_lines(block: bytes) -> dict[str, str] | None:
             continue
         if key and len(key.split()) != 1:  # whitespace inside the name
             continue
+        if key in out and key == KEY_HEADER:
+            _mark_duplicate(out, key)
+            continue
         out[key] = value.strip().decode("utf-8", "replace")
     return out or None
+
+
+# A dict key no parsed header has (header names hold no whitespace), whose value names the
+# header a request carried more than once; that header's value becomes DUPLICATED, which
+# is never a valid entity key: a service that does not look still answers 400.
+DUPLICATE_MARK = "esfsm duplicated header"
+DUPLICATED = f"(two {KEY_HEADER} headers)"
+
+
+def _mark_duplicate(headers: dict[str, str], name: str) -> None:
+    headers[name] = DUPLICATED
+    headers[DUPLICATE_MARK] = name
+
+
+def duplicate_header(headers: Mapping[str, str] | None) -> str | None:
+    """The name of the header that must come once (the entity key) and came more than once
+    in the request whose parsed headers these are; None when none did. A request with two
+    entity keys must not act on either."""
+    return headers.get(DUPLICATE_MARK) if headers else None
+
+
+def _mark_duplicates_in(block: bytes | None, parsed: dict[str, str] | None) -> dict[str, str] | None:
+    """parsed (nats-py's parse of block, which keeps the last of repeated names), with a
+    repeated entity-key header marked as header_lines marks it."""
+    if parsed and block and KEY_HEADER in parsed:
+        name = KEY_HEADER.encode()
+        lines = [line for line in block.split(b"\r\n")[1:] if line.partition(b":")[0].strip() == name]
+        if len(lines) > 1:
+            _mark_duplicate(parsed, KEY_HEADER)
+    return parsed
 
 
 class _Direct:
@@ -105,7 +140,7 @@ class Wire:
                 if target is None:
                     await original(sid, subject, reply, data, headers)
                     return
-                parsed = await process_headers(headers)  # a status line
+                parsed = _mark_duplicates_in(headers, await process_headers(headers))  # a status line
                 self._call(target, subject, reply, data, parsed)
 
             return process_msg
