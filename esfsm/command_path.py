@@ -10,9 +10,9 @@ answers.
    payload as JSON a definition can evaluate (400).
 2. `step`, on the entity's state and the answer given before to the same
    command id (which the caller looked up): that answer again; else the
-   expected version (409); else the aggregate's pure `decide`; and an accepted
-   state too large to keep (413).
-3. The caller stores the events of an `Outcome` that `stores`, or confirms a
+   expected version (409); else the aggregate's pure `decide`.
+3. The caller refuses what its store cannot hold (`state_too_large`, 413),
+   stores the events of an `Outcome` that `stores`, or confirms a
    new answer that does not against the entity's latest event, then remembers
    the answer under the command id (`Outcome.remember`).
 """
@@ -192,10 +192,11 @@ def prepare(commands: Mapping[str, Any], unknown: Callable[[str], Rejected], com
     if problem:
         return problem
     if body is not None:
-        payload = parse_json(body)
+        payload = parse_json(body)  # a body of JSON null stays None: the schema answers it
         if isinstance(payload, Rejected):
             return payload
-    payload = {} if payload is None else payload
+    elif payload is None:
+        payload = {}  # an in-process call without a payload
     problem = check_payload(payload)
     if problem:
         return problem
@@ -212,9 +213,17 @@ def version_conflict(expected: int, actual: int) -> Rejected:
     return Rejected(CONFLICT, message, (ErrorDetail("", message),))
 
 
-def state_too_large(key: str, size: int, limit: int) -> Rejected:
-    message = (f"the command would make the state of {key!r} {size} bytes as JSON, over the {limit} bytes "
-               "one snapshot can hold; nothing was stored")
+def state_too_large(decision: Accepted, limit: int | None) -> Rejected | None:
+    """A 413 when the state decision leads to would take more than limit bytes as JSON (the
+    NATS runtime: more than one snapshot, a KV value, can hold); None when it fits."""
+    if limit is None or not decision.events:
+        return None
+    state = decision.state
+    size = len(orjson.dumps(state.data)) + len(state.state) + len(state.key)
+    if size <= limit:
+        return None
+    message = (f"the command would make the state of {state.key!r} {size} bytes as JSON, over the {limit} "
+               "bytes one snapshot can hold; nothing was stored")
     return Rejected(TOO_LARGE, message, (ErrorDetail("/data", message),))
 
 
@@ -241,17 +250,12 @@ Decide = Callable[[EntityState, CommandRequest, "dt.datetime | None"], Decision]
 
 
 def step(decide: Decide, state: EntityState, prepared: Prepared, earlier: Any = None,
-         now: dt.datetime | None = None, state_limit: int | None = None) -> Outcome:
+         now: dt.datetime | None = None) -> Outcome:
     """Step 4 onwards on the entity's state: the earlier answer to the same command id
-    (looked up by the caller), else the expected version, else decide; with state_limit
-    (bytes), an accepted state whose JSON would be larger is refused (413)."""
+    (looked up by the caller), else the expected version, else decide. The caller then
+    checks what its store can hold (state_too_large) before storing."""
     if earlier is not None:
         return Outcome(earlier=earlier)
     if prepared.expected is not None and prepared.expected != state.version:
         return Outcome(version_conflict(prepared.expected, state.version))
-    decision = decide(state, prepared.request, now)
-    if state_limit is not None and isinstance(decision, Accepted) and decision.events:
-        size = len(orjson.dumps(decision.state.data)) + len(decision.state.state) + len(decision.state.key)
-        if size > state_limit:
-            return Outcome(state_too_large(prepared.key, size, state_limit))
-    return Outcome(decision)
+    return Outcome(decide(state, prepared.request, now))

@@ -26,6 +26,7 @@ from esfsm.command_path import (  # noqa: F401  (re-exported: the request checks
     clip,
     expected_version,
     prepare,
+    state_too_large,
     step,
     version_conflict,
 )
@@ -175,14 +176,15 @@ class MemoryEngine:
         command_id = prepared.command_id
         earlier = None if command_id is None else self._outcomes.get((aggregate, prepared.key, command_id))
         current = self.state(aggregate, prepared.key)
-        outcome = step(self._decider(compiled), current, prepared, earlier, self.clock(), self.state_limit)
+        outcome = step(self._decider(compiled), current, prepared, earlier, self.clock())
         if outcome.decision is None:
             return outcome.earlier  # type: ignore[no-any-return]
-        decision = outcome.decision
-        if outcome.stores:
-            assert isinstance(decision, Accepted)
-            self.store.append(aggregate, prepared.key, current.version, decision.events)
-            self._states[(aggregate, prepared.key)] = decision.state
+        decision: Decision = outcome.decision
+        if isinstance(decision, Accepted) and outcome.stores:
+            decision = state_too_large(decision, self.state_limit) or decision
+            if decision.accepted:
+                self.store.append(aggregate, prepared.key, current.version, decision.events)
+                self._states[(aggregate, prepared.key)] = decision.state
         if command_id is not None:
             self._outcomes[(aggregate, prepared.key, command_id)] = decision
         return decision

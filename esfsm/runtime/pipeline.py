@@ -31,7 +31,7 @@ from nats.aio.client import Client
 from nats.errors import MaxPayloadError
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from esfsm.command_path import Outcome, Prepared, prepare, step
+from esfsm.command_path import Outcome, Prepared, prepare, state_too_large, step
 from esfsm.compiler import CompiledAggregate
 from esfsm.contract import COMMAND_ID_HEADER, TEST_NOW_HEADER
 from esfsm.errors import EsfsmError
@@ -89,8 +89,14 @@ class Pipeline:
         return prepared.as_dict() if isinstance(prepared, Rejected) else prepared
 
     def _step(self, entity: Entity, prepared: Prepared, earlier: Reply | None = None) -> Outcome:
-        limit = self.store.snapshot_limit - SNAPSHOT_FIELDS
-        return step(self.compiled.decide, entity.state, prepared, earlier, self._now(prepared), limit)
+        return step(self.compiled.decide, entity.state, prepared, earlier, self._now(prepared))
+
+    def _oversize(self, key: str, decision: Accepted, outgoing: list[Outgoing]) -> Reply | None:
+        """What JetStream could not take: events over max_payload (400), a state over what one
+        snapshot holds (413)."""
+        too_large = self._too_big(key, decision.state.state, outgoing) or state_too_large(
+            decision, self.store.snapshot_limit - SNAPSHOT_FIELDS)
+        return too_large.as_dict() if isinstance(too_large, Rejected) else too_large
 
     def _now(self, prepared: Prepared) -> dt.datetime | None:
         headers = prepared.request.headers
@@ -158,7 +164,7 @@ class Pipeline:
             documents = [event_to_dict(event) for event in decision.events]  # once, for stream and reply
             outgoing = [Outgoing(self.store.subject(key, doc["type"]), orjson.dumps(doc), doc["id"])
                         for doc in documents]
-            too_big = self._too_big(key, decision.state.state, outgoing)
+            too_big = self._oversize(key, decision, outgoing)
             if too_big:
                 return too_big
             try:
@@ -261,7 +267,7 @@ class Pipeline:
         document = event_to_dict(decision.events[0])
         outgoing = Outgoing(self.store.subject(prepared.key, document["type"]), orjson.dumps(document),
                             document["id"])
-        if self._too_big(prepared.key, decision.state.state, [outgoing]):
+        if self._oversize(prepared.key, decision, [outgoing]):
             return False  # the task path rejects it
         expected_seq = entity.seq
         self.store.append_one(prepared.key, expected_seq, outgoing, functools.partial(
