@@ -38,8 +38,10 @@ from esfsm.runtime.logs import configure_logging, info, setup_logging
 from esfsm.runtime.partition import PREFIX, Partition
 from esfsm.runtime.projector import Projector
 from esfsm.runtime.server import EmbeddedServer
+from esfsm.runtime.answers import DEFAULT_WINDOW
 from esfsm.runtime.service import AggregateService
 from esfsm.runtime.store import AggregateStore
+from esfsm.runtime.turns import DEFAULT_CAPACITY
 from esfsm.runtime.workers import STOP_SIGNALS, WORKER_STOP_WAIT, Workers, watch_parent
 
 __all__ = ["GC_THRESHOLDS", "STOP_SIGNALS", "WORKER_STOP_WAIT", "ConnectionLost", "RunSettings", "Runtime",
@@ -67,6 +69,8 @@ class Runtime:
     test_clock: bool = False
     partition: Partition | None = None  # one of several workers (partition.py)
     on_failure: Callable[[BaseException], None] | None = None  # a task failed while serving (not when stopping)
+    cache_entities: int = DEFAULT_CAPACITY  # entities kept warm per aggregate (turns.py)
+    command_window: float = DEFAULT_WINDOW  # seconds an answer to a command id is kept (answers.py)
     services: dict[str, AggregateService] = field(default_factory=dict)
     projectors: list[Projector] = field(default_factory=list)
     _tasks: asyncio.Task[None] | None = None  # supervises the TaskGroup of the long-lived tasks
@@ -81,9 +85,10 @@ class Runtime:
         """Streams, buckets and consumers in place; with a partition, listening for the
         commands other workers pass on (and answering their pings)."""
         for compiled in self.aggregates:
-            store = AggregateStore(self.nc, compiled, domain=self.domain)
+            store = AggregateStore(self.nc, compiled, domain=self.domain, command_window=self.command_window)
             await store.ensure()
-            service = AggregateService(self.nc, compiled, store, self.test_clock, self.partition)
+            service = AggregateService(self.nc, compiled, store, self.test_clock, self.partition,
+                                       self.cache_entities)
             await service.listen_passed()
             self.services[compiled.name] = service
         if self.partition is not None:
@@ -180,6 +185,8 @@ class RunSettings:
     workers: int = 1  # processes serving the aggregates, keys shared out among them (partition.py)
     worker_args: tuple[str, ...] = ()  # the `esfsm run` arguments a worker gets besides --server and --worker
     partition: Partition | None = None  # set in a worker that `esfsm run --workers N` started
+    cache_entities: int = DEFAULT_CAPACITY  # entities kept warm per aggregate and process
+    command_window: float = DEFAULT_WINDOW  # seconds an answer to a command id is kept
 
 
 GC_THRESHOLDS = (50_000, 20, 20)
@@ -247,7 +254,8 @@ async def _serve(aggregates: list[CompiledAggregate], settings: RunSettings, ser
     partition = settings.partition
     if settings.workers > 1:
         partition = Partition(secrets.token_hex(4), 0, settings.workers)
-    runtime = Runtime(nc, aggregates, settings.options.js_domain, partition=partition, on_failure=failed)
+    runtime = Runtime(nc, aggregates, settings.options.js_domain, partition=partition, on_failure=failed,
+                      cache_entities=settings.cache_entities, command_window=settings.command_window)
     workers: Workers | None = None
     try:
         await runtime.prepare()
