@@ -114,7 +114,7 @@ header_lines = st.lists(st.one_of(
 
 @WIRE
 @given(lines=header_lines)
-@example(lines=[KEY.encode() + b": b.c"])  # a second key header: the last one counts
+@example(lines=[KEY.encode() + b": b.c"])  # a second key header: a 400
 @example(lines=[b"", KEY.encode() + b": a.b"])  # an empty line, then more headers
 @example(lines=[KEY.encode() + b": \xff\xfe"])
 @example(lines=[KEY.encode() + b": a\nb"])
@@ -146,3 +146,17 @@ def test_a_malformed_header_block_does_not_wedge_the_runtime(isolated: Isolated,
     raw_request(isolated.wire, header, OPEN, timeout=1)  # a reply is welcome, not required
     isolated.assert_alive(timeout=3)
 
+
+
+@pytest.mark.parametrize("second", [b"b", b"a"])
+def test_two_entity_key_headers_are_a_400_acting_on_neither(bank: Wire, second: bytes) -> None:
+    """The runtime used to act on the last of two key headers, silently."""
+    key = fresh()
+    header = (b"NATS/1.0\r\nx-username: ann\r\n" + KEY.encode() + b": " + key.encode() + b"\r\n"
+              + KEY.encode() + b": " + key.encode() + second + b"\r\n\r\n")
+    before = bank.total()
+    reply = raw_request(bank, header, OPEN)
+    assert reply is not None
+    check_contract(reply)
+    assert reply.body["code"] == 400 and f"more than one {KEY} header" in reply.body["message"], reply.body
+    assert bank.total() == before

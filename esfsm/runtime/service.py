@@ -24,7 +24,7 @@ from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import EndpointConfig, Service, ServiceConfig
 
-from esfsm import __version__, contract
+from esfsm import __version__, contract, seam
 from esfsm.command_path import clip
 from esfsm.compiler import CompiledAggregate
 from esfsm.contract import ERROR_CODE_HEADER, ERROR_HEADER, KEY_HEADER, TEST_NOW_HEADER
@@ -32,10 +32,11 @@ from esfsm.model import fingerprint
 from esfsm.runtime.entity import Entity
 from esfsm.runtime.jetstream import requester
 from esfsm.runtime.partition import Partition
-from esfsm.runtime.pipeline import Pipeline, Reply, internal_error
+from esfsm.runtime.pipeline import Pipeline, Reply, internal_error, rejection
 from esfsm.runtime.store import AggregateStore
 from esfsm.runtime.turns import DEFAULT_CAPACITY, Slots
-from esfsm.runtime.wire import header_block, wire
+from esfsm.runtime.wire import duplicate_header, header_block, wire
+from esfsm.values import BAD_REQUEST
 
 __all__ = ["TEST_NOW_HEADER", "AggregateService"]  # TEST_NOW_HEADER: re-exported, tests import it from here
 
@@ -132,8 +133,8 @@ class AggregateService:
         # Every request comes straight from the read loop (wire.py); the
         # endpoints' statistics are kept here.
         prefix = f"{model.nats.commands}."
-        for endpoint in self.service._endpoints:
-            self.wire.route(endpoint._subscription, self._receiver(prefix, endpoint))
+        for endpoint in seam.micro_endpoints(self.service):
+            self.wire.route(endpoint.subscription, self._receiver(prefix, endpoint))
         self._unknown = await self.wire.subscribe(f"{prefix}>", self._receiver(prefix, None), queue=model.name)
 
     def _receiver(self, prefix: str, endpoint: Any, passed: bool = False) -> Any:
@@ -143,11 +144,16 @@ class AggregateService:
             if not reply:
                 return
             if endpoint is not None:
-                endpoint._num_requests += 1
+                endpoint.count_request()
             if not _VALID_SUBJECT.fullmatch(reply):  # the server would drop our connection
                 log.warning("dropped a request whose reply subject is not a valid subject")
                 return
             command, headers = subject[len(prefix):], headers or {}
+            twice = duplicate_header(headers)
+            if twice is not None:  # which one would it be for? neither
+                self._respond(command, rejection(BAD_REQUEST, f"the request carries more than one {twice} "
+                                                              "header: a command is for one entity"), reply, None)
+                return
             if partition is not None and self._pass_on(partition, subject, reply, data, headers):
                 return
             key = headers.get(KEY_HEADER)
@@ -181,7 +187,7 @@ class AggregateService:
             await self.wire.unsubscribe(self._unknown)
             self._unknown = None
         if self.service is not None:
-            routed = [e._subscription for e in self.service._endpoints if e._subscription is not None]
+            routed = [e.subscription for e in seam.micro_endpoints(self.service) if e.subscription is not None]
             await self.service.stop()
             for sub in routed:
                 self.wire.unroute(sub)
