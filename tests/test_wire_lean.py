@@ -447,6 +447,85 @@ def test_a_raw_hmsg_with_two_entity_key_lines_reaches_the_handler_marked(nats_se
     run(scenario())
 
 
+# -- subjects NATS delivers --------------------------------------------------------------------------
+
+def test_sendable_subjects() -> None:
+    from esfsm.runtime.wire import sendable_subject
+
+    for subject in ("a", "_INBOX.x.1", "$JS.ACK.a.b", "ünïcödé.日本", "emoji.\U0001f600", "nbsp.\u00a0",
+                    "raw.\udcff\udce9"):  # bytes that were not UTF-8, kept as surrogate escapes
+        assert sendable_subject(subject), repr(subject)
+    for subject in ("", "a b", "a\tb", "a\r\nPUB x 1", "a\nb", "a\x0bb", "a\x0cb", "a\x00b", "a\x7fb",
+                    "ü b", "ü\tb", "ü\x0b", "lone.\ud800"):
+        assert not sendable_subject(subject), repr(subject)
+
+
+def test_publish_refuses_what_would_break_the_protocol_and_sends_nothing(nats_server: Any) -> None:
+    async def scenario() -> None:
+        nc = await nats.connect(nats_server.url)
+        lean = wire(nc)
+        before = nc.stats["out_msgs"]
+        for subject, reply in (("", ""), ("a b", ""), ("ok", "r\r\nPUB x 1"), ("ok", "r\x0b"), ("a\x00", "")):
+            with pytest.raises(nats.errors.BadSubjectError):
+                lean.publish(subject, b"x", reply=reply)
+        with pytest.raises(nats.errors.BadSubjectError):
+            lean.publish_many([("ok", b"1"), ("not ok", b"2")])
+        assert nc.stats["out_msgs"] == before
+        assert nc.is_connected
+        await nc.close()
+
+    run(scenario())
+
+
+def test_publish_reaches_a_subject_with_non_ascii_characters(tmp_path: Any) -> None:
+    """NATS delivers such subjects (a reply subject, say) and a plain nats-py responder answers them."""
+    from nats_support import start_server
+
+    server = start_server(tmp_path)
+
+    async def scenario() -> None:
+        nc = await nats.connect(server.url)
+        listener = await nats.connect(server.url)
+        sub = await listener.subscribe("ünï.>")
+        await listener.flush()
+        wire(nc).publish("ünï.日本.\U0001f600", b"hello", reply="_INBOX.é")
+        msg = await sub.next_msg(timeout=2)
+        assert (msg.subject, msg.reply, msg.data) == ("ünï.日本.\U0001f600", "_INBOX.é", b"hello")
+        await nc.close()
+        await listener.close()
+
+    try:
+        run(scenario())
+    finally:
+        server.stop()
+
+
+def test_a_reply_subject_that_is_not_utf8_is_answered_byte_for_byte(nats_server: Any) -> None:
+    host, port = nats_server.url.removeprefix("nats://").rsplit(":", 1)
+
+    async def scenario() -> None:
+        nc = await nats.connect(nats_server.url)
+        lean = wire(nc)
+        await lean.subscribe("echo.raw", lambda subject, reply, data, headers: lean.publish(reply, data))
+        await nc.flush()
+        reader, writer = await asyncio.open_connection(host, int(port))
+        await reader.readline()  # INFO
+        writer.write(b'CONNECT {"verbose":false,"pedantic":false}\r\nSUB _R.> 1\r\nPING\r\n')
+        await asyncio.wait_for(reader.readuntil(b"PONG\r\n"), 5)
+        writer.write(b"PUB echo.raw _R.\xff\xfe.x 2\r\nhi\r\n")
+        await writer.drain()
+        line = await asyncio.wait_for(reader.readline(), 5)
+        while line == b"PING\r\n":
+            writer.write(b"PONG\r\n")
+            line = await asyncio.wait_for(reader.readline(), 5)
+        assert line == b"MSG _R.\xff\xfe.x 1 2\r\n"
+        assert await reader.readline() == b"hi\r\n"
+        writer.close()
+        await nc.close()
+
+    run(scenario())
+
+
 def test_runtime_connections_take_subjects_with_a_vertical_tab_without_patching_nats_py() -> None:
     """The server splits protocol lines on space and tab only, so it delivers `a<VT>b`; nats-py's
     parser (\\s) would raise ProtocolError on it and drop the connection. The lean parser splits

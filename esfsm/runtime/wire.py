@@ -49,7 +49,9 @@ from esfsm.contract import KEY_HEADER
 
 log = logging.getLogger("esfsm.wire")
 
-# subject, reply, data, headers (None when there are none, or not asked for)
+# subject, reply, data, headers (None when there are none, or not asked for). The reply is
+# as NATS delivered it: bytes that are not UTF-8 stay as surrogate escapes, so that publish
+# sends an answer to exactly that subject.
 Handler = Callable[[str, str, bytes, "dict[str, str] | None"], None]
 
 
@@ -114,6 +116,29 @@ def _mark_duplicates_in(block: bytes | None, parsed: dict[str, str] | None) -> d
     return parsed
 
 
+_UNSENDABLE = re.compile(r"[\x00-\x20\x7f\ud800-\udc7f\udd00-\udfff]")
+
+
+def sendable_subject(subject: str) -> bool:
+    """Whether publish can send to subject: any subject NATS delivers (UTF-8, and bytes that
+    were not UTF-8 kept as surrogate escapes), except an empty one or one holding a space,
+    tab, line break or other ASCII control character (they would break the protocol line,
+    or are refused to be safe)."""
+    if subject.isascii():
+        return subject.isprintable() and " " not in subject and subject != ""
+    return _UNSENDABLE.search(subject) is None
+
+
+def _encoded(subject: str) -> bytes:
+    """subject as publish sends it (sendable_subject inlined: it runs for every message)."""
+    if subject.isascii():
+        if subject.isprintable() and " " not in subject and subject:
+            return subject.encode()
+    elif _UNSENDABLE.search(subject) is None:
+        return subject.encode("utf-8", "surrogateescape")
+    raise BadSubjectError
+
+
 class _Direct:
     __slots__ = ("handler", "parse_headers")
 
@@ -170,7 +195,7 @@ class Wire:
         stats["in_msgs"] += 1
         stats["in_bytes"] += len(data)
         try:
-            target.handler(subject.decode(errors="replace"), reply.decode(errors="replace"), data, parsed)
+            target.handler(subject.decode(errors="replace"), reply.decode(errors="surrogateescape"), data, parsed)
         except Exception:  # a handler bug must not stop the connection's read loop
             log.exception("handling a message on %r failed", subject[:200])
 
@@ -194,10 +219,10 @@ class Wire:
 
     def publish(self, subject: str, payload: bytes, reply: str = "", headers: bytes = b"") -> None:
         """Queue one message for nats-py's flusher; raises what nats-py's publish raises
-        when it cannot be sent (closed, draining, disconnected, too large)."""
+        when it cannot be sent (closed, draining, disconnected, too large, a subject or
+        reply that sendable_subject refuses)."""
         nc = self.nc
-        if not subject:
-            raise BadSubjectError
+        to, back = _encoded(subject), _encoded(reply) if reply else b""
         if nc.is_closed:
             raise ConnectionClosedError
         if nc.is_draining_pubs:
@@ -208,20 +233,21 @@ class Wire:
             raise MaxPayloadError
         if headers:
             command = b"HPUB %s %s %d %d\r\n%s%s\r\n" % (
-                subject.encode(), reply.encode(), len(headers), len(headers) + len(payload), headers, payload)
+                to, back, len(headers), len(headers) + len(payload), headers, payload)
         else:
-            command = b"PUB %s %s %d\r\n%s\r\n" % (subject.encode(), reply.encode(), len(payload), payload)
+            command = b"PUB %s %s %d\r\n%s\r\n" % (to, back, len(payload), payload)
         self.write(command, len(payload))
 
     def publish_many(self, messages: list[tuple[str, bytes]]) -> None:
-        """Several header-less messages with no reply subject in one write (acks, say)."""
+        """Several header-less messages with no reply subject in one write (acks, say); none
+        is sent if one of the subjects cannot be."""
         if not messages:
             return
-        self.publish(messages[0][0], messages[0][1])  # the checks, once
-        if len(messages) > 1:
-            self.write(b"".join(b"PUB %s %d\r\n%s\r\n" % (subject.encode(), len(payload), payload)
-                                for subject, payload in messages[1:]),
-                       sum(len(payload) for _, payload in messages[1:]), len(messages) - 1)
+        rest = [b"PUB %s %d\r\n%s\r\n" % (_encoded(subject), len(payload), payload)
+                for subject, payload in messages[1:]]
+        self.publish(messages[0][0], messages[0][1])  # the connection's checks, once
+        if rest:
+            self.write(b"".join(rest), sum(len(payload) for _, payload in messages[1:]), len(rest))
 
     def write(self, command: bytes, payload_size: int, count: int = 1) -> None:
         nc = self.nc
