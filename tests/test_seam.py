@@ -247,8 +247,8 @@ def test_cloudevents_cloud_event__attributes_and__data() -> None:
 # -- nobody else touches them ------------------------------------------------------------------------
 
 PRIVATE = [
-    r"\b(?!self\b|cls\b)\w+\)?\._(pending\w*|endpoints|subscription|num_requests|attributes|pre|process_\w+|"
-    r"transport|max_payload|flush_queue|ps|io_writer|closed_cb|disconnected_cb|esfsm_\w+)\b",
+    (r"\b(?!self\b|cls\b)\w+\)?\._(pending\w*|endpoints|subscription|num_requests|attributes|pre|process_\w+|"
+     r"transport|max_payload|flush_queue|ps|io_writer|closed_cb|disconnected_cb|esfsm_\w+)\b"),
     r"\b(nc|client|sub|subscription|msg|kv|js|service|endpoint|event|transport|parser)\._\w+",
     r"\bsuper\(\)\._process_\w+",
 ]

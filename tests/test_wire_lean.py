@@ -530,7 +530,7 @@ def test_runtime_connections_take_subjects_with_a_vertical_tab_without_patching_
     """The server splits protocol lines on space and tab only, so it delivers `a<VT>b`; nats-py's
     parser (\\s) would raise ProtocolError on it and drop the connection. The lean parser splits
     as the server does, so esfsm rewrites no pattern of nats-py's parser module (it once did)."""
-    import nats.protocol.parser as parser
+    from nats.protocol import parser
 
     import esfsm.runtime.connection  # noqa: F401
 
