@@ -18,11 +18,12 @@ import orjson
 import pytest
 
 from drivers import Driver, MemoryDriver, NatsDriver
+from nats_support import RuntimeProcess, start_server
+
 from esfsm.contract import COMMAND_ID_HEADER, EXPECTED_VERSION_HEADER, KEY_HEADER
 from esfsm.engine import MemoryEngine
 from esfsm.project import Project, load_project
 from esfsm.runtime.entity import RECENT_COMMANDS
-from nats_support import RuntimeProcess, run, start_server
 
 ROOT = Path(__file__).resolve().parent.parent
 ANN = {"x-username": "ann"}
@@ -244,3 +245,21 @@ def test_stored_events_are_read_only_through_the_read_path() -> None:
                 found.extend(f"{name}:{node.lineno}: imports {a.name}" for a in node.names
                              if a.name in READERS["decode"])
     assert found == [], "stored events read outside esfsm/reading.py:\n" + "\n".join(found)
+
+
+def test_a_reply_subject_with_non_ascii_characters_is_answered(nats_driver: NatsDriver) -> None:
+    """NATS delivers such subjects and a plain nats-py responder answers them; the runtime
+    used to drop the request as 'not a valid subject'."""
+    nc = nats_driver.client.nc
+
+    async def ask() -> dict[str, Any]:
+        inbox = f"_INBOX.ünï.日本.{uuid.uuid4().hex}"
+        sub = await nc.subscribe(inbox, max_msgs=1)
+        await nc.flush()
+        await nc.publish("bank.cmds.deposit", b'{"amount": 1}', reply=inbox,
+                         headers={KEY_HEADER: new_key(), **ANN})
+        msg = await sub.next_msg(timeout=10)
+        return orjson.loads(msg.data)  # type: ignore[no-any-return]
+
+    reply = nats_driver.loop.run(ask())
+    assert reply["code"] == 409 and "not accepted in state" in reply["message"], reply

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Coroutine
 from typing import Any
 
@@ -35,7 +34,7 @@ from esfsm.runtime.partition import Partition
 from esfsm.runtime.pipeline import Pipeline, Reply, internal_error, rejection
 from esfsm.runtime.store import AggregateStore
 from esfsm.runtime.turns import DEFAULT_CAPACITY, Slots
-from esfsm.runtime.wire import duplicate_header, header_block, wire
+from esfsm.runtime.wire import duplicate_header, header_block, sendable_subject, wire
 from esfsm.values import BAD_REQUEST
 
 __all__ = ["TEST_NOW_HEADER", "AggregateService"]  # TEST_NOW_HEADER: re-exported, tests import it from here
@@ -43,7 +42,6 @@ __all__ = ["TEST_NOW_HEADER", "AggregateService"]  # TEST_NOW_HEADER: re-exporte
 log = logging.getLogger("esfsm.service")
 STOP_WAIT = 30.0  # seconds stop() waits for the commands in flight (each is bounded by its own timeouts)
 PASSED_GRACE = 1.0  # seconds a draining worker still takes commands passed on by the others
-_VALID_SUBJECT = re.compile(r"[!-~]+")  # printable ASCII, no spaces or control characters
 
 
 def _error_headers(reply: Reply) -> dict[str, str] | None:
@@ -145,8 +143,8 @@ class AggregateService:
                 return
             if endpoint is not None:
                 endpoint.count_request()
-            if not _VALID_SUBJECT.fullmatch(reply):  # the server would drop our connection
-                log.warning("dropped a request whose reply subject is not a valid subject")
+            if not sendable_subject(reply):  # a space or control character: would break the protocol line
+                log.warning("dropped a request whose reply subject cannot be sent to")
                 return
             command, headers = subject[len(prefix):], headers or {}
             twice = duplicate_header(headers)
