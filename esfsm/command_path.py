@@ -142,7 +142,8 @@ def _fine(value: Any, depth: int) -> bool:
     if kind is str or kind is bool or value is None:
         return True
     if kind is int:
-        return INT64[0] <= value <= INT64[1]
+        number: int = value
+        return INT64[0] <= number <= INT64[1]
     if depth >= MAX_DEPTH:
         return False
     if kind is dict:

@@ -216,7 +216,7 @@ class CompiledAggregate:
         command = self.commands.get(request.name)
         if command is None:
             return self.unknown_command(request.name)
-        now = now or dt.datetime.now(dt.timezone.utc)
+        now = now or dt.datetime.now(dt.UTC)
         variables = {
             "cmd": request.payload,
             "data": state.data,

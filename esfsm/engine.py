@@ -47,7 +47,7 @@ Clock = Callable[[], dt.datetime]
 
 
 def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def unknown_aggregate(name: str, known: Iterable[str]) -> Rejected:
@@ -61,7 +61,8 @@ class EventStore(Protocol):
 
     def load(self, aggregate: str, key: str) -> list[BaseCloudEvent]: ...
 
-    def append(self, aggregate: str, key: str, expected_version: int, events: Iterable[BaseCloudEvent]) -> None: ...
+    # F811: expected_version here is the parameter, not the function re-exported above
+    def append(self, aggregate: str, key: str, expected_version: int, events: Iterable[BaseCloudEvent]) -> None: ...  # noqa: F811
 
 
 class ConcurrencyError(Exception):
@@ -79,7 +80,8 @@ class MemoryEventStore:
     def load(self, aggregate: str, key: str) -> list[BaseCloudEvent]:
         return list(self.logs.get((aggregate, key), ()))
 
-    def append(self, aggregate: str, key: str, expected_version: int, events: Iterable[BaseCloudEvent]) -> None:
+    # F811: expected_version here is the parameter, not the function re-exported above
+    def append(self, aggregate: str, key: str, expected_version: int, events: Iterable[BaseCloudEvent]) -> None:  # noqa: F811
         log = self.logs.setdefault((aggregate, key), [])
         if len(log) != expected_version:
             raise ConcurrencyError(expected_version, len(log))
@@ -125,7 +127,7 @@ class MemoryEngine:
             if not isinstance(compiled, CompiledAggregate):
                 raise TypeError(f"MemoryEngine runs compiled aggregates (load_project(...).aggregates), "
                                 f"got {type(compiled).__name__} {compiled!r:.60}")
-        self.aggregates = {a.name: a for a in chosen}
+        self.aggregates: dict[str, CompiledAggregate] = {a.name: a for a in chosen}
         self.clock = clock
         self.new_id = new_id
         self.store = store or MemoryEventStore()

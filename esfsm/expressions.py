@@ -19,10 +19,13 @@ import sys
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from esfsm.cel_errors import unsupported_operation
 from esfsm.errors import EvaluationError
+
+if TYPE_CHECKING:
+    from cel import Program  # at run time `cel` is imported by _import_cel, below
 
 
 def _import_cel() -> types.ModuleType:
@@ -55,9 +58,10 @@ _FIELD = re.compile(r"(?<![\w.])([A-Za-z_][A-Za-z0-9_]*)\s*\.\s*([A-Za-z_][A-Za-
 
 
 @functools.lru_cache(maxsize=4096)
-def compile_expression(source: str) -> cel.Program:
+def compile_expression(source: str) -> Program:
     """Compile CEL source; raises ValueError with the parser's message."""
-    return cel.compile(source)
+    program: Program = cel.compile(source)  # `cel` is typed as a plain module here
+    return program
 
 
 def syntax_error(source: str) -> str | None:
@@ -181,7 +185,7 @@ class Expression:
     where: str
 
     @functools.cached_property
-    def program(self) -> cel.Program:
+    def program(self) -> Program:
         return compile_expression(self.source)
 
     @functools.cached_property
@@ -253,7 +257,7 @@ MEMO_TEXT = 200  # longer strings are not remembered
 
 @dataclass(frozen=True)
 class Projection:
-    program: cel.Program
+    program: Program
     reads: tuple[tuple[str, str, str, str], ...]  # (new name, variable, "field" | "present", key)
     passed: tuple[str, ...]  # variables handed over whole
     single: str | None  # the expression is one field read: its value, without CEL
@@ -382,7 +386,7 @@ class Template:
 def _compile_template(raw: Any, where: str) -> Any:
     if isinstance(raw, str):
         expression = Expression(raw, where)
-        expression.names  # compile now, not on first use
+        _ = expression.names  # compile now, not on first use
         evaluate = expression.evaluate
 
         def leaf(variables: Mapping[str, Any]) -> Any:

@@ -38,13 +38,17 @@ _JSON_TAGS = frozenset(_CORE + t for t in ("str", "int", "float", "bool", "null"
 class _TooDeep(yaml.scanner.ScannerError):
     """Flow collections nested past MAX_DEPTH (PyYAML's scanner slows down quadratically with the depth)."""
 
+    def __init__(self, mark: yaml.Mark) -> None:
+        super().__init__(None, None, f"the document is nested more than {MAX_DEPTH} levels deep", mark)
+        self.mark = mark  # problem_mark, never None here
+
 
 class _Loader(yaml.SafeLoader):
     """SafeLoader with the YAML 1.2 core schema's booleans, numbers and no timestamps."""
 
-    def fetch_flow_collection_start(self, TokenClass: type) -> None:  # noqa: N803 (PyYAML's name)
+    def fetch_flow_collection_start(self, TokenClass: type) -> None:  # PyYAML names the parameter so
         if self.flow_level >= MAX_DEPTH:
-            raise _TooDeep(None, None, f"the document is nested more than {MAX_DEPTH} levels deep", self.get_mark())
+            raise _TooDeep(self.get_mark())
         super().fetch_flow_collection_start(TokenClass)
 
 
@@ -215,8 +219,7 @@ def _compose(text: str) -> yaml.Node | None:
     except yaml.reader.ReaderError as err:
         raise reader_failed(text, err) from err
     except _TooDeep as err:
-        mark = err.problem_mark
-        raise LoadFailed(mark.line + 1, mark.column + 1, str(err.problem), "yaml-size") from err
+        raise LoadFailed(err.mark.line + 1, err.mark.column + 1, str(err.problem), "yaml-size") from err
     except yaml.MarkedYAMLError as err:
         raise syntax_failed(text, err) from err
     except yaml.YAMLError as err:

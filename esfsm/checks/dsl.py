@@ -35,7 +35,8 @@ if not SCHEMA_DIR.is_dir():
 @functools.cache
 def dsl_schema(name: str = "aggregate") -> dict[str, Any]:
     with open(SCHEMA_DIR / f"{name}.schema.json", encoding="utf-8") as handle:
-        return json.load(handle)
+        schema: dict[str, Any] = json.load(handle)
+    return schema
 
 
 @functools.cache
@@ -49,7 +50,7 @@ NO_LINE_BREAK_PATTERN = "^[^\\r\\n]*$"
 
 def schema_findings(doc: Document, schema: str = "aggregate") -> list[Finding]:
     """The document against the DSL's JSON Schema, one finding per error."""
-    findings = []
+    findings: list[Finding] = []
     for error in _dsl_validator(schema).iter_errors(doc.data):
         for leaf in explain(error):
             findings.extend(_schema_error_findings(doc, leaf))
@@ -58,6 +59,7 @@ def schema_findings(doc: Document, schema: str = "aggregate") -> list[Finding]:
 
 def _schema_error_findings(doc: Document, error: ValidationError) -> Iterator[Finding]:
     where = pointer(*error.absolute_path)
+    schema = error.schema if isinstance(error.schema, Mapping) else {}  # the DSL's schemas are objects, never `true`
     keys = alternative_keys(error)
     if keys and isinstance(error.instance, Mapping):
         given = [k for k in keys if k in error.instance]
@@ -69,7 +71,7 @@ def _schema_error_findings(doc: Document, error: ValidationError) -> Iterator[Fi
             yield doc.finding(where, f"missing required key: one of {listed}", "dsl-missing-key", key=True)
         return
     if error.validator == "additionalProperties" and isinstance(error.instance, Mapping):
-        allowed = list(error.schema.get("properties", {}))
+        allowed = list(schema.get("properties", {}))
         for extra in error.instance:
             if extra not in allowed:
                 hint = (cut_text(extra, error.instance[extra]) or did_you_mean(extra, allowed)
@@ -81,7 +83,8 @@ def _schema_error_findings(doc: Document, error: ValidationError) -> Iterator[Fi
                 )
         return
     if error.validator == "required" and isinstance(error.instance, Mapping):
-        for key in error.validator_value:  # jsonschema reports one missing key per error
+        required = error.validator_value if isinstance(error.validator_value, list) else []
+        for key in required:  # jsonschema reports one missing key per error
             if key not in error.instance and error.message == f"{key!r} is a required property":
                 yield doc.finding(where, f"missing required key {key!r}", "dsl-missing-key", key=True)
         return
@@ -92,11 +95,11 @@ def _schema_error_findings(doc: Document, error: ValidationError) -> Iterator[Fi
                 yield doc.finding(where + pointer(i), f"{describe(item)} is listed more than once", "dsl-uniqueItems")
                 return
             seen.append(item)
-    if error.validator == "pattern" and error.schema.get("pattern") == HEADER_NAME_PATTERN:
+    if error.validator == "pattern" and schema.get("pattern") == HEADER_NAME_PATTERN:
         yield doc.finding(where + pointer(error.instance), f"{error.instance!r} is not a NATS header name: use "
                           "printable ASCII without spaces or ':'", "dsl-header", key=True)
         return
-    if error.validator == "pattern" and error.schema.get("pattern") == NO_LINE_BREAK_PATTERN:
+    if error.validator == "pattern" and schema.get("pattern") == NO_LINE_BREAK_PATTERN:
         yield doc.finding(where, "a NATS header value cannot hold a line break", "dsl-header")
         return
     if error.validator == "pattern" and "propertyNames" in error.absolute_schema_path:

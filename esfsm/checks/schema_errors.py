@@ -50,12 +50,16 @@ def _type_mismatch(error: ValidationError) -> bool:
     return error.validator == "type" and not error.relative_path
 
 
+def _type_names(value: object) -> list[str]:
+    """The value of a `type` keyword: one type name, or a list of them."""
+    return [str(t) for t in value] if isinstance(value, list) else [str(value)]
+
+
 def union_types(error: ValidationError) -> list[str]:
     types: list[str] = []
     for sub in error.context or ():
         if _type_mismatch(sub):
-            value = sub.validator_value
-            types += [t for t in (value if isinstance(value, list) else [value]) if t not in types]
+            types += [t for t in _type_names(sub.validator_value) if t not in types]
     return types
 
 
@@ -63,7 +67,7 @@ def schema_error_message(error: ValidationError) -> str:
     """A sentence for one (explained) JSON Schema error: the bad value, what was expected."""
     kind, value = error.validator, error.validator_value
     if kind == "type" or (kind in ("oneOf", "anyOf") and union_types(error)):
-        types = (value if isinstance(value, list) else [value]) if kind == "type" else union_types(error)
+        types = _type_names(value) if kind == "type" else union_types(error)
         return f"expected {' or '.join(_article(t) for t in types)}, got {describe(error.instance)}"
     if kind == "enum" and isinstance(value, list):
         names = [str(v) for v in value]

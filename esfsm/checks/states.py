@@ -65,9 +65,10 @@ def unreachable_states(ctx: Context) -> Iterator[Finding]:
     while todo:
         state = todo.popleft()
         for event in agg.events.values():
-            if state in agg.source_states(event) and event.dest in agg.states and event.dest not in reached:
-                reached.add(event.dest)
-                todo.append(event.dest)
+            dest = event.dest
+            if dest is not None and state in agg.source_states(event) and dest in agg.states and dest not in reached:
+                reached.add(dest)
+                todo.append(dest)
     for name in agg.states:
         if name not in reached:
             yield ctx.warning(pointer("states", name),

@@ -50,8 +50,8 @@ def run(paths: tuple[Path, ...], servers: tuple[str, ...], store_dir: Path, port
     import os
 
     from esfsm.runtime.connection import check_server_urls
-    from esfsm.runtime.partition import Partition
     from esfsm.runtime.logs import configure_logging
+    from esfsm.runtime.partition import Partition
     from esfsm.runtime.runner import RunSettings, serve
 
     partition = None

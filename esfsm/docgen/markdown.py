@@ -51,7 +51,7 @@ def table(header: Iterable[str], rows: Iterable[Iterable[str]]) -> list[str]:
     head = list(header)
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
-    return lines + [""]
+    return [*lines, ""]
 
 
 def fenced(language: str, body: str) -> list[str]:
@@ -190,11 +190,11 @@ def _header(compiled: CompiledAggregate) -> list[str]:
         f"# {model.name}",
         "",
         *([model.description, ""] if model.description else []),
-        f"Definition: {code(source)} · AsyncAPI 3.0: [{model.name}.asyncapi.yaml]({model.name}.asyncapi.yaml)"
-        " · [all aggregates](index.md)",
+        (f"Definition: {code(source)} · AsyncAPI 3.0: [{model.name}.asyncapi.yaml]({model.name}.asyncapi.yaml)"
+        " · [all aggregates](index.md)"),
         "",
-        "Contents: [state machine](#state-machine) · [NATS names](#nats-names) · [states](#states) · "
-        "[data](#data) · [authorize](#authorize) · [commands](#commands) · [events](#events)",
+        ("Contents: [state machine](#state-machine) · [NATS names](#nats-names) · [states](#states) · "
+        "[data](#data) · [authorize](#authorize) · [commands](#commands) · [events](#events)"),
         "",
     ]
 
@@ -203,8 +203,8 @@ def _machine(compiled: CompiledAggregate) -> list[str]:
     return [
         "## State machine",
         "",
-        "Each event type is a transition, labelled with the commands that emit it; `[*]` marks the initial "
-        "state and the final ones.",
+        ("Each event type is a transition, labelled with the commands that emit it; `[*]` marks the initial "
+        "state and the final ones."),
         "",
         "```mermaid",
         mermaid(compiled).rstrip("\n"),
@@ -253,7 +253,7 @@ def _rule_rows(rules: Iterable[CompiledRule], check: str) -> list[list[str]]:
 def _authorize(compiled: CompiledAggregate) -> list[str]:
     lines = ["## Authorize", ""]
     if not compiled.authorize:
-        return lines + ["No rule: every command goes straight to its own checks.", ""]
+        return [*lines, "No rule: every command goes straight to its own checks.", ""]
     lines += ["Every command must pass these rules first, in order, before its payload and state are checked.", ""]
     return lines + table(["check", "rule", "message", "code", "path"], _rule_rows(compiled.authorize, "authorize"))
 
@@ -322,8 +322,8 @@ def _events(compiled: CompiledAggregate) -> list[str]:
         if event.description:
             lines += [event.description, ""]
         lines += [
-            f"- Subject: {code(event_subject(model.nats.events, '<key>', name))}, type {code(name)}, "
-            f"source {code(f'esfsm/{model.name}')}",
+            (f"- Subject: {code(event_subject(model.nats.events, '<key>', name))}, type {code(name)}, "
+            f"source {code(f'esfsm/{model.name}')}"),
             f"- Transitions: {moves(name)}" + (" (`from` omitted: any non-final state)"
                                                if "*" in event.sources else ""),
             f"- Emitted by: {', '.join(f'[{code(c)}]({command_anchor(c)})' for c in emitters(compiled, name)) or '—'}",

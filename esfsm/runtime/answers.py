@@ -21,7 +21,6 @@ from typing import Any
 import nats.errors
 import orjson
 from cachetools import LRUCache
-from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig
 from nats.js.errors import BadRequestError, KeyNotFoundError, NotFoundError, ServiceUnavailableError

@@ -16,7 +16,7 @@ import logging
 import uuid
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, overload
 
@@ -322,7 +322,7 @@ def api_prefix(domain: str | None = None) -> str:
 
 async def read_subject(
     nc: Client, stream: str, subjects: str, after_seq: int = 0, timeout: float = 5.0, api: str = "$JS.API"
-) -> AsyncIterator[Stored]:
+) -> AsyncGenerator[Stored, None]:
     """Every message on subjects with a sequence above after_seq, in order (batch direct get)."""
     api = f"{api}.DIRECT.GET.{stream}"
     seq = after_seq + 1

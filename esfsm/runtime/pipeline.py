@@ -175,9 +175,10 @@ class Pipeline:
             except UnavailableError as err:
                 if not err.maybe_stored:
                     raise
-                seq = await self._stored_after_all(key, entity.seq, outgoing)
-                if seq is None:
+                found = await self._stored_after_all(key, entity.seq, outgoing)
+                if found is None:
                     raise
+                seq = found
             return await self._accepted(entity, prepared, decision.state, seq, documents)
         return rejection(CONFLICT, f"entity {key!r} is being changed concurrently; "
                                    f"gave up after {MAX_ATTEMPTS} attempts, nothing was stored")

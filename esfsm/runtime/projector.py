@@ -102,7 +102,7 @@ class Projector:
         self._asked = asked
         try:
             self.wire.publish(self._next, request, self._inbox)
-        except Exception as err:  # disconnected: try again a little later
+        except Exception as err:  # noqa: BLE001 - disconnected: try again a little later
             log.debug("pull from %s not sent: %s", self.store.durable, type(err).__name__)
             self._trouble = True
             return
@@ -198,7 +198,7 @@ class Projector:
             batch, self._batch = self._batch, []
             try:
                 await self.project(batch)
-            except Exception as err:  # e.g. acks during a disconnect: redelivery after ack_wait repairs it
+            except Exception as err:  # noqa: BLE001 - e.g. acks during a disconnect: redelivery after ack_wait repairs it
                 log.warning("projecting a batch of %s failed: %s: %s", self.store.durable, type(err).__name__, err)
                 trouble = True
             if trouble:
@@ -230,7 +230,7 @@ class Projector:
             else:
                 slow.append(key)
         if fast:
-            for (entity, _), outcome in zip(fast, await self.store.write_over(fast)):
+            for (entity, _), outcome in zip(fast, await self.store.write_over(fast), strict=True):  # one outcome each
                 if isinstance(outcome, BaseException):
                     slow.append(entity.state.key)
                 else:
@@ -247,7 +247,7 @@ class Projector:
                 except (StoreError, EsfsmError) as err:
                     log.error("snapshot of %s %r failed: %s", self.store.compiled.name, key, err)
                     return False
-                except Exception as err:  # KV unavailable: redelivery will retry
+                except Exception as err:  # noqa: BLE001 - KV unavailable: redelivery will retry
                     log.warning("snapshot of %s %r failed: %s", self.store.compiled.name, key, err)
                     return False
                 if revision:

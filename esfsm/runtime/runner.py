@@ -33,12 +33,12 @@ from esfsm.compiler import CompiledAggregate
 from esfsm.contract import all_commands, info_subject
 from esfsm.errors import EsfsmError
 from esfsm.model import fingerprint
+from esfsm.runtime.answers import DEFAULT_WINDOW
 from esfsm.runtime.connection import DEFAULT_STORE, ConnectOptions, connect, gather_answers, resolve_servers
 from esfsm.runtime.logs import configure_logging, info, setup_logging
 from esfsm.runtime.partition import PREFIX, Partition
 from esfsm.runtime.projector import Projector
 from esfsm.runtime.server import EmbeddedServer
-from esfsm.runtime.answers import DEFAULT_WINDOW
 from esfsm.runtime.service import AggregateService
 from esfsm.runtime.store import AggregateStore
 from esfsm.runtime.turns import DEFAULT_CAPACITY

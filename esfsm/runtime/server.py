@@ -14,6 +14,7 @@ import sysconfig
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from esfsm.errors import EsfsmError
 
@@ -32,6 +33,14 @@ def die_with_parent() -> None:
 
         PR_SET_PDEATHSIG = 1
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _open_log(path: Path) -> BinaryIO:
+    """The server's log file, to append to; a ServerError if it cannot be written."""
+    try:
+        return open(path, "ab")
+    except OSError as err:
+        raise ServerError(f"cannot write {str(path)!r}: {err.strerror}; give another --store-dir") from err
 
 
 def server_binary() -> str:
@@ -112,17 +121,13 @@ class EmbeddedServer:
             raise ServerError(f"port {self.port} on {self.host} is in use: give another --port, or none "
                               f"({DEFAULT_PORT} or the next free one)")
         log_path = self.store_dir / "nats-server.log"
-        try:
-            log = open(log_path, "ab")
-        except OSError as err:
-            raise ServerError(f"cannot write {str(log_path)!r}: {err.strerror}; give another --store-dir") from err
-        args = [server_binary(), "-js", "-a", self.host, "-p", str(self.port),
-                "-sd", str(self.store_dir / "jetstream"), "--server_name", f"esfsm-{self.port}", *self.extra_args]
-        # A session of its own: Ctrl-C in the terminal reaches esfsm, which drains first and
-        # then stops it. And should esfsm die without stopping it, it gets SIGTERM (Linux).
-        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        start_new_session=True, preexec_fn=die_with_parent)
-        log.close()
+        with _open_log(log_path) as log:
+            args = [server_binary(), "-js", "-a", self.host, "-p", str(self.port),
+                    "-sd", str(self.store_dir / "jetstream"), "--server_name", f"esfsm-{self.port}", *self.extra_args]
+            # A session of its own: Ctrl-C in the terminal reaches esfsm, which drains first and
+            # then stops it. And should esfsm die without stopping it, it gets SIGTERM (Linux).
+            self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            start_new_session=True, preexec_fn=die_with_parent)  # noqa: PLW1509 - it only calls prctl
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -190,7 +195,8 @@ def embedded_url(store_dir: Path) -> str | None:
         state = json.loads((Path(store_dir) / STATE_FILE).read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(state, dict) or not isinstance(state.get("url"), str):
+    url = state.get("url") if isinstance(state, dict) else None
+    if not isinstance(url, str):
         return None  # not a file esfsm wrote
     pid = state.get("pid")
     if pid is not None:
@@ -200,7 +206,7 @@ def embedded_url(store_dir: Path) -> str | None:
             os.kill(pid, 0)
         except (OSError, OverflowError):
             return None
-    return state["url"]
+    return url
 
 
 async def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:

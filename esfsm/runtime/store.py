@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 
 import nats.errors
@@ -31,6 +31,7 @@ from esfsm.runtime.jetstream import (
     NOT_SENT,
     Answer,
     Outgoing,
+    Stored,
     StoreError,
     UnavailableError,
     api_prefix,
@@ -42,7 +43,6 @@ from esfsm.runtime.jetstream import (
     last_message,
     read_subject,
     requester,
-    Stored,
 )
 
 log = logging.getLogger("esfsm.store")
@@ -173,7 +173,7 @@ class AggregateStore:
                     return stored.seq
         return None
 
-    def _read(self, key: str, after_seq: int) -> AsyncIterator[Stored]:
+    def _read(self, key: str, after_seq: int) -> AsyncGenerator[Stored, None]:
         """The entity's stored messages after after_seq; read it under contextlib.aclosing, so a
         reader that stops early (or fails) closes the direct get it started."""
         return read_subject(self.nc, self.names.stream, self.entity_subjects(key), after_seq, self.timeout, self.api)

@@ -22,8 +22,8 @@ from typing import Any, TypeVar
 from cloudevents.core.base import BaseCloudEvent
 from nats.js.errors import KeyNotFoundError
 
-from esfsm.compiler import CompiledAggregate
 from esfsm import contract, reading
+from esfsm.compiler import CompiledAggregate
 from esfsm.contract import KEY_HEADER, TEST_NOW_HEADER
 from esfsm.expressions import format_time
 from esfsm.runtime.connection import ConnectOptions, connect

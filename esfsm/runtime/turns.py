@@ -109,7 +109,7 @@ class Slots:
     def peek(self, key: str) -> Slot | None:
         """The slot of key if there is one, without making it recent."""
         if key in self._recent:
-            return Cache.__getitem__(self._recent, key)  # type: ignore[no-any-return]
+            return Cache.__getitem__(self._recent, key)
         return self._busy.get(key)
 
     def get(self, key: str) -> Slot:
