@@ -9,6 +9,7 @@ tests, ``esfsm test`` and most of the test suite run on it.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -133,6 +134,7 @@ class MemoryEngine:
         self.store = store or MemoryEventStore()
         self._states: dict[tuple[str, str], EntityState] = {}
         self._outcomes: dict[tuple[str, str, str], Decision] = {}  # answers by command id, kept for ever
+        self._deciders: dict[str, Callable[..., Decision]] = {}
         self.state_limit: int | None = None  # bytes an entity's state may take as JSON (the runtime's KV limit)
 
     def aggregate(self, name: str) -> CompiledAggregate:
@@ -192,11 +194,10 @@ class MemoryEngine:
         return decision
 
     def _decider(self, compiled: CompiledAggregate) -> Callable[..., Decision]:
-        new_id = self.new_id
-
-        def decide(state: EntityState, request: Any, now: dt.datetime | None) -> Decision:
-            return compiled.decide(state, request, now, new_id)
-
+        """compiled.decide with this engine's event ids (made once per aggregate)."""
+        decide = self._deciders.get(compiled.name)
+        if decide is None:
+            decide = self._deciders[compiled.name] = functools.partial(compiled.decide, new_id=self.new_id)
         return decide
 
     def record(self, aggregate: str, key: str, events: Iterable[BaseCloudEvent]) -> EntityState:
