@@ -17,16 +17,8 @@ def emit_data_fields(ctx: Context) -> Iterator[Finding]:
             event = agg.events.get(emit.event)
             if event is None or not isinstance(emit.data, Mapping):
                 continue
-            declared = declared_fields(event.schema)
-            if declared is not None:
-                for field in emit.data:
-                    if field not in declared:
-                        yield ctx.doc.finding(
-                            f"{emit.where}/data" + pointer(field),
-                            f"event {event.name!r} declares no field {field!r}"
-                            f"{did_you_mean(field, declared) or f'; expected one of {one_of(declared)}'}",
-                            "emit-unknown-field", key=True,
-                        )
+            yield from _undeclared(ctx, f"{emit.where}/data", emit.data, declared_fields(event.schema),
+                                   f"event {event.name!r}", "emit-unknown-field")
             required = event.schema.get("required", []) if isinstance(event.schema, Mapping) else []
             if not isinstance(required, list):
                 continue  # reported by json_schemas
@@ -55,14 +47,23 @@ def apply_fields(ctx: Context) -> Iterator[Finding]:
         return
     for event in agg.events.values():
         if isinstance(event.apply, Mapping):
-            for field in event.apply:
-                if field not in declared:
-                    yield ctx.doc.finding(
-                        f"{event.where}/apply" + pointer(field),
-                        f"the aggregate's data declares no field {field!r}"
-                        f"{did_you_mean(field, declared) or f'; expected one of {one_of(declared)}'}",
-                        "apply-unknown-field", key=True,
-                    )
+            yield from _undeclared(ctx, f"{event.where}/apply", event.apply, declared, "the aggregate's data",
+                                   "apply-unknown-field")
+
+
+def _undeclared(ctx: Context, where: str, fields: Mapping[str, object], declared: set[str] | None, owner: str,
+                rule: str) -> Iterator[Finding]:
+    """A finding at each of fields (a template's keys, at where) that owner does not declare."""
+    if declared is None:
+        return
+    for field in fields:
+        if field not in declared:
+            yield ctx.doc.finding(
+                where + pointer(field),
+                f"{owner} declares no field {field!r}"
+                f"{did_you_mean(field, declared) or f'; expected one of {one_of(declared)}'}",
+                rule, key=True,
+            )
 
 
 RULES: tuple[Rule, ...] = (emit_data_fields, template_shapes, apply_fields)
