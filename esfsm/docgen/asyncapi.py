@@ -55,6 +55,18 @@ def _pointer(*parts: str) -> str:
     return "#/" + "/".join(p.replace("~", "~0").replace("/", "~1") for p in parts)
 
 
+def _message(name: str, title: str, summary: str, content_type: str, headers: str, payload: str) -> dict[str, Any]:
+    """A message whose headers and payload are schemas under components/schemas."""
+    return {
+        "name": name,
+        "title": title,
+        **({"summary": summary} if summary else {}),
+        "contentType": content_type,
+        "headers": _ref("components", "schemas", headers),
+        "payload": _ref("components", "schemas", payload),
+    }
+
+
 def _ref(*parts: str) -> dict[str, str]:
     return {"$ref": _pointer(*parts)}
 
@@ -255,14 +267,8 @@ def asyncapi_document(compiled: CompiledAggregate) -> dict[str, Any]:
         payload = f"command.{name}.payload"
         schemas[payload] = _localize(command.schema, _pointer("components", "schemas", payload))
         schemas[f"command.{name}.accepted"] = _accepted(compiled, name)
-        messages[f"command.{name}"] = {
-            "name": name,
-            "title": f"Command {name}",
-            **({"summary": command.description} if command.description else {}),
-            "contentType": JSON,
-            "headers": _ref("components", "schemas", "command_headers"),
-            "payload": _ref("components", "schemas", payload),
-        }
+        messages[f"command.{name}"] = _message(name, f"Command {name}", command.description, JSON,
+                                               "command_headers", payload)
         messages[f"command.{name}.accepted"] = {
             "name": f"{name}_accepted",
             "title": f"{name} accepted",
@@ -306,14 +312,8 @@ def asyncapi_document(compiled: CompiledAggregate) -> dict[str, Any]:
         data = f"event.{name}.data"
         schemas[data] = _localize(event.schema, _pointer("components", "schemas", data))
         schemas[f"event.{name}.cloudevent"] = _cloudevent(compiled, name)
-        messages[f"event.{name}"] = {
-            "name": name,
-            "title": f"Event {name}",
-            **({"summary": event.description} if event.description else {}),
-            "contentType": CLOUDEVENTS_JSON,
-            "headers": _ref("components", "schemas", "event_headers"),
-            "payload": _ref("components", "schemas", f"event.{name}.cloudevent"),
-        }
+        messages[f"event.{name}"] = _message(name, f"Event {name}", event.description, CLOUDEVENTS_JSON,
+                                             "event_headers", f"event.{name}.cloudevent")
         channels[f"event.{name}"] = {
             "address": event_subject(nats.events, "{key}", name),
             "title": f"Event {name}",
