@@ -94,6 +94,7 @@ HUGE = 10**12
 REQUEST_TIMEOUT = 10.0
 KV_SAMPLE = 200
 CPU_KEYS = ("cpu_runtime_us", "cpu_server_us", "cpu_client_us")
+SLOW = 0.030  # seconds: scale mode notes when each slower command started (to line up with a probe)
 
 
 # ---------------------------------------------------------------------------
@@ -181,8 +182,10 @@ def summary(latencies: list[float], elapsed: float) -> dict[str, float]:
     }
 
 
-async def drive(count: int, concurrency: int, one: Any, deadline: float) -> tuple[list[float], float]:
-    """Run one(i) for i in range(count) with `concurrency` workers; latencies and elapsed seconds."""
+async def drive(count: int, concurrency: int, one: Any, deadline: float,
+                slow: list[tuple[float, float]] | None = None) -> tuple[list[float], float]:
+    """Run one(i) for i in range(count) with `concurrency` workers; latencies and elapsed seconds.
+    slow, if given, gets (monotonic start, latency) of every operation over SLOW seconds."""
     latencies: list[float] = []
     next_index = 0
 
@@ -195,7 +198,10 @@ async def drive(count: int, concurrency: int, one: Any, deadline: float) -> tupl
             next_index += 1
             started = time.perf_counter()
             await one(i)
-            latencies.append(time.perf_counter() - started)
+            took = time.perf_counter() - started
+            latencies.append(took)
+            if slow is not None and took > SLOW:
+                slow.append((time.monotonic() - took, took))
 
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(min(concurrency, count))))
@@ -294,8 +300,10 @@ async def client_runtime(args: argparse.Namespace) -> dict[str, Any]:
                     if len(problems) < 10:
                         problems.append(f"{command} {key} {amount} rejected: {reply.get('message')}")
 
+        slow: list[tuple[float, float]] | None = [] if args.drain_first else None
+        loop_start = time.monotonic()
         with CpuMeter(args) as cpu:
-            latencies, elapsed = await drive(len(work), args.concurrency, command_one, deadline)
+            latencies, elapsed = await drive(len(work), args.concurrency, command_one, deadline, slow)
         loop_end = time.monotonic()
         try:  # how far the snapshot writer is behind when the loop ends
             consumer = await js.consumer_info(EVENTS_STREAM, f"AGG_{BUCKET.removeprefix('AGG_')}")
@@ -356,6 +364,8 @@ async def client_runtime(args: argparse.Namespace) -> dict[str, Any]:
             "open_per_s": len(keys) / open_elapsed if open_elapsed else 0.0,
             "open_phases": phases,
             "opens_drained_s": opens_drained,
+            "loop_monotonic": [loop_start, loop_end],
+            "slow_commands": slow or [],
             "opens": len(keys),
             "accepted": accepted,
             "rejected": rejected,
@@ -694,6 +704,24 @@ def parse_points(text: str) -> list[int | str]:
     return points
 
 
+def probe_summary(probe: dict[str, Any], rt: dict[str, Any]) -> str:
+    """What benchmarks/probe_runtime.py saw in the runtime during the timed deposits."""
+    t0, t1 = rt["loop_monotonic"]
+    stalls = [took for began, took, _ in probe["stalls"] if t0 <= began <= t1]
+    stall_cpu = sum(cpu for began, _, cpu in probe["stalls"] if t0 <= began <= t1)
+    gcs = [(gen, took) for began, gen, took, _ in probe["gc"] if t0 <= began <= t1]
+    cycles = [(took, events, keys) for began, took, events, keys in probe["cycles"] if t0 <= began <= t1]
+    slow = rt.get("slow_commands", [])
+    gc2 = [took for gen, took in gcs if gen == 2]
+    gc1 = [took for gen, took in gcs if gen == 1]
+    return (f"loop stalls >20 ms: {len(stalls)}, {sum(stalls) * 1000:,.0f} ms in all, longest "
+            f"{max(stalls, default=0) * 1000:.0f} ms, the loop busy {stall_cpu * 1000:,.0f} ms of them; gc gen2 {len(gc2)}× {sum(gc2) * 1000:.0f} ms "
+            f"(longest {max(gc2, default=0) * 1000:.0f}), gen1 {len(gc1)}× {sum(gc1) * 1000:.0f} ms; "
+            f"snapshot cycles {len(cycles)}: {sum(c[1] for c in cycles):,} events over "
+            f"{sum(c[2] for c in cycles):,} keys, longest {max((c[0] for c in cycles), default=0) * 1000:.0f} ms; "
+            f"commands over {SLOW * 1000:.0f} ms: {len(slow)}")
+
+
 def _figures(m: dict[str, float]) -> str:
     return f"{m['per_s']:>8,.0f}/s p50 {m['p50_ms']:7.1f} ms p99 {m['p99_ms']:7.1f} ms"
 
@@ -727,6 +755,7 @@ def orchestrate_scale(args: argparse.Namespace) -> int:
             server = EmbeddedServer(workdir / "nats", port=ephemeral_port(), host="127.0.0.1")
             runtime: Runtime | None = None
             got: dict[str, dict[str, Any]] = {}
+            probed: dict[str, Any] | None = None
             try:
                 server.start()
                 runtime = Runtime(server.url, workdir, args.runtime_script, 1, extra=extra_rt, env=env)
@@ -753,6 +782,8 @@ def orchestrate_scale(args: argparse.Namespace) -> int:
                     problems.append(f"{label} run {run + 1}: runtime logged {len(errors)} errors, "
                                     f"e.g. {errors[0][:300]}")
                 server.stop()
+                probe = workdir / "probe.json"  # written by benchmarks/probe_runtime.py (--runtime-script)
+                probed = orjson.loads(probe.read_bytes()) if probe.exists() else None
                 if args.keep:
                     print(f"kept {workdir}")
                 else:
@@ -760,7 +791,9 @@ def orchestrate_scale(args: argparse.Namespace) -> int:
             ceiling, rt = got.get("ceiling", {}), got.get("runtime", {})
             if "per_s" not in ceiling or "per_s" not in rt:
                 continue
-            row = {"ceiling": ceiling, "opens": rt["open_phases"], "deposits": rt}
+            row = {"ceiling": ceiling, "opens": rt["open_phases"], "deposits": rt, "point": label, "run": run + 1}
+            if probed is not None:
+                row["probe"] = probed
             rows.setdefault(label, []).append(row)
             print(f"{label:>12} run {run + 1} {'ceiling':<20} {_figures(ceiling)}", flush=True)
             names = ["first commands"] if len(rt["open_phases"]) == 1 else ["first, below the cap",
@@ -769,6 +802,8 @@ def orchestrate_scale(args: argparse.Namespace) -> int:
                 print(f"{label:>12} run {run + 1} {name:<20} {_figures(phase)} = "
                       f"{phase['per_s'] / ceiling['per_s']:.2f} of the ceiling ({phase['entities']:,} entities, "
                       f"runtime {phase.get('cpu_runtime_us', 0):.0f} µs/cmd)", flush=True)
+            if probed is not None:
+                print(f"{label:>12} run {run + 1} {'probe (deposits)':<20} {probe_summary(probed, rt)}", flush=True)
             print(f"{label:>12} run {run + 1} {'deposits':<20} {_figures(rt)} = {rt['per_s'] / ceiling['per_s']:.2f}"
                   f" of the ceiling (runtime {rt.get('cpu_runtime_us', 0):.0f} µs/cmd; opens' snapshots written "
                   f"{_seconds(rt['opens_drained_s'])} after them, deposits' {_seconds(rt['snapshot_caught_up_s'])})",
@@ -799,6 +834,9 @@ def orchestrate_scale(args: argparse.Namespace) -> int:
                 print(f"first commands past the cap / below it = {ratio:.2f}")
     elif not problems:
         problems.append("no complete run")
+    if args.json:
+        Path(args.json).write_bytes(orjson.dumps(rows))
+        print(f"raw results: {args.json}")
     for problem in problems:
         print(f"FAILED: {problem}")
     return 1 if problems else 0
@@ -832,6 +870,7 @@ def main(argv: list[str] | None = None) -> int:
                              f"(if the runtime has it; otherwise past its {DEFAULT_CACHE:,})")
     parser.add_argument("--past", type=int, default=0,
                         help="scale mode, point `past`: entities opened past the cap (default: half the cap)")
+    parser.add_argument("--json", metavar="OUT", help="scale mode: write every run's raw results to OUT")
     parser.add_argument("--esfsm-path", metavar="DIR",
                         help="run the runtime from this checkout (its PYTHONPATH), e.g. a baseline worktree")
     parser.add_argument("--runtime-script", help=argparse.SUPPRESS)  # experiments: a script standing in for `-m esfsm`
