@@ -43,8 +43,9 @@ class NatsDriver:
     """Talks to a running `esfsm run` through esfsm.Client over a real nats-server."""
 
     def __init__(self, project: Project, url: str) -> None:
-        from esfsm.client import Client
         from nats_support import LoopThread
+
+        from esfsm.client import Client
 
         self.project = project
         self.loop = LoopThread()

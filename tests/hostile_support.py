@@ -32,8 +32,9 @@ from typing import Any
 import nats
 import nats.errors
 import yaml
-from helpers import fresh_key
 from hypothesis import HealthCheck, settings
+
+from helpers import fresh_key
 from nats_support import LoopThread, RuntimeProcess
 
 ROOT = Path(__file__).resolve().parent.parent

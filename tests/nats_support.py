@@ -52,11 +52,12 @@ class RuntimeProcess:
 
     def start(self, timeout: float = 20.0) -> RuntimeProcess:
         assert self.log_path is not None
-        self._log = open(self.log_path, "ab")
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - open while the process runs: terminate() and kill() close it
         self.process = subprocess.Popen(
             [sys.executable, "-m", "esfsm", "run", *self.paths, "--server", self.url, *self.extra_args],
             stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={k: v for k, v in os.environ.items() if k != "NATS_URL"}, preexec_fn=die_with_parent,
+            env={k: v for k, v in os.environ.items() if k != "NATS_URL"},
+            preexec_fn=die_with_parent,  # noqa: PLW1509 - it only calls prctl, safe between fork and exec
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

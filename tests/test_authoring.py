@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 from conftest import DEFINITIONS, ROOT
 from helpers import run_cli as run
+
 from esfsm.authoring import explain, graph, init
 from esfsm.authoring.analysis import edges
 from esfsm.project import check_paths, load_project
@@ -182,8 +183,8 @@ def test_graph_says_how_to_get_graphviz_when_dot_is_missing(
     monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no `dot` on PATH
     assert run(graph, "bankaccount", BANK, "--format", fmt, "-o", str(tmp_path / f"b.{fmt}")) == (
         1, "",
-        f"Error: --format {fmt} needs Graphviz's 'dot' program: install it (e.g. apt-get install graphviz, "
-        "brew install graphviz) or use --format mermaid\n",
+        (f"Error: --format {fmt} needs Graphviz's 'dot' program: install it (e.g. apt-get install graphviz, "
+        "brew install graphviz) or use --format mermaid\n"),
     )
     assert not (tmp_path / f"b.{fmt}").exists()
 
@@ -218,8 +219,8 @@ def test_graph_still_draws_an_aggregate_when_another_file_has_errors(defs: Path)
     assert err.splitlines() == [
         "definitions/broken.yaml:1:1: error: missing required key 'events'",
         "definitions/broken.yaml:4:1: error: expected at least 1 entry, got none [/commands]",
-        "Error: aggregate 'broken' in definitions/broken.yaml has errors; fix them first (see above, "
-        "or run `esfsm validate`)",
+        ("Error: aggregate 'broken' in definitions/broken.yaml has errors; fix them first (see above, "
+        "or run `esfsm validate`)"),
     ]
 
 
@@ -273,8 +274,8 @@ def test_init_points_editors_at_the_schemas_of_the_project(defs: Path) -> None:
 def test_init_never_overwrites_a_file(defs: Path) -> None:
     (defs / "shop.scenarios.yaml").write_text("# mine\n")
     assert run(init, "shop") == (
-        1, "", "Error: definitions/shop.scenarios.yaml already exists; not overwriting it "
-               "(choose another name, or move the file away)\n")
+        1, "", ("Error: definitions/shop.scenarios.yaml already exists; not overwriting it "
+               "(choose another name, or move the file away)\n"))
     assert not (defs / "shop.yaml").exists()
     assert (defs / "shop.scenarios.yaml").read_text() == "# mine\n"
 
@@ -424,8 +425,8 @@ def test_explain_an_unknown_command_suggests_the_closest(in_root: Path) -> None:
     assert run(explain, "bankaccount", "withdrw", BANK) == (
         1, "", "Error: unknown command 'withdrw' for aggregate 'bankaccount'; did you mean 'withdraw'?\n")
     assert run(explain, "order", "zzz", ORDER) == (
-        1, "", "Error: unknown command 'zzz' for aggregate 'order'; expected one of 'add_item', 'cancel', "
-               "'create', 'deliver', 'pay', 'place', 'remove_item', 'ship'\n")
+        1, "", ("Error: unknown command 'zzz' for aggregate 'order'; expected one of 'add_item', 'cancel', "
+               "'create', 'deliver', 'pay', 'place', 'remove_item', 'ship'\n"))
 
 
 def _journal(folder: Path, notes: int) -> Path:
@@ -492,8 +493,8 @@ def test_graph_takes_a_folder_that_defines_one_aggregate(tmp_path: Path, monkeyp
 
 def test_a_folder_of_several_aggregates_asks_for_a_name(in_root: Path) -> None:
     assert run(graph, "definitions/") == (
-        1, "", "Error: definitions/ defines 3 aggregates ('bankaccount', 'order', 'ticket'): give the name of one, "
-               "and definitions/ as PATHS\n")
+        1, "", ("Error: definitions/ defines 3 aggregates ('bankaccount', 'order', 'ticket'): give the name of one, "
+               "and definitions/ as PATHS\n"))
     assert run(graph, "definitions")[2] == (
         "Error: definitions defines 3 aggregates ('bankaccount', 'order', 'ticket'): give the name of one, "
         "and definitions as PATHS\n")
@@ -508,8 +509,8 @@ def test_a_bare_word_names_the_aggregate_even_when_a_folder_has_that_name(defs: 
 
 def test_a_file_that_defines_no_aggregate_says_so(in_root: Path, tmp_path: Path) -> None:
     assert run(graph, "definitions/bankaccount.scenarios.yaml") == (
-        1, "", "Error: definitions/bankaccount.scenarios.yaml defines no aggregate (give an aggregate's name or its "
-               "definition file)\n")
+        1, "", ("Error: definitions/bankaccount.scenarios.yaml defines no aggregate (give an aggregate's name or its "
+               "definition file)\n"))
     (tmp_path / "broken.yaml").write_text("aggregate: [\n")
     code, out, err = run(graph, str(tmp_path / "broken.yaml"))
     assert (code, out) == (1, "")

@@ -11,6 +11,7 @@ import uuid
 import pytest
 
 from drivers import Driver, MemoryDriver
+
 from esfsm.project import Project
 
 ANN = {"x-username": "ann"}

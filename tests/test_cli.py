@@ -9,6 +9,7 @@ import pytest
 
 from conftest import DEFINITIONS
 from helpers import run_cli
+
 from esfsm import __version__
 from esfsm.cli import main
 
@@ -104,7 +105,7 @@ def test_test_prints_one_line_per_scenario_a_diff_and_the_totals(workdir: Path) 
 
 
 def test_test_exits_0_when_every_scenario_passes(workdir: Path) -> None:
-    (workdir / "bankaccount.scenarios.yaml").write_text(SCENARIOS.split("  - name: a wrong")[0])
+    (workdir / "bankaccount.scenarios.yaml").write_text(SCENARIOS.split("  - name: a wrong", maxsplit=1)[0])
     assert run("test", "defs") == (0, "PASS defs/bankaccount.scenarios.yaml:5: a deposit is accepted\n1 passed, 0 failed\n", "")
 
 
@@ -131,7 +132,7 @@ def test_test_with_unknown_aggregate_suggests_the_name(workdir: Path) -> None:
 
 
 def test_test_on_one_scenario_file_takes_the_definition_beside_it(workdir: Path) -> None:
-    (workdir / "bankaccount.scenarios.yaml").write_text(SCENARIOS.split("  - name: a wrong")[0])
+    (workdir / "bankaccount.scenarios.yaml").write_text(SCENARIOS.split("  - name: a wrong", maxsplit=1)[0])
     assert run("test", "defs/bankaccount.scenarios.yaml") == (
         0, "PASS defs/bankaccount.scenarios.yaml:5: a deposit is accepted\n1 passed, 0 failed\n", "")
     (workdir / "bankaccount.scenarios.yaml").rename(workdir / "mine.scenarios.yaml")  # no mine.yaml beside it
@@ -171,7 +172,7 @@ def test_a_failing_scenario_points_at_what_differs_and_at_names_the_aggregate_do
 
 
 def test_an_unreadable_scenario_file_is_a_failure_of_its_own_and_the_others_still_run(workdir: Path) -> None:
-    (workdir / "bankaccount.scenarios.yaml").write_text(SCENARIOS.split("  - name: a wrong")[0])
+    (workdir / "bankaccount.scenarios.yaml").write_text(SCENARIOS.split("  - name: a wrong", maxsplit=1)[0])
     (workdir / "empty.scenarios.yaml").write_text("")
     code, out, _ = run("test", "defs")
     assert code == 1
@@ -190,7 +191,7 @@ def test_test_refuses_invalid_definitions(workdir: Path) -> None:
 @pytest.mark.parametrize("now", ["2025-03-01", "yesterday", "2025-13-01T10:00:00Z"])
 def test_a_scenario_clock_must_be_an_rfc_3339_date_and_time(workdir: Path, now: str) -> None:
     (workdir / "bankaccount.scenarios.yaml").write_text(
-        f'aggregate: bankaccount\nnow: "{now}"\n' + SCENARIOS.split("\n", 1)[1].split("  - name: a wrong")[0])
+        f'aggregate: bankaccount\nnow: "{now}"\n' + SCENARIOS.split("\n", 1)[1].split("  - name: a wrong", maxsplit=1)[0])
     code, out, _ = run("test", "defs")
     assert code == 1
     assert f"error: '{now}' is not an RFC 3339 time such as '2025-01-01T09:00:00Z' [/now]" in out, out

@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import DEFINITIONS, ROOT
+
 from esfsm.cli import COMMANDS, main
 
 EVERY_COMMAND = ["docs", "explain", "graph", "history", "init", "rebuild", "run", "send", "state", "test", "validate"]

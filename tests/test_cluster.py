@@ -38,16 +38,19 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, TypeVar
 
 import nats
 
+from helpers import bank_headers
+from nats_support import Cluster, RuntimeProcess, run, start_cluster, unknown, wait_for_jetstream
+
 from esfsm.events import event_from_json
 from esfsm.project import load_project
 from esfsm.runtime.store import AggregateStore
-from helpers import bank_headers
-from nats_support import Cluster, RuntimeProcess, run, start_cluster, unknown, wait_for_jetstream
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "cluster"
 AGGREGATE = "clusterbank"
@@ -181,7 +184,7 @@ async def check_invariants(urls: list[str], load: Load) -> None:
         codes = Counter("ok" if r["accepted"] else r["code"] for r in load.outcomes.values())
         assert set(codes) <= {"ok"}, f"a definite rejection under load (422 = decided on a stale state): {codes}"
         for key in KEYS:
-            raw = await patiently(lambda: store.history(key))
+            raw = await patiently(partial(store.history, key))
             events = [json.loads(r) for r in raw]
             ids = [e["id"] for e in events]
             assert len(ids) == len(set(ids)), f"{key}: an event stored twice"
@@ -197,10 +200,10 @@ async def check_invariants(urls: list[str], load: Load) -> None:
             live = compiled.replay(key, [event_from_json(r) for r in raw])
             assert live.data["balance"] == load.balances[key], f"{key}: balance {live.data} ≠ client's"
             # The snapshot writer may need a redelivery (ack_wait 10 s) for events whose ack a fail-over lost.
-            last = await patiently(lambda: store.last_seq(key))
+            last = await patiently(partial(store.last_seq, key))
             deadline = time.monotonic() + 25
             while True:
-                snapshot, _ = await patiently(lambda: store.snapshot(key))
+                snapshot, _ = await patiently(partial(store.snapshot, key))
                 if (snapshot is not None and snapshot.seq == last) or time.monotonic() > deadline:
                     break
                 await asyncio.sleep(0.1)
@@ -244,8 +247,8 @@ def test_node_killed_under_load_on_a_3_node_cluster(tmp_path: Path) -> None:
 
         run(prepare(), timeout=60)
         servers = [arg for url in cluster.urls[1:] for arg in ("--server", url)]
-        for i in range(2):
-            runtimes.append(RuntimeProcess(cluster.urls[0], paths=[str(FIXTURE)], log=tmp_path / f"runtime{i + 1}.log",
+        for i in range(2):  # one at a time, so that the finally below stops each one that started
+            runtimes.append(RuntimeProcess(cluster.urls[0], paths=[str(FIXTURE)], log=tmp_path / f"runtime{i + 1}.log",  # noqa: PERF401
                                            extra_args=servers).start())
         victim_name = node_of(runtimes[0], cluster)
         victim = cluster.node(victim_name)
@@ -286,7 +289,7 @@ def test_node_killed_under_load_on_a_3_node_cluster(tmp_path: Path) -> None:
                 # Measured: how long no command was accepted, what the client saw.
                 accepted = sorted(a.answered for a in load.attempts if a.reply and a.reply["accepted"])
                 first_after_kill = min(a.answered for a in load.accepted_between(kill, restart))
-                gaps = [b - a for a, b in zip(accepted, accepted[1:]) if kill - 1 <= a <= restart]
+                gaps = [b - a for a, b in pairwise(accepted) if kill - 1 <= a <= restart]
                 attempts = Counter("ok" if a.reply and a.reply["accepted"] else "timeout" if a.reply is None
                                    else a.reply["code"] for a in load.attempts)
                 retried = Counter(a.command_id for a in load.attempts)
@@ -392,8 +395,9 @@ def test_a_redelivered_event_never_moves_the_snapshot_back(tmp_path: Path) -> No
     event of that entity."""
     import copy
 
-    from esfsm.runtime.service import AggregateService
     from nats_support import start_server
+
+    from esfsm.runtime.service import AggregateService
 
     compiled = load_project([Path(__file__).resolve().parent.parent / "definitions"]).aggregates["bankaccount"]
     server = start_server(tmp_path / "nats")

@@ -12,7 +12,7 @@ from esfsm.events import new_event
 from esfsm.project import Project
 from esfsm.values import CommandRequest
 
-NOW = dt.datetime(2025, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2025, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
 
 
 def test_machine_has_every_state_and_one_trigger_per_event(project: Project) -> None:

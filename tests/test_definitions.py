@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from conftest import DEFINITIONS
+
 from esfsm.project import check_paths
 from esfsm.scenarios import run_scenario_files
 

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 from click.testing import CliRunner
+
 from conftest import ROOT
 
 from esfsm.cli import main

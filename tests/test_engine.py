@@ -16,12 +16,13 @@ def test_unknown_aggregate_is_404_with_a_suggestion(project: Project) -> None:
 
 
 def test_recording_an_invalid_transition_stores_nothing(project: Project) -> None:
-    from esfsm.errors import ReplayError
-    from esfsm.events import new_event
     import datetime as dt
 
+    from esfsm.errors import ReplayError
+    from esfsm.events import new_event
+
     engine = MemoryEngine(project.aggregates.values())
-    event = new_event("bankaccount", "funds_deposited", "k", 1, {"amount": 1}, dt.datetime.now(dt.timezone.utc))
+    event = new_event("bankaccount", "funds_deposited", "k", 1, {"amount": 1}, dt.datetime.now(dt.UTC))
     with pytest.raises(ReplayError):
         engine.record("bankaccount", "k", [event])
     assert engine.history("bankaccount", "k") == []

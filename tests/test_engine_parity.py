@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from conftest import DEFINITIONS, FIXTURES
 
 from esfsm import MemoryEngine, load_project
@@ -63,7 +64,7 @@ def test_payload_values_that_are_not_json_are_a_400_not_a_500(engine: MemoryEngi
     assert engine.handle("bankaccount", "open_account", "k", {"owner": "a", "initial_balance": 150}, ann).accepted
     for payload, message in [({"amount": {1, 2}}, "a set value is not JSON"),
                              ({"amount": b"5"}, "a bytes value is not JSON"),
-                             ({"amount": dt.datetime(2025, 1, 1)}, "a datetime value is not JSON"),
+                             ({"amount": dt.datetime(2025, 1, 1, tzinfo=dt.UTC)}, "a datetime value is not JSON"),
                              ({1: 5}, "a key 1 is not a string, as JSON needs"),
                              ({"amount": float("nan")}, "nan is not a finite number")]:
         decision = engine.handle("bankaccount", "deposit", "k", payload, ann)

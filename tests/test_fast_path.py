@@ -15,6 +15,7 @@ from typing import Any
 
 import nats
 import pytest
+
 from nats_support import run, start_server
 
 from esfsm.compiler import CompiledAggregate
@@ -112,7 +113,7 @@ def test_two_processes_racing_on_one_entity_lose_no_update(own_server: Any, proj
                 service.pipeline.held = counting  # type: ignore[method-assign]
             amounts = list(range(10, 130))
             replies = await asyncio.gather(*[send(client, "deposit", key, {"amount": x}) for x in amounts])
-            accepted = [x for x, r in zip(amounts, replies) if r["accepted"]]
+            accepted = [x for x, r in zip(amounts, replies, strict=True) if r["accepted"]]
             assert all(r["accepted"] or r["code"] == 409 for r in replies)
             assert len(accepted) >= 100
             events = await events_of(a, key)

@@ -16,11 +16,12 @@ from typing import Any
 import nats
 import pytest
 
+from helpers import bank_headers
+from nats_support import RuntimeProcess, ephemeral_port, run, start_server, unknown
+
 from esfsm.events import event_from_json
 from esfsm.project import Project
 from esfsm.runtime.store import AggregateStore
-from helpers import bank_headers
-from nats_support import RuntimeProcess, ephemeral_port, run, start_server, unknown
 
 KEYS = [f"fault-{i}" for i in range(12)]
 
@@ -53,7 +54,7 @@ async def check_convergence(url: str, project: Project, outcomes: dict[str, dict
                 if not command_id.startswith(key + "/"):
                     continue
                 if reply and reply["accepted"]:
-                    assert [e["id"] for e in reply["events"]][0] in ids, f"{command_id} accepted but not stored"
+                    assert reply["events"][0]["id"] in ids, f"{command_id} accepted but not stored"
                 else:
                     assert command_id not in by_command, f"{command_id} stored but answered {reply}"
             live = compiled.replay(key, [event_from_json(r) for r in raw])
@@ -73,7 +74,7 @@ async def resolve(nc: Any, outcomes: dict[str, dict[str, Any] | None]) -> None:
     until it has a definite answer: the runtime answers a stored one as the first time."""
     async def settle(command_id: str) -> None:
         for _ in range(40):
-            reply = await send(nc, command_id.split("/")[0], command_id)
+            reply = await send(nc, command_id.split("/", maxsplit=1)[0], command_id)
             if not unknown(reply):
                 outcomes[command_id] = reply
                 return
@@ -232,7 +233,7 @@ def test_a_process_that_never_saw_an_entity_loads_it_from_the_stream(tmp_path: P
             await store.ensure()
             assert (await store.load("k")).state == compiled.initial_state("k")
             opened = new_event("bankaccount", "account_opened", "k", 1, {"owner": "a", "balance": 120},
-                               dt.datetime.now(dt.timezone.utc))
+                               dt.datetime.now(dt.UTC))
             await store.append("k", 0, [Outgoing(store.subject("k", "account_opened"), event_to_json(opened),
                                                  opened.get_id())])
             loaded = await store.load("k")

@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from helpers import validate
-from hostile_support import BANKACCOUNT, CHECKER, DEFINITION, SCALE
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
+
+from helpers import validate
+from hostile_support import BANKACCOUNT, CHECKER, DEFINITION, SCALE
 
 from esfsm.project import check_paths
 
@@ -131,7 +132,8 @@ def test_validate_on_mutated_definitions_exits_0_or_1(tmp_path: Path, document: 
 
 
 LINES = BANKACCOUNT.read_text().splitlines(keepends=True)
-YAML_PIECES = list("abcxyz019 :-[]{},'\"&*!|>#%@`?\n\t\\.~<=") + [
+YAML_PIECES = [
+    *"abcxyz019 :-[]{},'\"&*!|>#%@`?\n\t\\.~<=",  # one character each
     "\u00e9", "\x00", "\ufeff", "\u2028", "\x85", "\x1b", "<<: *a", "&a ", "*a", "!!int ", "!!str ", "!!float ",
     "!!python/object:os.system ", "!custom ", "---\n", "...\n", "? ", "cmd.amount", "{a: ", "[", ".nan", ".inf",
     "0x", "0o", "1e400", "9" * 30, "true", "null", "~", "%YAML 1.1\n", "%TAG ! tag:x,2000:\n",

@@ -10,6 +10,9 @@ import string
 import uuid
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+
 from hostile_support import (
     COMMAND_ID,
     EXPECTED_VERSION,
@@ -24,8 +27,6 @@ from hostile_support import (
     transported,
     valid_key,
 )
-from hypothesis import example, given
-from hypothesis import strategies as st
 
 # -- entity keys -----------------------------------------------------------------------------
 

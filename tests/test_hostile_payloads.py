@@ -16,6 +16,10 @@ import nats
 import nats.errors
 import orjson
 import pytest
+from hypothesis import assume, example, given
+from hypothesis import strategies as st
+from jsonschema import Draft202012Validator, validators
+
 from hostile_support import (
     COMMANDS,
     DEFINITION,
@@ -30,9 +34,6 @@ from hostile_support import (
     check_contract,
     fresh,
 )
-from hypothesis import assume, example, given
-from hypothesis import strategies as st
-from jsonschema import Draft202012Validator, validators
 from nats_support import RuntimeProcess
 
 from esfsm.events import event_to_dict, new_event

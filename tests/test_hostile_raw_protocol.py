@@ -11,6 +11,9 @@ import json
 import uuid
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+
 from hostile_support import (
     COMMAND_ID,
     EXPECTED_VERSION,
@@ -25,8 +28,6 @@ from hostile_support import (
     fresh,
     valid_key,
 )
-from hypothesis import example, given
-from hypothesis import strategies as st
 
 
 class RawClient:

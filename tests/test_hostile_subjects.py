@@ -9,6 +9,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from hypothesis import assume, example, given
+from hypothesis import strategies as st
+
 from hostile_support import (
     COMMANDS,
     KEY,
@@ -21,8 +24,6 @@ from hostile_support import (
     assert_rejected,
     fresh,
 )
-from hypothesis import assume, example, given
-from hypothesis import strategies as st
 
 # Not " \t\r\n" (nats-py refuses them) nor "\x0b\x0c": those reach the runtime, and have a test of their own
 # (test_a_subject_with_a_vertical_tab_or_form_feed_gets_a_reply).

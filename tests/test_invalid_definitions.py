@@ -84,8 +84,8 @@ def test_invalid_utf8_is_reported_at_the_bad_byte(tmp_path: Path) -> None:
     result = validate(str(path))
     assert result.exit_code == 1
     assert result.stdout.splitlines() == [
-        f"{path}:2:17: error: the file is not valid UTF-8: byte 0xe9 at offset 34 cannot be decoded; "
-        "save the file as UTF-8",
+        (f"{path}:2:17: error: the file is not valid UTF-8: byte 0xe9 at offset 34 cannot be decoded; "
+        "save the file as UTF-8"),
     ]
 
 

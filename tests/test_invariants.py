@@ -20,6 +20,8 @@ from typing import Any
 import nats
 import pytest
 
+from nats_support import RuntimeProcess, run, start_server
+
 from esfsm.compiler import CompiledAggregate
 from esfsm.events import event_from_json, event_to_json, new_event
 from esfsm.project import Project
@@ -31,7 +33,6 @@ from esfsm.runtime.server import EmbeddedServer
 from esfsm.runtime.service import AggregateService
 from esfsm.runtime.store import AggregateStore
 from esfsm.values import EntityState
-from nats_support import RuntimeProcess, run, start_server
 
 ANN = {"x-username": "ann"}
 
@@ -155,7 +156,7 @@ def test_no_lost_update_across_two_processes(nats_server: EmbeddedServer, projec
             replies = await asyncio.gather(*[
                 (a if i % 2 else b).process("deposit", body({"amount": amount}), headers(k))
                 for i, amount in enumerate(amounts)])
-            accepted = [amount for amount, r in zip(amounts, replies) if r["accepted"]]
+            accepted = [amount for amount, r in zip(amounts, replies, strict=True) if r["accepted"]]
             assert all(r["accepted"] or r["code"] == 409 for r in replies)
             assert len(accepted) >= 50  # bounded retries may give up on a few, never silently
             events = await stored_events(a, k)

@@ -142,7 +142,7 @@ def test_a_merge_of_a_scalar_is_an_error() -> None:
     ]
 
 
-@pytest.mark.parametrize("text, tag", [
+@pytest.mark.parametrize(("text", "tag"), [
     ("a: !!python/object:os.system x\n", "!!python/object:os.system"),
     ("a: !!python/name:os.system\n", "!!python/name:os.system"),
     ("a: !!binary aGVsbG8=\n", "!!binary"),
@@ -152,8 +152,8 @@ def test_a_merge_of_a_scalar_is_an_error() -> None:
 ], ids=["python-object", "python-name", "binary", "timestamp", "set", "custom"])
 def test_tags_other_than_plain_json_data_are_refused(text: str, tag: str) -> None:
     assert problems(text) == [
-        f"t.yaml:1:4: error: the tag {tag!r} is not allowed; only plain YAML data is "
-        "(strings, numbers, true/false, null, lists and mappings)",
+        (f"t.yaml:1:4: error: the tag {tag!r} is not allowed; only plain YAML data is "
+        "(strings, numbers, true/false, null, lists and mappings)"),
     ]
 
 
@@ -163,8 +163,8 @@ def test_a_key_that_is_not_a_scalar_is_refused() -> None:
 
 def test_a_syntax_error_says_where_and_what_was_open() -> None:
     assert problems("a: {b: 1\nc: 2\n") == [
-        "t.yaml:2:2: error: invalid YAML: expected ',' or '}', but got ':' "
-        "(while parsing a flow mapping at line 1, column 4); is the '{' there closed?",
+        ("t.yaml:2:2: error: invalid YAML: expected ',' or '}', but got ':' "
+        "(while parsing a flow mapping at line 1, column 4); is the '{' there closed?"),
     ]
 
 
@@ -200,8 +200,8 @@ def test_an_error_at_the_end_of_the_file_is_reported_on_its_last_line() -> None:
 
 def test_a_control_character_is_reported_where_it_is() -> None:
     assert problems("a: 1\nb: x\x07y\n") == [
-        "t.yaml:2:5: error: invalid YAML: the character '\\x07' (#x0007) is not allowed; "
-        "remove it or write it as an escape in a double-quoted string",
+        ("t.yaml:2:5: error: invalid YAML: the character '\\x07' (#x0007) is not allowed; "
+        "remove it or write it as an escape in a double-quoted string"),
     ]
 
 
@@ -268,8 +268,8 @@ def test_invalid_utf8_gives_line_column_and_byte(tmp_path: Path) -> None:
     doc, findings = load_file(path)
     assert doc is None
     assert [str(f) for f in findings] == [
-        f"{path}:2:4: error: the file is not valid UTF-8: byte 0xff at offset 8 cannot be decoded; "
-        "save the file as UTF-8",
+        (f"{path}:2:4: error: the file is not valid UTF-8: byte 0xff at offset 8 cannot be decoded; "
+        "save the file as UTF-8"),
     ]
 
 
@@ -308,7 +308,7 @@ def test_discover_keeps_files_as_given_and_lists_each_file_once(tmp_path: Path) 
     assert found == [tmp_path / "odd.txt", tmp_path / "a.yaml"]
 
 
-@pytest.mark.parametrize("text, message", [
+@pytest.mark.parametrize(("text", "message"), [
     ("a: !!float abc\n", "t.yaml:1:4: error: 'abc' is not a valid value for the tag '!!float'"),
     ("a: !!bool maybe\n", "t.yaml:1:4: error: 'maybe' is not a valid value for the tag '!!bool'"),
     ("!!int x: 1\n", "t.yaml:1:1: error: 'x' is not a valid value for the tag '!!int'"),

@@ -112,7 +112,7 @@ def test_the_wheel_takes_them_as_package_data() -> None:
 
 
 def test_the_checks_read_them_from_the_repository_in_a_checkout() -> None:
-    assert SCHEMA_DIR == (ROOT / "schemas").resolve()
+    assert (ROOT / "schemas").resolve() == SCHEMA_DIR
     assert dsl_schema("aggregate")["$schema"].startswith("https://json-schema.org/")
 
 

@@ -6,6 +6,7 @@ from typing import Any
 
 import nats
 import pytest
+
 from nats_support import ROOT, run
 
 from esfsm.project import load_project

@@ -15,9 +15,10 @@ import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from drivers import NatsDriver
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from drivers import NatsDriver
 
 from esfsm.engine import MemoryEngine
 from esfsm.events import event_from_dict, event_from_json, event_to_json

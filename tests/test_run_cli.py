@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -24,23 +24,22 @@ ENV = {k: v for k, v in os.environ.items() if k != "NATS_URL"}
 
 def esfsm(cwd: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "esfsm", *args], cwd=cwd, env=ENV, capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, check=False)
 
 
 @pytest.fixture
 def running(tmp_path: Path):  # type: ignore[no-untyped-def]
     """`esfsm run definitions/` in tmp_path, with no server given: it starts its own."""
-    log = open(tmp_path / "run.log", "w")
-    process = subprocess.Popen([sys.executable, "-m", "esfsm", "run", str(DEFINITIONS)], cwd=tmp_path, env=ENV,
-                               stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 30
-    while "msg=ready" not in (tmp_path / "run.log").read_text():
-        assert process.poll() is None, (tmp_path / "run.log").read_text()
-        assert time.monotonic() < deadline, (tmp_path / "run.log").read_text()
-        time.sleep(0.05)
-    yield process
-    stop_process(process, 30)  # SIGTERM first, so it stops its embedded server too
-    log.close()
+    with open(tmp_path / "run.log", "w") as log:
+        process = subprocess.Popen([sys.executable, "-m", "esfsm", "run", str(DEFINITIONS)], cwd=tmp_path, env=ENV,
+                                   stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while "msg=ready" not in (tmp_path / "run.log").read_text():
+            assert process.poll() is None, (tmp_path / "run.log").read_text()
+            assert time.monotonic() < deadline, (tmp_path / "run.log").read_text()
+            time.sleep(0.05)
+        yield process
+        stop_process(process, 30)  # SIGTERM first, so it stops its embedded server too
 
 
 def test_run_serves_the_examples_on_an_embedded_server_and_drains_on_sigterm(running, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -145,7 +144,7 @@ def test_the_client_refuses_arguments_it_cannot_send_before_sending() -> None:
         ({"headers": [("x-username", "a")]}, TypeError, "headers must be a mapping of strings"),
         ({"command_id": 5}, TypeError, "the command_id must be a string, got int 5"),
         ({"data": {"amount": float("nan")}}, ValueError, "the payload is not JSON"),
-        ({"data": {"at": dt.datetime(2025, 1, 1)}}, TypeError, "the payload is not JSON: Object of type datetime"),
+        ({"data": {"at": dt.datetime(2025, 1, 1, tzinfo=dt.UTC)}}, TypeError, "the payload is not JSON: Object of type datetime"),
     ]:
         with pytest.raises(error, match=message):
             asyncio.run(client.send("bankaccount", "deposit", "b1", **kwargs))

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import pytest
+
 from nats_support import run
 
 from esfsm.errors import EsfsmError

@@ -29,11 +29,12 @@ import pytest
 import trustme
 from click.testing import CliRunner
 
+from nats_support import ROOT, RuntimeProcess, run, start_server
+
 from esfsm.cli import main
 from esfsm.client import Client
 from esfsm.runtime.connection import ConnectError, ConnectOptions
 from esfsm.runtime.server import EmbeddedServer
-from nats_support import ROOT, RuntimeProcess, run, start_server
 
 BANK = str(ROOT / "definitions" / "bankaccount.yaml")
 NATS_ENV = ("NATS_URL", "NATS_USER", "NATS_PASSWORD", "NATS_TOKEN")
@@ -76,9 +77,9 @@ def esfsm(*args: str, process: bool = False, timeout: float = 30) -> Result:
     """The esfsm command: in this process (click's runner: fast), or as a real subprocess."""
     if process:
         done = subprocess.run([sys.executable, "-m", "esfsm", *args], env=ENV, capture_output=True, text=True,
-                              timeout=timeout, cwd=ROOT)
+                              timeout=timeout, cwd=ROOT, check=False)
         return Result(done.returncode, done.stdout, done.stderr, "Traceback" in done.stderr)
-    result = CliRunner().invoke(main, list(args), env={name: None for name in NATS_ENV})
+    result = CliRunner().invoke(main, list(args), env=dict.fromkeys(NATS_ENV))
     escaped = result.exception is not None and not isinstance(result.exception, SystemExit)
     return Result(result.exit_code, result.stdout, result.stderr, escaped)
 
@@ -143,10 +144,10 @@ def encode_jwt(issuer: nkeys.KeyPair, subject: str, name: str, nats: dict[str, A
 
 def creds_file(path: Path, user_jwt: str, seed: bytes) -> Path:
     path.write_text(
-        "-----BEGIN NATS USER JWT-----\n" f"{user_jwt}\n" "------END NATS USER JWT------\n\n"
+        f"-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n"
         "************************* IMPORTANT *************************\n"
         "NKEY Seed printed below can be used to sign and prove identity.\n\n"
-        "-----BEGIN USER NKEY SEED-----\n" f"{seed.decode()}\n" "------END USER NKEY SEED------\n"
+        f"-----BEGIN USER NKEY SEED-----\n{seed.decode()}\n------END USER NKEY SEED------\n"
     )
     return path
 

@@ -10,11 +10,12 @@ import pytest
 from click.testing import CliRunner
 
 from drivers import NatsDriver
+from nats_support import RuntimeProcess, start_server
+
 from esfsm.cli import main
 from esfsm.contract import answers_bucket, kv_stream
 from esfsm.project import Project
 from esfsm.runtime.turns import Slots
-from nats_support import RuntimeProcess, start_server
 
 
 def test_slots_keep_at_most_their_capacity_least_recently_used_out() -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import nats
 import pytest
+
 from nats_support import run
 
 pytestmark = pytest.mark.usefixtures("runtime")

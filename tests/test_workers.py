@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,6 +24,7 @@ import nats
 import pytest
 from click.testing import CliRunner
 from nats.js.errors import KeyNotFoundError
+
 from nats_support import RUNTIME_PATHS, run, start_server
 
 from esfsm.cli import main
@@ -44,7 +46,7 @@ def test_partition_parses_its_spec_and_owns_every_key_once() -> None:
     assert set(owners) == {0, 1, 2}  # every worker gets some
     assert owners == [Partition("other", 0, 3).owner(k) for k in keys]  # stable: the hash of the key alone
     for bad in ("g:3/3", "g:1", "no spaces:0/2", "g:-1/2", "", "g:0/1"):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=f"^{re.escape(repr(bad))}"):
             Partition.parse(bad)
 
 
@@ -92,7 +94,7 @@ def test_two_workers_each_answer_for_their_own_keys(tmp_path: Path, project: Pro
             services = [runtime.services["bankaccount"] for runtime in runtimes]
             owned = [[k for k in keys if runtimes[0].partition.owner(k) == i] for i in range(2)]  # type: ignore[union-attr]
             assert owned[0] and owned[1]
-            for service, mine in zip(services, owned):
+            for service, mine in zip(services, owned, strict=True):
                 assert service.handled == 4 * len(mine)  # answered: exactly the commands of its keys
                 assert set(service._slots) == set(mine)  # warm: only its own entities
             assert sum(service.passed_on for service in services) > 0  # NATS handed some to the other one
@@ -101,7 +103,7 @@ def test_two_workers_each_answer_for_their_own_keys(tmp_path: Path, project: Pro
             deadline = time.monotonic() + 20
             while True:
                 versions = {k: json.loads((await kv.get(k)).value)["version"] for k in keys if await _has(kv, k)}
-                if versions == {k: 4 for k in keys}:
+                if versions == dict.fromkeys(keys, 4):
                     break
                 assert time.monotonic() < deadline, f"snapshots not converged: {versions}"
                 await asyncio.sleep(0.2)
@@ -128,7 +130,7 @@ def test_a_draining_worker_still_answers_what_the_others_pass_on(tmp_path: Path,
             keys = [k for k in candidates if partition.owner(k) == 1]  # worker 1's
             draining = runtimes[1].services["bankaccount"]
             stopping = asyncio.create_task(draining.stop())
-            while draining.service is not None:  # until it has left the queue group
+            while draining.service is not None:  # noqa: ASYNC110 - until it has left the queue group (no event tells)
                 await asyncio.sleep(0.005)
             replies = await asyncio.gather(*(
                 client.request("bank.cmds.open_account", b'{"owner": "ann", "initial_balance": 100}',
