@@ -23,6 +23,7 @@ def __getattr__(name: str) -> Any:
         return Client
     raise AttributeError(f"module 'esfsm' has no attribute {name!r}")
 
+
 __all__ = [
     "Accepted",
     "Client",

@@ -29,8 +29,11 @@ def unsupported_operation(text: str) -> str | None:
     match = _UNSUPPORTED.match(text)
     if match is None:
         return None
-    left, op, right = (_CEL_NAMES.get(match.group(1), match.group(1)), match.group(2),
-                       _CEL_NAMES.get(match.group(3), match.group(3)))
+    left, op, right = (
+        _CEL_NAMES.get(match.group(1), match.group(1)),
+        match.group(2),
+        _CEL_NAMES.get(match.group(3), match.group(3)),
+    )
     sentence = f"the operator {op!r} is not defined for {_a(left)} and {_a(right)}"
     if "map" in (left, right) and op == "+":
         return f"{sentence}; maps cannot be added or merged in CEL: write the resulting map's fields one by one"

@@ -83,13 +83,20 @@ class Client:
         self._info: dict[str, AggregateInfo] = {}
 
     @classmethod
-    async def connect(cls, servers: list[str] | tuple[str, ...] = (), options: ConnectOptions | None = None,
-                      store_dir: Path = DEFAULT_STORE, timeout: float = 5.0) -> Client:
+    async def connect(
+        cls,
+        servers: list[str] | tuple[str, ...] = (),
+        options: ConnectOptions | None = None,
+        store_dir: Path = DEFAULT_STORE,
+        timeout: float = 5.0,
+    ) -> Client:
         """Connect to servers, else NATS_URL, else the embedded server of `esfsm run` in store_dir."""
         found = resolve_servers(tuple(servers), store_dir)
         if not found:
-            raise ConnectError(f"no NATS server given and no embedded server running under {store_dir}/: "
-                               "start one with `esfsm run`, or pass --server / set NATS_URL")
+            raise ConnectError(
+                f"no NATS server given and no embedded server running under {store_dir}/: "
+                "start one with `esfsm run`, or pass --server / set NATS_URL"
+            )
         options = options or ConnectOptions(name="esfsm-client")
         nc = await connect(found, options, max_reconnect_attempts=2)
         return cls(nc, options.js_domain, timeout)
@@ -106,21 +113,31 @@ class Client:
     async def aggregate(self, name: str) -> AggregateInfo:
         """The aggregate's NATS names, from its service's discovery answer."""
         if not (isinstance(name, str) and AGGREGATE_NAME.fullmatch(name)):
-            raise ClientError(f"invalid aggregate name {name!r}: aggregate names are lowercase letters, digits "
-                              "and '_', starting with a letter")
+            raise ClientError(
+                f"invalid aggregate name {name!r}: aggregate names are lowercase letters, digits "
+                "and '_', starting with a letter"
+            )
         if name not in self._info:
             try:
                 msg = await self.nc.request(contract.info_subject(name), b"", self.timeout)
             except (NoRespondersError, TimeoutError) as err:
                 served = await self.served()
-                hint = (did_you_mean(name, served) or f"; the runtimes on this server serve {one_of(served)}"
-                        if served else "; is `esfsm run` running with its definition?")
-                raise ClientError(f"no runtime serves aggregate {name!r} (no answer on "
-                                  f"{contract.info_subject(name)}){hint}") from err
+                hint = (
+                    did_you_mean(name, served) or f"; the runtimes on this server serve {one_of(served)}"
+                    if served
+                    else "; is `esfsm run` running with its definition?"
+                )
+                raise ClientError(
+                    f"no runtime serves aggregate {name!r} (no answer on {contract.info_subject(name)}){hint}"
+                ) from err
             info = orjson.loads(msg.data)
             meta = info.get("metadata") or {}
             self._info[name] = AggregateInfo(
-                name, meta["commands"], meta["events"], meta["stream"], meta["bucket"],
+                name,
+                meta["commands"],
+                meta["events"],
+                meta["stream"],
+                meta["bucket"],
                 tuple(e["name"] for e in info.get("endpoints") or []),
             )
         return self._info[name]
@@ -139,9 +156,16 @@ class Client:
                 found.add(served)
         return sorted(found)
 
-    async def send(self, aggregate: str, command: str, key: str, data: Any = None,
-                   headers: dict[str, str] | None = None, command_id: str | None = None,
-                   expected_version: int | None = None) -> dict[str, Any]:
+    async def send(
+        self,
+        aggregate: str,
+        command: str,
+        key: str,
+        data: Any = None,
+        headers: dict[str, str] | None = None,
+        command_id: str | None = None,
+        expected_version: int | None = None,
+    ) -> dict[str, Any]:
         """Send a command; the reply dict (`accepted`, `message`, and the rest of the wire contract)."""
         require_text("command", command)
         require_text("key", key)
@@ -158,8 +182,10 @@ class Client:
         try:
             msg = await self.nc.request(f"{info.commands}.{command}", body, self.timeout, headers=all_headers)
         except MaxPayloadError as err:
-            raise ClientError(f"the command is {len(body)} bytes, more than the server takes in one message "
-                              f"({self.nc.max_payload} bytes, its max_payload)") from err
+            raise ClientError(
+                f"the command is {len(body)} bytes, more than the server takes in one message "
+                f"({self.nc.max_payload} bytes, its max_payload)"
+            ) from err
         except NoRespondersError as err:
             names = ", ".join(info.command_names)
             raise ClientError(f"aggregate {aggregate!r} has no command {command!r} (commands: {names})") from err
@@ -180,12 +206,14 @@ class Client:
             raise ClientError(f"bucket {info.bucket!r} not found") from err
         except (ServiceUnavailableError, NoRespondersError) as err:
             where = f"in domain {self.domain!r}" if self.domain else "on this server"
-            raise ClientError(f"JetStream does not answer {where}: is the JetStream domain (--js-domain) "
-                              "right?") from err
+            raise ClientError(
+                f"JetStream does not answer {where}: is the JetStream domain (--js-domain) right?"
+            ) from err
         deadline = time.monotonic() + wait
         while True:
-            last = await last_message(self.nc, info.stream, contract.entity_subjects(info.events, key), self.timeout,
-                                      api_prefix(self.domain))
+            last = await last_message(
+                self.nc, info.stream, contract.entity_subjects(info.events, key), self.timeout, api_prefix(self.domain)
+            )
             try:
                 entry = await kv.get(key)
                 value = orjson.loads(entry.value) if entry.value else None
@@ -205,8 +233,9 @@ class Client:
         _check_key(key)
         info = await self.aggregate(aggregate)
         events = []
-        async for stored in read_subject(self.nc, info.stream, contract.entity_subjects(info.events, key), 0,
-                                         self.timeout, api_prefix(self.domain)):
+        async for stored in read_subject(
+            self.nc, info.stream, contract.entity_subjects(info.events, key), 0, self.timeout, api_prefix(self.domain)
+        ):
             event = reading.document(stored.body)  # as the definition reads it
             event["seq"] = stored.seq
             events.append(event)

@@ -155,8 +155,13 @@ def _fine(value: Any, depth: int) -> bool:
     return False  # anything else: let the full walk decide
 
 
-def check_request(commands: Mapping[str, Any], unknown: Callable[[str], Rejected], command: str, key: object,
-                  headers: Mapping[str, str]) -> Rejected | None:
+def check_request(
+    commands: Mapping[str, Any],
+    unknown: Callable[[str], Rejected],
+    command: str,
+    key: object,
+    headers: Mapping[str, str],
+) -> Rejected | None:
     """The key (400), the command id (400), the expected version's form (400), the command's
     name (404): the checks of steps 1 and 2, in this order."""
     problem = check_key(key) or check_command_id(headers)
@@ -186,8 +191,15 @@ class Prepared:
         return self.request.headers.get(COMMAND_ID_HEADER)
 
 
-def prepare(commands: Mapping[str, Any], unknown: Callable[[str], Rejected], command: str, key: object,
-            headers: Mapping[str, str], payload: Any = None, body: bytes | None = None) -> Prepared | Rejected:
+def prepare(
+    commands: Mapping[str, Any],
+    unknown: Callable[[str], Rejected],
+    command: str,
+    key: object,
+    headers: Mapping[str, str],
+    payload: Any = None,
+    body: bytes | None = None,
+) -> Prepared | Rejected:
     """Steps 1-3 for a command; the payload as a value, or as the request's body (bytes)."""
     problem = check_request(commands, unknown, command, key, headers)
     if problem:
@@ -223,8 +235,10 @@ def state_too_large(decision: Accepted, limit: int | None) -> Rejected | None:
     size = len(orjson.dumps(state.data)) + len(state.state) + len(state.key)
     if size <= limit:
         return None
-    message = (f"the command would make the state of {state.key!r} {size} bytes as JSON, over the {limit} "
-               "bytes one snapshot can hold; nothing was stored")
+    message = (
+        f"the command would make the state of {state.key!r} {size} bytes as JSON, over the {limit} "
+        "bytes one snapshot can hold; nothing was stored"
+    )
     return Rejected(TOO_LARGE, message, (ErrorDetail("/data", message),))
 
 
@@ -250,8 +264,9 @@ class Outcome:
 Decide = Callable[[EntityState, CommandRequest, "dt.datetime | None"], Decision]
 
 
-def step(decide: Decide, state: EntityState, prepared: Prepared, earlier: Any = None,
-         now: dt.datetime | None = None) -> Outcome:
+def step(
+    decide: Decide, state: EntityState, prepared: Prepared, earlier: Any = None, now: dt.datetime | None = None
+) -> Outcome:
     """Step 4 onwards on the entity's state: the earlier answer to the same command id
     (looked up by the caller), else the expected version, else decide. The caller then
     checks what its store can hold (state_too_large) before storing."""

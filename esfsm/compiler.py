@@ -161,7 +161,8 @@ class CompiledAggregate:
         that emits at least one event (a command that could only ever do nothing in a
         state, e.g. a final one, is not accepted there)."""
         return [
-            start for start in self.model.states
+            start
+            for start in self.model.states
             if (command.in_states is None or start in command.in_states)
             and EmitPaths(self.next_state, start, command.emits).emits_an_event()
         ]
@@ -240,8 +241,9 @@ class CompiledAggregate:
                     return rule.rejection()
             return self._emit(command, state, variables, now, new_id)
         except EvaluationError as err:
-            return _overflow(err) or Rejected(INTERNAL, f"the definition failed to evaluate {err.where}: {err.reason}",
-                                              (ErrorDetail("", str(err)),))
+            return _overflow(err) or Rejected(
+                INTERNAL, f"the definition failed to evaluate {err.where}: {err.reason}", (ErrorDetail("", str(err)),)
+            )
 
     def unknown_command(self, name: str) -> Rejected:
         return Rejected(
@@ -273,10 +275,17 @@ class CompiledAggregate:
             compiled = self.events[emit.event]
             if not compiled.validator.is_valid(data):
                 errors = compiled.validator.errors(data)
-                return Rejected(INTERNAL, f"event {emit.event!r} would carry invalid data: {errors[0].message}",
-                                errors)
-            event = new_event(self.name, emit.event, state.key, current.version + 1, data, now,
-                              new_id() if new_id else None, variables["meta"].get(COMMAND_ID_HEADER))
+                return Rejected(INTERNAL, f"event {emit.event!r} would carry invalid data: {errors[0].message}", errors)
+            event = new_event(
+                self.name,
+                emit.event,
+                state.key,
+                current.version + 1,
+                data,
+                now,
+                new_id() if new_id else None,
+                variables["meta"].get(COMMAND_ID_HEADER),
+            )
             try:
                 current = self.evolve(current, event)
             except ReplayError as err:
@@ -286,8 +295,7 @@ class CompiledAggregate:
             events.append(event)
         if events and not self.data_validator.is_valid(current.data):
             errors = self.data_validator.errors(current.data)
-            return Rejected(UNPROCESSABLE, f"the command would make the data invalid: {errors[0].message}",
-                            errors)
+            return Rejected(UNPROCESSABLE, f"the command would make the data invalid: {errors[0].message}", errors)
         return Accepted(tuple(events), current)
 
 
@@ -296,8 +304,10 @@ def _overflow(err: EvaluationError) -> Rejected | None:
     command's values are too large for what the definition computes with them."""
     if "overflow" not in err.reason.lower():
         return None
-    message = (f"the command's values are too large: {err.where} ({err.source!r}) would overflow "
-               f"a 64-bit integer: {err.reason}")
+    message = (
+        f"the command's values are too large: {err.where} ({err.source!r}) would overflow "
+        f"a 64-bit integer: {err.reason}"
+    )
     return Rejected(UNPROCESSABLE, message, (ErrorDetail(err.where, message),))
 
 

@@ -91,7 +91,7 @@ def key_of_subject(events: str, subject: str) -> str | None:
     prefix = f"{events}."
     if not subject.startswith(prefix):
         return None
-    return subject[len(prefix):].split(".", 1)[0]
+    return subject[len(prefix) :].split(".", 1)[0]
 
 
 def kv_stream(bucket: str) -> str:

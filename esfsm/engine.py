@@ -105,8 +105,9 @@ def wire_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
     out = {}
     for name, value in headers.items():
         if not isinstance(name, str) or not isinstance(value, str):
-            raise TypeError(f"header {name!r}: names and values must be strings, got {type(value).__name__} "
-                            f"{value!r:.60}")
+            raise TypeError(
+                f"header {name!r}: names and values must be strings, got {type(value).__name__} {value!r:.60}"
+            )
         if not HEADER_NAME.fullmatch(name):
             raise ValueError(f"{name!r} cannot travel as a NATS header name: printable ASCII without spaces or ':'")
         out[name] = value.strip()
@@ -126,8 +127,10 @@ class MemoryEngine:
         chosen = list(aggregates.values() if isinstance(aggregates, Mapping) else aggregates)
         for compiled in chosen:
             if not isinstance(compiled, CompiledAggregate):
-                raise TypeError(f"MemoryEngine runs compiled aggregates (load_project(...).aggregates), "
-                                f"got {type(compiled).__name__} {compiled!r:.60}")
+                raise TypeError(
+                    f"MemoryEngine runs compiled aggregates (load_project(...).aggregates), "
+                    f"got {type(compiled).__name__} {compiled!r:.60}"
+                )
         self.aggregates: dict[str, CompiledAggregate] = {a.name: a for a in chosen}
         self.clock = clock
         self.new_id = new_id

@@ -99,12 +99,36 @@ def field_references(source: str) -> list[tuple[str, str]]:
 MACROS = ("all", "exists", "exists_one", "map", "filter")
 # Every function this CEL implementation evaluates (checked one by one); operators
 # (`_+_`, `!_`, `@in`, …) come on top. There is no I/O and no way to add any.
-FUNCTIONS = frozenset({
-    "size", "has", "matches", "contains", "startsWith", "endsWith", "int", "uint", "double", "string",
-    "bytes", "timestamp", "duration", "type", "dyn", "getFullYear", "getMonth", "getDayOfMonth",
-    "getDate", "getDayOfWeek", "getDayOfYear", "getHours", "getMinutes", "getSeconds", "getMilliseconds",
-    *MACROS,
-})
+FUNCTIONS = frozenset(
+    {
+        "size",
+        "has",
+        "matches",
+        "contains",
+        "startsWith",
+        "endsWith",
+        "int",
+        "uint",
+        "double",
+        "string",
+        "bytes",
+        "timestamp",
+        "duration",
+        "type",
+        "dyn",
+        "getFullYear",
+        "getMonth",
+        "getDayOfMonth",
+        "getDate",
+        "getDayOfWeek",
+        "getDayOfYear",
+        "getHours",
+        "getMinutes",
+        "getSeconds",
+        "getMilliseconds",
+        *MACROS,
+    }
+)
 
 
 def unknown_functions(source: str) -> list[str]:
@@ -322,17 +346,23 @@ def projection(source: str, names: tuple[str, ...]) -> Projection | None:
             if field:
                 read, end = ("field", field.group(1)), end + field.end()
             elif index:
-                key = _PLAIN_STRING.match(source[end + index.start(1): end + index.end(1)])
+                key = _PLAIN_STRING.match(source[end + index.start(1) : end + index.end(1)])
                 if key is None:
                     return None
                 read, end = ("field", key.group(1) if key.group(1) is not None else key.group(2)), end + index.end()
-            elif literal_in and _BEFORE_IN.search(masked[: literal_in.start()]) and _AFTER_IN.match(rest) \
-                    and not re.match(r"\s*[.\[]", rest):
-                key = _PLAIN_STRING.match(source[literal_in.start(1): literal_in.end(1)])
+            elif (
+                literal_in
+                and _BEFORE_IN.search(masked[: literal_in.start()])
+                and _AFTER_IN.match(rest)
+                and not re.match(r"\s*[.\[]", rest)
+            ):
+                key = _PLAIN_STRING.match(source[literal_in.start(1) : literal_in.end(1)])
                 if key is None:
                     return None
-                read, start = ("present", key.group(1) if key.group(1) is not None else key.group(2)), \
-                    literal_in.start()
+                read, start = (
+                    ("present", key.group(1) if key.group(1) is not None else key.group(2)),
+                    literal_in.start(),
+                )
             else:
                 return None  # the map is used whole
             name = reads.setdefault((variable, *read), f"esfsm_p{len(reads)}_")
@@ -349,8 +379,9 @@ def projection(source: str, names: tuple[str, ...]) -> Projection | None:
     if set(program.variables()) - set(reads.values()) - set(passed):
         return None  # the rewrite read something else: do not trust it
     single = next(iter(reads.values())) if rewritten.strip() in reads.values() else None
-    return Projection(program, tuple((name, var, kind, key) for (var, kind, key), name in reads.items()),
-                      tuple(passed), single)
+    return Projection(
+        program, tuple((name, var, kind, key) for (var, kind, key), name in reads.items()), tuple(passed), single
+    )
 
 
 def _reason(err: Exception) -> str:
@@ -359,8 +390,10 @@ def _reason(err: Exception) -> str:
     text = str(err).splitlines()[0] if str(err) else type(err).__name__
     undefined = _UNDEFINED.match(text)
     if undefined and undefined.group(1) in FUNCTIONS:  # the CEL library's words for a wrong argument type
-        return (f"function {undefined.group(1)!r} does not take arguments of these types (CEL does not convert "
-                "between types: convert with string(x), int(x), double(x) or check the field's schema)")
+        return (
+            f"function {undefined.group(1)!r} does not take arguments of these types (CEL does not convert "
+            "between types: convert with string(x), int(x), double(x) or check the field's schema)"
+        )
     bad_regex = _BAD_REGEX.match(text)
     if bad_regex:
         return f"{bad_regex.group(1)} is not a valid regular expression (RE2 syntax)"

@@ -58,15 +58,21 @@ _Loader.yaml_implicit_resolvers = {
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 _Loader.add_implicit_resolver(
-    _CORE + "bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"),
+    _CORE + "bool",
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
 )
 _Loader.add_implicit_resolver(
-    _CORE + "int", re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"), list("-+0123456789"),
+    _CORE + "int",
+    re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"),
+    list("-+0123456789"),
 )
 _Loader.add_implicit_resolver(
     _CORE + "float",
-    re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
-               r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    re.compile(
+        r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
     list("-+.0123456789"),
 )
 
@@ -133,8 +139,13 @@ def discover(paths: Iterable[Path | str] | Path | str) -> list[Path]:
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in YAML_SUFFIXES
-                                and not p.name.endswith(GENERATED_SUFFIXES)))
+            found.extend(
+                sorted(
+                    p
+                    for p in path.rglob("*")
+                    if p.is_file() and p.suffix in YAML_SUFFIXES and not p.name.endswith(GENERATED_SUFFIXES)
+                )
+            )
         else:
             found.append(path)
     seen: set[Path] = set()
@@ -154,8 +165,12 @@ def load_text(text: str, path: str) -> tuple[Document | None, list[Finding]]:
         if node is None:
             raise LoadFailed(1, 1, f"the file is empty; expected {_expected(kind)}", "yaml-empty")
         if _expanded_size(node) > MAX_NODES:
-            raise _Builder._failed(node, f"the document expands to more than {MAX_NODES} values; "
-                                   "is an alias repeated too often (a 'billion laughs')?", "yaml-size")
+            raise _Builder._failed(
+                node,
+                f"the document expands to more than {MAX_NODES} values; "
+                "is an alias repeated too often (a 'billion laughs')?",
+                "yaml-size",
+            )
         builder = _Builder()
         data = builder.build(node, "")
     except LoadFailed as err:
@@ -163,10 +178,16 @@ def load_text(text: str, path: str) -> tuple[Document | None, list[Finding]]:
     except RecursionError:  # block nesting deep enough to exhaust Python's stack before MAX_DEPTH is seen
         return None, [Finding(path, 1, 1, "", f"the document is nested more than {MAX_DEPTH} levels deep", "yaml-size")]
     if not isinstance(data, dict):
-        return None, [Finding(
-            path, node.start_mark.line + 1, node.start_mark.column + 1, "",
-            f"the root must be a mapping ({_expected(kind)}), got {_type_name(data)}", "yaml-root",
-        )]
+        return None, [
+            Finding(
+                path,
+                node.start_mark.line + 1,
+                node.start_mark.column + 1,
+                "",
+                f"the root must be a mapping ({_expected(kind)}), got {_type_name(data)}",
+                "yaml-root",
+            )
+        ]
     return Document(path, kind, data, builder.positions, builder.key_positions), []
 
 
@@ -175,26 +196,49 @@ def load_file(path: Path | str) -> tuple[Document | None, list[Finding]]:
         if not Path(path).exists():
             return None, [Finding(str(path), 1, 1, "", "no such file or folder", "io")]
         if not Path(path).is_file():  # a pipe or a device would block the read, or never end
-            return None, [Finding(str(path), 1, 1, "", "not a regular file (a pipe, a socket or a device?); "
-                                  "give definition files or folders", "io")]
+            return None, [
+                Finding(
+                    str(path),
+                    1,
+                    1,
+                    "",
+                    "not a regular file (a pipe, a socket or a device?); give definition files or folders",
+                    "io",
+                )
+            ]
         with open(path, "rb") as f:
             raw = f.read(MAX_FILE_BYTES + 1)
     except OSError as err:
         return None, [Finding(str(path), 1, 1, "", f"cannot read the file: {err.strerror}", "io")]
     if len(raw) > MAX_FILE_BYTES:
-        return None, [Finding(str(path), 1, 1, "", f"the file is larger than {MAX_FILE_BYTES // 1024} KiB, the most "
-                              "esfsm reads from one definition or scenario file; split it", "yaml-size")]
+        return None, [
+            Finding(
+                str(path),
+                1,
+                1,
+                "",
+                f"the file is larger than {MAX_FILE_BYTES // 1024} KiB, the most "
+                "esfsm reads from one definition or scenario file; split it",
+                "yaml-size",
+            )
+        ]
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         line_start = raw.rfind(b"\n", 0, err.start) + 1
         line = raw[: err.start].count(b"\n") + 1
-        column = len(raw[line_start: err.start].decode("utf-8", "replace")) + 1
-        return None, [Finding(
-            str(path), line, column, "",
-            f"the file is not valid UTF-8: byte 0x{raw[err.start]:02x} at offset {err.start} cannot be decoded; "
-            "save the file as UTF-8", "yaml-encoding",
-        )]
+        column = len(raw[line_start : err.start].decode("utf-8", "replace")) + 1
+        return None, [
+            Finding(
+                str(path),
+                line,
+                column,
+                "",
+                f"the file is not valid UTF-8: byte 0x{raw[err.start]:02x} at offset {err.start} cannot be decoded; "
+                "save the file as UTF-8",
+                "yaml-encoding",
+            )
+        ]
     return load_text(text, str(path))
 
 
@@ -262,8 +306,12 @@ class _Builder:
     def build(self, node: yaml.Node, ptr: str) -> Any:
         self._count += 1
         if self._count > MAX_NODES:
-            raise self._failed(node, f"the document expands to more than {MAX_NODES} values; "
-                               "is an alias repeated too often (a 'billion laughs')?", "yaml-size")
+            raise self._failed(
+                node,
+                f"the document expands to more than {MAX_NODES} values; "
+                "is an alias repeated too often (a 'billion laughs')?",
+                "yaml-size",
+            )
         if any(node is parent for parent in self._open):
             raise self._failed(node, "this anchored node contains an alias to itself (a recursive alias)", "yaml-alias")
         if len(self._open) >= MAX_DEPTH:
@@ -305,23 +353,34 @@ class _Builder:
                 sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
                 for source in reversed(sources):  # the first source wins, so it is assigned last
                     if not isinstance(source, yaml.MappingNode) or source.tag != _CORE + "map":
-                        raise self._failed(source, "a merge key '<<' takes a mapping or a list of mappings, "
-                                           f"got {_node_kind(source)}", "yaml-merge")
+                        raise self._failed(
+                            source,
+                            f"a merge key '<<' takes a mapping or a list of mappings, got {_node_kind(source)}",
+                            "yaml-merge",
+                        )
                     if any(source is n for n in (node, *merging, *self._open)):
-                        raise self._failed(source, "this anchored node contains an alias to itself (a recursive alias)",
-                                           "yaml-alias")
+                        raise self._failed(
+                            source, "this anchored node contains an alias to itself (a recursive alias)", "yaml-alias"
+                        )
                     merged.extend(self._pairs(source, (*merging, node)))
                 continue
             key = self._key(key_node)
             if key in seen:
-                raise self._failed(key_node, f"duplicate key {key!r} (first defined on line "
-                                   f"{seen[key].start_mark.line + 1})", "yaml-duplicate-key")
+                raise self._failed(
+                    key_node,
+                    f"duplicate key {key!r} (first defined on line {seen[key].start_mark.line + 1})",
+                    "yaml-duplicate-key",
+                )
             seen[key] = key_node
             explicit.append((key, key_node, value_node))
         self._count += len(merged)
         if self._count > MAX_NODES:
-            raise self._failed(node, f"the document expands to more than {MAX_NODES} values; "
-                               "is an alias repeated too often (a 'billion laughs')?", "yaml-size")
+            raise self._failed(
+                node,
+                f"the document expands to more than {MAX_NODES} values; "
+                "is an alias repeated too often (a 'billion laughs')?",
+                "yaml-size",
+            )
         return merged + explicit
 
     def _key(self, node: yaml.Node) -> str:
@@ -337,7 +396,12 @@ class _Builder:
             raise self._bad_tag(node)
         try:
             return self._constructor.construct_object(node, deep=True)
-        except (yaml.constructor.ConstructorError, ValueError, KeyError, IndexError) as err:  # '!!float abc', '!!float '
+        except (
+            yaml.constructor.ConstructorError,
+            ValueError,
+            KeyError,
+            IndexError,
+        ) as err:  # '!!float abc', '!!float '
             tag = node.tag.replace(_CORE, "!!")
             raise self._failed(node, f"{node.value!r} is not a valid value for the tag {tag!r}", "yaml-tag") from err
 
@@ -347,9 +411,13 @@ class _Builder:
 
     @classmethod
     def _bad_tag(cls, node: yaml.Node) -> LoadFailed:
-        tag = "!!" + node.tag[len(_CORE):] if node.tag.startswith(_CORE) else node.tag
-        return cls._failed(node, f"the tag {tag!r} is not allowed; only plain YAML data is (strings, numbers, "
-                           "true/false, null, lists and mappings)", "yaml-tag")
+        tag = "!!" + node.tag[len(_CORE) :] if node.tag.startswith(_CORE) else node.tag
+        return cls._failed(
+            node,
+            f"the tag {tag!r} is not allowed; only plain YAML data is (strings, numbers, "
+            "true/false, null, lists and mappings)",
+            "yaml-tag",
+        )
 
 
 def _is_empty(node: yaml.ScalarNode) -> bool:
@@ -369,8 +437,13 @@ def _node_kind(node: yaml.Node) -> str:
 
 def _type_name(value: Any) -> str:
     return {
-        type(None): "nothing (null)", str: "a string", int: "an integer", float: "a number",
-        bool: "a boolean", list: "a list", dict: "a mapping",
+        type(None): "nothing (null)",
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "a boolean",
+        list: "a list",
+        dict: "a mapping",
     }.get(type(value), type(value).__name__)
 
 

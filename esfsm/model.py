@@ -114,6 +114,7 @@ class Aggregate:
 def fingerprint(aggregate: Aggregate) -> str:
     """A short hash of what the definition means (not where it was read from, nor how its
     mappings were ordered): two runtimes serving one aggregate should show the same one."""
+
     def canonical(value: Any) -> Any:
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             return {f.name: canonical(getattr(value, f.name)) for f in dataclasses.fields(value) if f.name != "file"}

@@ -75,8 +75,9 @@ class Report:
 class ScenarioEngine(Protocol):
     """What a scenario needs of an engine: MemoryEngine, or the NATS runtime's NatsScenarioEngine."""
 
-    def handle(self, aggregate: str, command: str, key: str, payload: Any = None,
-               headers: dict[str, str] | None = None) -> Decision: ...
+    def handle(
+        self, aggregate: str, command: str, key: str, payload: Any = None, headers: dict[str, str] | None = None
+    ) -> Decision: ...
 
     def state(self, aggregate: str, key: str) -> EntityState: ...
 
@@ -99,11 +100,13 @@ def run_scenario_files(project: Project, engine_factory: EngineFactory = memory_
         aggregate_name = doc.data.get("aggregate")
         if not problems and aggregate_name not in project.aggregates:
             known = project.aggregates
-            hint = (did_you_mean(str(aggregate_name), known) or f"; expected one of {one_of(known)}" if known
-                    else "; no definition was given with this scenario file: add its definition file, or "
-                         "the folder holding both, to the paths")
-            problems = [doc.finding("/aggregate", f"unknown aggregate {aggregate_name!r}{hint}",
-                                    "scenario-aggregate")]
+            hint = (
+                did_you_mean(str(aggregate_name), known) or f"; expected one of {one_of(known)}"
+                if known
+                else "; no definition was given with this scenario file: add its definition file, or "
+                "the folder holding both, to the paths"
+            )
+            problems = [doc.finding("/aggregate", f"unknown aggregate {aggregate_name!r}{hint}", "scenario-aggregate")]
         if not problems:
             problems = list(_time_findings(doc))
         if problems:
@@ -137,8 +140,14 @@ def _parse_time(value: str) -> dt.datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
 
-def _run(doc: Document, index: int, scenario: dict[str, Any], aggregate: CompiledAggregate,
-         engine_factory: EngineFactory, started: dt.datetime) -> ScenarioResult:
+def _run(
+    doc: Document,
+    index: int,
+    scenario: dict[str, Any],
+    aggregate: CompiledAggregate,
+    engine_factory: EngineFactory,
+    started: dt.datetime,
+) -> ScenarioResult:
     where = f"/scenarios/{index}"
     result = ScenarioResult(doc.path, doc.position(where).line, scenario["name"])
     now_text = scenario.get("now", doc.data.get("now"))
@@ -157,8 +166,10 @@ def _run(doc: Document, index: int, scenario: dict[str, Any], aggregate: Compile
                 result.steps.append(f"given command {step['command']} {_short(step.get('data', {}))} on {key}")
                 decision = _send(engine, aggregate, step, default_key, default_headers)
                 if not decision.accepted:
-                    raise StepFailed(f"given[{i}]: command {step['command']!r} was rejected "
-                                     f"({decision.code}: {decision.message}); a given command must be accepted")
+                    raise StepFailed(
+                        f"given[{i}]: command {step['command']!r} was rejected "
+                        f"({decision.code}: {decision.message}); a given command must be accepted"
+                    )
         when = scenario["when"]
         key = when.get("key", default_key)
         result.steps.append(f"when command {when['command']} {_short(when.get('data', {}))} on {key}")
@@ -171,15 +182,21 @@ def _run(doc: Document, index: int, scenario: dict[str, Any], aggregate: Compile
     return result
 
 
-def _send(engine: ScenarioEngine, aggregate: CompiledAggregate, step: dict[str, Any], default_key: str,
-          default_headers: dict[str, str]) -> Decision:
+def _send(
+    engine: ScenarioEngine,
+    aggregate: CompiledAggregate,
+    step: dict[str, Any],
+    default_key: str,
+    default_headers: dict[str, str],
+) -> Decision:
     merged = {**default_headers, **step.get("headers", {})}
     headers = {k: v for k, v in merged.items() if v is not None}  # null removes a default header
     return engine.handle(aggregate.name, step["command"], step.get("key", default_key), step.get("data", {}), headers)
 
 
-def _record(engine: ScenarioEngine, aggregate: CompiledAggregate, key: str, step: dict[str, Any],
-            now: dt.datetime, label: str) -> None:
+def _record(
+    engine: ScenarioEngine, aggregate: CompiledAggregate, key: str, step: dict[str, Any], now: dt.datetime, label: str
+) -> None:
     name = step["event"]
     if name not in aggregate.events:
         raise StepFailed(f"{label}: unknown event {name!r}{did_you_mean(name, aggregate.events)}")
@@ -191,8 +208,9 @@ def _record(engine: ScenarioEngine, aggregate: CompiledAggregate, key: str, step
         raise StepFailed(f"{label}: {err}") from err
 
 
-def _compare(then: dict[str, Any], decision: Decision, engine: ScenarioEngine, aggregate: CompiledAggregate,
-             key: str) -> Iterator[str]:
+def _compare(
+    then: dict[str, Any], decision: Decision, engine: ScenarioEngine, aggregate: CompiledAggregate, key: str
+) -> Iterator[str]:
     if "rejected" in then:
         expected = then["rejected"]
         if decision.accepted:
@@ -209,20 +227,28 @@ def _compare(then: dict[str, Any], decision: Decision, engine: ScenarioEngine, a
         got: list[dict[str, Any]] = [{"type": e.get_type(), "data": e.get_data()} for e in decision.events]
         wanted = then["events"]
         if [w["type"] for w in wanted] != [g["type"] for g in got]:
-            yield (f"expected events {[w['type'] for w in wanted]}\n     got: {[g['type'] for g in got]}"
-                   + "".join(_not_declared("an event type", w["type"], aggregate.events) for w in wanted))
+            yield (
+                f"expected events {[w['type'] for w in wanted]}\n     got: {[g['type'] for g in got]}"
+                + "".join(_not_declared("an event type", w["type"], aggregate.events) for w in wanted)
+            )
         else:
             for i, (w, g) in enumerate(zip(wanted, got, strict=True)):  # same types, so same length
                 if "data" in w and not is_subset(w["data"], g["data"]):
-                    yield (f"event {i} ({g['type']}) data differs\n expected: {_short(w['data'])}\n"
-                           f"      got: {_short(g['data'])}{_where(w['data'], g['data'])}")
+                    yield (
+                        f"event {i} ({g['type']}) data differs\n expected: {_short(w['data'])}\n"
+                        f"      got: {_short(g['data'])}{_where(w['data'], g['data'])}"
+                    )
     after = engine.state(aggregate.name, key)
     if "state" in then and then["state"] != after.state:
-        yield (f"expected state {then['state']!r}\n     got: {after.state!r}"
-               + _not_declared("a state", then["state"], aggregate.model.states))
+        yield (
+            f"expected state {then['state']!r}\n     got: {after.state!r}"
+            + _not_declared("a state", then["state"], aggregate.model.states)
+        )
     if "data" in then and not is_subset(then["data"], dict(after.data)):
-        yield (f"entity data differs\n expected: {_short(then['data'])}\n      got: {_short(dict(after.data))}"
-               f"{_where(then['data'], dict(after.data))}")
+        yield (
+            f"entity data differs\n expected: {_short(then['data'])}\n      got: {_short(dict(after.data))}"
+            f"{_where(then['data'], dict(after.data))}"
+        )
     if "version" in then and then["version"] != after.version:
         yield f"expected version {then['version']}\n     got: {after.version}"
 
@@ -267,8 +293,11 @@ def is_subset(expected: Any, actual: Any) -> bool:
     if isinstance(expected, dict):
         return isinstance(actual, dict) and all(k in actual and is_subset(v, actual[k]) for k, v in expected.items())
     if isinstance(expected, list):
-        return isinstance(actual, list) and len(expected) == len(actual) and all(
-            is_subset(e, a) for e, a in zip(expected, actual, strict=True))
+        return (
+            isinstance(actual, list)
+            and len(expected) == len(actual)
+            and all(is_subset(e, a) for e, a in zip(expected, actual, strict=True))
+        )
     if isinstance(expected, bool) or isinstance(actual, bool):
         return expected is actual
     return bool(expected == actual)
@@ -276,4 +305,3 @@ def is_subset(expected: Any, actual: Any) -> bool:
 
 def _short(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
-

@@ -24,13 +24,40 @@ from esfsm.values import ErrorDetail
 # Keywords whose draft-7 meaning (fastjsonschema) equals their 2020-12 meaning (jsonschema).
 # Left out on purpose: format (the two check different formats), $ref/$defs, items as a
 # list, prefixItems, dependent*, unevaluated*, contains' min/max, if/then/else, $schema.
-_SAME_IN_DRAFT7 = frozenset({
-    "type", "properties", "required", "additionalProperties", "items", "enum", "const",
-    "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf",
-    "minLength", "maxLength", "pattern", "minItems", "maxItems", "uniqueItems",
-    "minProperties", "maxProperties", "propertyNames", "patternProperties",
-    "allOf", "anyOf", "oneOf", "not", "description", "title", "default", "examples",
-})
+_SAME_IN_DRAFT7 = frozenset(
+    {
+        "type",
+        "properties",
+        "required",
+        "additionalProperties",
+        "items",
+        "enum",
+        "const",
+        "minimum",
+        "maximum",
+        "exclusiveMinimum",
+        "exclusiveMaximum",
+        "multipleOf",
+        "minLength",
+        "maxLength",
+        "pattern",
+        "minItems",
+        "maxItems",
+        "uniqueItems",
+        "minProperties",
+        "maxProperties",
+        "propertyNames",
+        "patternProperties",
+        "allOf",
+        "anyOf",
+        "oneOf",
+        "not",
+        "description",
+        "title",
+        "default",
+        "examples",
+    }
+)
 
 
 def _is_strict_integer(checker: Any, instance: Any) -> bool:
@@ -90,8 +117,11 @@ class SchemaCheck:
         self._fast: Callable[[Any], Any] | None = None
         if _portable(schema):
             try:
-                self._fast = fastjsonschema.compile({"$schema": "http://json-schema.org/draft-07/schema#", **schema}
-                                                    if isinstance(schema, Mapping) else schema)
+                self._fast = fastjsonschema.compile(
+                    {"$schema": "http://json-schema.org/draft-07/schema#", **schema}
+                    if isinstance(schema, Mapping)
+                    else schema
+                )
             except (fastjsonschema.JsonSchemaDefinitionException, TypeError, ValueError):
                 self._fast = None
 
@@ -109,8 +139,11 @@ class SchemaCheck:
         details = []
         for error in self.validator.iter_errors(instance):
             path = list(error.absolute_path)
-            if (error.validator == "required" and isinstance(error.instance, Mapping)
-                    and isinstance(error.validator_value, list)):
+            if (
+                error.validator == "required"
+                and isinstance(error.instance, Mapping)
+                and isinstance(error.validator_value, list)
+            ):
                 missing = [p for p in error.validator_value if p not in error.instance and repr(p) in error.message]
                 path += missing[:1]
             details.append(ErrorDetail(pointer(*path), error.message))

@@ -53,8 +53,10 @@ def syntax_failed(text: str, err: yaml.MarkedYAMLError) -> LoadFailed:
     return LoadFailed(line, col, f"invalid YAML: {problem}", "yaml-syntax")
 
 
-_FLOW_HINT = ("; inside {…} or […], a comma or a bracket ends the value: quote an expression that holds one, "
-              "or write the mapping in block style")
+_FLOW_HINT = (
+    "; inside {…} or […], a comma or a bracket ends the value: quote an expression that holds one, "
+    "or write the mapping in block style"
+)
 _FLOW_CONTEXTS = {"while parsing a flow mapping": "{", "while parsing a flow sequence": "["}
 _YAML_HINTS = {  # the traps of docs/dsl.md, by PyYAML's context (on the line where the error is)
     "while parsing a flow mapping": _FLOW_HINT,
@@ -69,5 +71,10 @@ def reader_failed(text: str, err: yaml.reader.ReaderError) -> LoadFailed:
     before = text[: err.position]
     line, column = before.count("\n") + 1, err.position - (before.rfind("\n") + 1) + 1
     char = chr(err.character) if isinstance(err.character, int) else str(err.character)
-    return LoadFailed(line, column, f"invalid YAML: the character {char!r} (#x{ord(char[:1] or ' '):04x}) "
-                      "is not allowed; remove it or write it as an escape in a double-quoted string", "yaml-syntax")
+    return LoadFailed(
+        line,
+        column,
+        f"invalid YAML: the character {char!r} (#x{ord(char[:1] or ' '):04x}) "
+        "is not allowed; remove it or write it as an escape in a double-quoted string",
+        "yaml-syntax",
+    )

@@ -16,8 +16,9 @@ from esfsm.project import Project
 
 
 class Driver(Protocol):
-    def send(self, aggregate: str, command: str, key: str, payload: Any = None,
-             headers: Mapping[str, str] | None = None) -> dict[str, Any]: ...
+    def send(
+        self, aggregate: str, command: str, key: str, payload: Any = None, headers: Mapping[str, str] | None = None
+    ) -> dict[str, Any]: ...
 
     def state(self, aggregate: str, key: str) -> dict[str, Any]: ...
 
@@ -28,8 +29,9 @@ class MemoryDriver:
     def __init__(self, project: Project) -> None:
         self.engine = MemoryEngine(project.aggregates.values())
 
-    def send(self, aggregate: str, command: str, key: str, payload: Any = None,
-             headers: Mapping[str, str] | None = None) -> dict[str, Any]:
+    def send(
+        self, aggregate: str, command: str, key: str, payload: Any = None, headers: Mapping[str, str] | None = None
+    ) -> dict[str, Any]:
         return self.engine.handle(aggregate, command, key, payload, headers).as_dict()
 
     def state(self, aggregate: str, key: str) -> dict[str, Any]:
@@ -55,8 +57,9 @@ class NatsDriver:
         self.loop.run(self.client.close())
         self.loop.close()
 
-    def send(self, aggregate: str, command: str, key: str, payload: Any = None,
-             headers: Mapping[str, str] | None = None) -> dict[str, Any]:
+    def send(
+        self, aggregate: str, command: str, key: str, payload: Any = None, headers: Mapping[str, str] | None = None
+    ) -> dict[str, Any]:
         return self.loop.run(self.client.send(aggregate, command, key, payload, dict(headers or {})))
 
     def state(self, aggregate: str, key: str) -> dict[str, Any]:

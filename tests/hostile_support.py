@@ -54,12 +54,26 @@ REPLY_TIMEOUT = 5.0  # seconds: a reply later than this counts as a hung handler
 # Enough examples to find something, few enough that the module runs in well under a minute.
 # HOSTILE_SCALE=10 multiplies them, for a longer soak.
 SCALE = max(1, int(os.environ.get("HOSTILE_SCALE", "1")))
-WIRE = settings(max_examples=40 * SCALE, deadline=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                       HealthCheck.data_too_large, HealthCheck.filter_too_much])
-CHECKER = settings(max_examples=120 * SCALE, deadline=None,
-                   suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                          HealthCheck.data_too_large, HealthCheck.filter_too_much])
+WIRE = settings(
+    max_examples=40 * SCALE,
+    deadline=None,
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.filter_too_much,
+    ],
+)
+CHECKER = settings(
+    max_examples=120 * SCALE,
+    deadline=None,
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.filter_too_much,
+    ],
+)
 
 
 def fresh(prefix: str = "hx") -> str:
@@ -108,8 +122,9 @@ class Wire:
         finally:
             self.loop.close()
 
-    def request(self, subject: str, payload: bytes, headers: dict[str, str] | None,
-                timeout: float = REPLY_TIMEOUT) -> Reply:
+    def request(
+        self, subject: str, payload: bytes, headers: dict[str, str] | None, timeout: float = REPLY_TIMEOUT
+    ) -> Reply:
         async def go() -> Reply:
             try:
                 msg = await self.nc.request(subject, payload, timeout=timeout, headers=headers)
@@ -123,8 +138,9 @@ class Wire:
 
         return self.loop.run(go(), timeout=timeout + 10)
 
-    def command(self, command: str, key: str | None, payload: bytes, timeout: float = REPLY_TIMEOUT,
-                **headers: str) -> Reply:
+    def command(
+        self, command: str, key: str | None, payload: bytes, timeout: float = REPLY_TIMEOUT, **headers: str
+    ) -> Reply:
         all_headers = {**USER, **headers}
         if key is not None:
             all_headers[KEY] = key
@@ -166,8 +182,10 @@ def check_contract(reply: Reply) -> None:
         return
     assert body.get("code") in CODES, body
     assert isinstance(body.get("errors"), list) and body["errors"], body
-    assert all(isinstance(e, dict) and isinstance(e.get("path"), str) and isinstance(e.get("message"), str)
-               for e in body["errors"]), body
+    assert all(
+        isinstance(e, dict) and isinstance(e.get("path"), str) and isinstance(e.get("message"), str)
+        for e in body["errors"]
+    ), body
     assert reply.headers.get("Nats-Service-Error-Code") == str(body["code"]), (reply.headers, body)
     # Nats-Service-Error says the same as the message; a header may drop what is not printable
     # ASCII, and may cut a long message short.
@@ -214,4 +232,3 @@ class Isolated:
             self.wire.assert_alive(self.process, timeout)
         except NoReply as err:
             raise NoReply(f"the runtime stopped answering: {err}\n--- runtime log ---\n{self.log_tail()}") from None
-

@@ -42,8 +42,9 @@ _READY = re.compile(r"^(?!.*\bworker=[1-9]).*\bmsg=ready\b", re.MULTILINE)
 class RuntimeProcess:
     """`esfsm run --server URL` in a child process; ready once it logs 'ready'."""
 
-    def __init__(self, url: str, paths: list[str] | None = None, log: Path | None = None,
-                 extra_args: list[str] | None = None) -> None:
+    def __init__(
+        self, url: str, paths: list[str] | None = None, log: Path | None = None, extra_args: list[str] | None = None
+    ) -> None:
         self.url = url
         self.paths = paths or RUNTIME_PATHS
         self.log_path = log
@@ -55,7 +56,9 @@ class RuntimeProcess:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - open while the process runs: terminate() and kill() close it
         self.process = subprocess.Popen(
             [sys.executable, "-m", "esfsm", "run", *self.paths, "--server", self.url, *self.extra_args],
-            stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             env={k: v for k, v in os.environ.items() if k != "NATS_URL"},
             preexec_fn=die_with_parent,  # noqa: PLW1509 - it only calls prctl, safe between fork and exec
         )
@@ -131,9 +134,22 @@ def start_cluster(store: Path, size: int = 3, name: str = "esfsm-test") -> Clust
     nodes = []
     for i in range(size):
         routes = ",".join(f"nats://127.0.0.1:{p}" for j, p in enumerate(route_ports) if j != i)
-        nodes.append(EmbeddedServer(store / f"n{i + 1}", port=client_ports[i], extra_args=[
-            "--server_name", f"n{i + 1}", "--cluster_name", name,
-            "--cluster", f"nats://127.0.0.1:{route_ports[i]}", "--routes", routes]))
+        nodes.append(
+            EmbeddedServer(
+                store / f"n{i + 1}",
+                port=client_ports[i],
+                extra_args=[
+                    "--server_name",
+                    f"n{i + 1}",
+                    "--cluster_name",
+                    name,
+                    "--cluster",
+                    f"nats://127.0.0.1:{route_ports[i]}",
+                    "--routes",
+                    routes,
+                ],
+            )
+        )
     cluster = Cluster(nodes)
     try:
         for node in nodes:

@@ -42,11 +42,15 @@ def defs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "definitions"
 
 
-@pytest.mark.parametrize(("command", "says"), [
-    (graph, "Draw AGGREGATE's state machine."),
-    (init, "Start a new aggregate NAME: write NAME.yaml and NAME.scenarios.yaml."),
-    (explain, "Explain what COMMAND of AGGREGATE does, in the order it is decided."),
-], ids=["graph", "init", "explain"])
+@pytest.mark.parametrize(
+    ("command", "says"),
+    [
+        (graph, "Draw AGGREGATE's state machine."),
+        (init, "Start a new aggregate NAME: write NAME.yaml and NAME.scenarios.yaml."),
+        (explain, "Explain what COMMAND of AGGREGATE does, in the order it is decided."),
+    ],
+    ids=["graph", "init", "explain"],
+)
 def test_each_command_explains_itself_in_its_help(command: click.Command, says: str) -> None:
     code, out, _ = run(command, "--help")
     assert code == 0
@@ -149,7 +153,9 @@ events:
 """)
     code, out, err = run(graph, "gate", str(tmp_path))
     assert (code, err) == (0, "")
-    assert out == """\
+    assert (
+        out
+        == """\
 ---
 title: gate
 ---
@@ -163,6 +169,7 @@ stateDiagram-v2
     s1_half_open --> gone: dropped (drop)
     gone --> [*]
 """
+    )
 
 
 @NEEDS_DOT
@@ -182,23 +189,34 @@ def test_graph_says_how_to_get_graphviz_when_dot_is_missing(
 ) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no `dot` on PATH
     assert run(graph, "bankaccount", BANK, "--format", fmt, "-o", str(tmp_path / f"b.{fmt}")) == (
-        1, "",
-        (f"Error: --format {fmt} needs Graphviz's 'dot' program: install it (e.g. apt-get install graphviz, "
-        "brew install graphviz) or use --format mermaid\n"),
+        1,
+        "",
+        (
+            f"Error: --format {fmt} needs Graphviz's 'dot' program: install it (e.g. apt-get install graphviz, "
+            "brew install graphviz) or use --format mermaid\n"
+        ),
     )
     assert not (tmp_path / f"b.{fmt}").exists()
 
 
 def test_graph_of_an_unknown_aggregate_suggests_the_closest(in_root: Path) -> None:
-    assert run(graph, "bankacount", BANK, ORDER, TICKET) == (1, "", "Error: unknown aggregate 'bankacount'; did you mean 'bankaccount'?\n")
+    assert run(graph, "bankacount", BANK, ORDER, TICKET) == (
+        1,
+        "",
+        "Error: unknown aggregate 'bankacount'; did you mean 'bankaccount'?\n",
+    )
     assert run(graph, "zzz", BANK, ORDER, TICKET) == (
-        1, "", "Error: unknown aggregate 'zzz'; expected one of 'bankaccount', 'order', 'ticket'\n")
+        1,
+        "",
+        "Error: unknown aggregate 'zzz'; expected one of 'bankaccount', 'order', 'ticket'\n",
+    )
 
 
 def test_graph_refuses_an_aggregate_whose_definition_has_errors(defs: Path) -> None:
     path = defs / "bankaccount.yaml"
-    path.write_text(path.read_text().replace("account_frozen: {from: open, to: frozen}",
-                                             "account_frozen: {from: open, to: frozn}"))
+    path.write_text(
+        path.read_text().replace("account_frozen: {from: open, to: frozen}", "account_frozen: {from: open, to: frozn}")
+    )
     code, out, err = run(graph, "bankaccount")
     assert (code, out) == (1, "")
     assert err == (
@@ -219,8 +237,10 @@ def test_graph_still_draws_an_aggregate_when_another_file_has_errors(defs: Path)
     assert err.splitlines() == [
         "definitions/broken.yaml:1:1: error: missing required key 'events'",
         "definitions/broken.yaml:4:1: error: expected at least 1 entry, got none [/commands]",
-        ("Error: aggregate 'broken' in definitions/broken.yaml has errors; fix them first (see above, "
-        "or run `esfsm validate`)"),
+        (
+            "Error: aggregate 'broken' in definitions/broken.yaml has errors; fix them first (see above, "
+            "or run `esfsm validate`)"
+        ),
     ]
 
 
@@ -240,11 +260,15 @@ def test_init_writes_a_definition_that_validates_and_scenarios_that_pass(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    assert run(init, "shop") == (0, (
-        "created definitions/shop.yaml\n"
-        "created definitions/shop.scenarios.yaml\n"
-        "next: edit them, then run `esfsm validate definitions` and `esfsm test definitions`\n"
-    ), "")
+    assert run(init, "shop") == (
+        0,
+        (
+            "created definitions/shop.yaml\n"
+            "created definitions/shop.scenarios.yaml\n"
+            "next: edit them, then run `esfsm validate definitions` and `esfsm test definitions`\n"
+        ),
+        "",
+    )
     project = check_paths([tmp_path / "definitions"])
     assert project.findings == []
     assert sorted(project.aggregates) == ["shop"]
@@ -274,8 +298,13 @@ def test_init_points_editors_at_the_schemas_of_the_project(defs: Path) -> None:
 def test_init_never_overwrites_a_file(defs: Path) -> None:
     (defs / "shop.scenarios.yaml").write_text("# mine\n")
     assert run(init, "shop") == (
-        1, "", ("Error: definitions/shop.scenarios.yaml already exists; not overwriting it "
-               "(choose another name, or move the file away)\n"))
+        1,
+        "",
+        (
+            "Error: definitions/shop.scenarios.yaml already exists; not overwriting it "
+            "(choose another name, or move the file away)\n"
+        ),
+    )
     assert not (defs / "shop.yaml").exists()
     assert (defs / "shop.scenarios.yaml").read_text() == "# mine\n"
 
@@ -286,8 +315,9 @@ def test_init_refuses_a_name_whose_nats_names_clash_with_an_existing_aggregate(d
     assert (code, out) == (1, "")
     assert err.splitlines()[0].startswith("definitions/bank.yaml:4:12: error: commands subject 'bank.cmds'")
     assert "stream 'BANK_EVENTS'" in err
-    assert err.endswith("Error: aggregate 'bank' would clash with the definitions in definitions (see above); "
-                        "choose another name\n")
+    assert err.endswith(
+        "Error: aggregate 'bank' would clash with the definitions in definitions (see above); choose another name\n"
+    )
     assert not (defs / "bank.yaml").exists() and not (defs / "bank.scenarios.yaml").exists()
 
 
@@ -395,38 +425,62 @@ def test_explain_as_json(in_root: Path) -> None:
     facts = json.loads(out)
     assert facts["accepted_in"] == ["open", "placed", "shipped"]
     assert facts["in"] is None
-    assert facts["rules"] == [{"rule": "state != 'shipped'", "message": "cannot cancel after shipped",
-                               "code": 422, "path": ""}]
-    assert facts["payload"]["fields"] == [{"name": "reason", "type": "string", "required": False,
-                                           "constraints": {}, "description": ""}]
+    assert facts["rules"] == [
+        {"rule": "state != 'shipped'", "message": "cannot cancel after shipped", "code": 422, "path": ""}
+    ]
+    assert facts["payload"]["fields"] == [
+        {"name": "reason", "type": "string", "required": False, "constraints": {}, "description": ""}
+    ]
     assert facts["payload"]["additional"] is False
     assert [(e["event"], e["if"], e["transitions"]) for e in facts["emits"]] == [
         ("order_refunded", "data.paid", [{"from": "placed", "to": "placed"}]),
-        ("order_cancelled", None, [{"from": "open", "to": "cancelled"}, {"from": "placed", "to": "cancelled"},
-                                   {"from": "shipped", "to": "cancelled"}]),
+        (
+            "order_cancelled",
+            None,
+            [
+                {"from": "open", "to": "cancelled"},
+                {"from": "placed", "to": "cancelled"},
+                {"from": "shipped", "to": "cancelled"},
+            ],
+        ),
     ]
-    assert facts["paths"][1] == {"from": "placed", "to": "cancelled", "final": True, "steps": [
-        {"event": "order_refunded", "from": "placed", "to": "placed"},
-        {"event": "order_cancelled", "from": "placed", "to": "cancelled"},
-    ]}
+    assert facts["paths"][1] == {
+        "from": "placed",
+        "to": "cancelled",
+        "final": True,
+        "steps": [
+            {"event": "order_refunded", "from": "placed", "to": "placed"},
+            {"event": "order_cancelled", "from": "placed", "to": "cancelled"},
+        ],
+    }
 
 
 def test_explain_summarises_enums_and_optional_fields(in_root: Path) -> None:
     _, out, _ = run(explain, "ticket", "open", TICKET)
-    assert ("Payload (else 400):\n"
-            "  title     string, required, minLength 1, maxLength 200\n"
-            "  priority  one of 'low', 'normal', 'high', 'urgent', optional\n"
-            "  no other field allowed\n") in out
+    assert (
+        "Payload (else 400):\n"
+        "  title     string, required, minLength 1, maxLength 200\n"
+        "  priority  one of 'low', 'normal', 'high', 'urgent', optional\n"
+        "  no other field allowed\n"
+    ) in out
     _, out, _ = run(explain, "bankaccount", "close", BANK)
     assert "Payload (else 400):\n  any object\n" in out
 
 
 def test_explain_an_unknown_command_suggests_the_closest(in_root: Path) -> None:
     assert run(explain, "bankaccount", "withdrw", BANK) == (
-        1, "", "Error: unknown command 'withdrw' for aggregate 'bankaccount'; did you mean 'withdraw'?\n")
+        1,
+        "",
+        "Error: unknown command 'withdrw' for aggregate 'bankaccount'; did you mean 'withdraw'?\n",
+    )
     assert run(explain, "order", "zzz", ORDER) == (
-        1, "", ("Error: unknown command 'zzz' for aggregate 'order'; expected one of 'add_item', 'cancel', "
-               "'create', 'deliver', 'pay', 'place', 'remove_item', 'ship'\n"))
+        1,
+        "",
+        (
+            "Error: unknown command 'zzz' for aggregate 'order'; expected one of 'add_item', 'cancel', "
+            "'create', 'deliver', 'pay', 'place', 'remove_item', 'ship'\n"
+        ),
+    )
 
 
 def _journal(folder: Path, notes: int) -> Path:
@@ -493,11 +547,17 @@ def test_graph_takes_a_folder_that_defines_one_aggregate(tmp_path: Path, monkeyp
 
 def test_a_folder_of_several_aggregates_asks_for_a_name(in_root: Path) -> None:
     assert run(graph, "definitions/") == (
-        1, "", ("Error: definitions/ defines 3 aggregates ('bankaccount', 'order', 'ticket'): give the name of one, "
-               "and definitions/ as PATHS\n"))
+        1,
+        "",
+        (
+            "Error: definitions/ defines 3 aggregates ('bankaccount', 'order', 'ticket'): give the name of one, "
+            "and definitions/ as PATHS\n"
+        ),
+    )
     assert run(graph, "definitions")[2] == (
         "Error: definitions defines 3 aggregates ('bankaccount', 'order', 'ticket'): give the name of one, "
-        "and definitions as PATHS\n")
+        "and definitions as PATHS\n"
+    )
 
 
 def test_a_bare_word_names_the_aggregate_even_when_a_folder_has_that_name(defs: Path) -> None:
@@ -509,8 +569,13 @@ def test_a_bare_word_names_the_aggregate_even_when_a_folder_has_that_name(defs: 
 
 def test_a_file_that_defines_no_aggregate_says_so(in_root: Path, tmp_path: Path) -> None:
     assert run(graph, "definitions/bankaccount.scenarios.yaml") == (
-        1, "", ("Error: definitions/bankaccount.scenarios.yaml defines no aggregate (give an aggregate's name or its "
-               "definition file)\n"))
+        1,
+        "",
+        (
+            "Error: definitions/bankaccount.scenarios.yaml defines no aggregate (give an aggregate's name or its "
+            "definition file)\n"
+        ),
+    )
     (tmp_path / "broken.yaml").write_text("aggregate: [\n")
     code, out, err = run(graph, str(tmp_path / "broken.yaml"))
     assert (code, out) == (1, "")
@@ -520,12 +585,15 @@ def test_a_file_that_defines_no_aggregate_says_so(in_root: Path, tmp_path: Path)
 
 def test_graph_of_a_definition_file_with_errors_shows_them(defs: Path) -> None:
     path = defs / "bankaccount.yaml"
-    path.write_text(path.read_text().replace("account_frozen: {from: open, to: frozen}",
-                                             "account_frozen: {from: open, to: frozn}"))
+    path.write_text(
+        path.read_text().replace("account_frozen: {from: open, to: frozen}", "account_frozen: {from: open, to: frozn}")
+    )
     code, out, err = run(graph, "definitions/bankaccount.yaml")
     assert (code, out) == (1, "")
-    assert err.endswith("Error: aggregate 'bankaccount' in definitions/bankaccount.yaml has errors; fix them first "
-                        "(see above, or run `esfsm validate`)\n")
+    assert err.endswith(
+        "Error: aggregate 'bankaccount' in definitions/bankaccount.yaml has errors; fix them first "
+        "(see above, or run `esfsm validate`)\n"
+    )
 
 
 def test_explain_takes_a_definition_file_where_the_aggregate_is_named(in_root: Path) -> None:

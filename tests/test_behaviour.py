@@ -42,7 +42,10 @@ def test_accepted_command_reports_version_state_and_events(driver: Driver) -> No
     assert [e["type"] for e in reply["events"]] == ["account_opened"]
     assert reply["events"][0]["data"] == {"owner": "ann", "balance": 150}
     assert driver.state("bankaccount", key) == {
-        "version": 1, "key": key, "state": "open", "data": {"owner": "ann", "balance": 150},
+        "version": 1,
+        "key": key,
+        "state": "open",
+        "data": {"owner": "ann", "balance": 150},
     }
 
 
@@ -119,8 +122,11 @@ def test_rejection_writes_nothing(driver: Driver) -> None:
     assert driver.state("bankaccount", key)["version"] == 1
 
 
-@pytest.mark.parametrize("key", ["", "a.b", "a*", ">", "a b", "é", "x" * 129, "a/b"],
-                         ids=["empty", "dot", "star", "gt", "space", "unicode", "too-long", "slash"])
+@pytest.mark.parametrize(
+    "key",
+    ["", "a.b", "a*", ">", "a b", "é", "x" * 129, "a/b"],
+    ids=["empty", "dot", "star", "gt", "space", "unicode", "too-long", "slash"],
+)
 def test_invalid_entity_key_is_400(driver: Driver, key: str) -> None:
     reply = driver.send("bankaccount", "open_account", key, {"owner": "ann", "initial_balance": 150}, ANN)
     assert reply["accepted"] is False
@@ -134,8 +140,13 @@ def test_longest_valid_key_is_accepted(driver: Driver) -> None:
 
 def test_expected_version_matching_is_accepted_and_stale_is_409(driver: Driver) -> None:
     key = new_key()
-    first = driver.send("bankaccount", "open_account", key, {"owner": "ann", "initial_balance": 150},
-                        {**ANN, "x-esfsm-expected-version": "0"})
+    first = driver.send(
+        "bankaccount",
+        "open_account",
+        key,
+        {"owner": "ann", "initial_balance": 150},
+        {**ANN, "x-esfsm-expected-version": "0"},
+    )
     assert first["accepted"]
     ok = driver.send("bankaccount", "deposit", key, {"amount": 1}, {**ANN, "x-esfsm-expected-version": "1"})
     assert ok["accepted"] and ok["version"] == 2
@@ -146,8 +157,13 @@ def test_expected_version_matching_is_accepted_and_stale_is_409(driver: Driver) 
 
 @pytest.mark.parametrize("value", ["-1", "one", "1.5", ""])
 def test_malformed_expected_version_is_400(driver: Driver, value: str) -> None:
-    reply = driver.send("bankaccount", "open_account", new_key(), {"owner": "ann", "initial_balance": 150},
-                        {**ANN, "x-esfsm-expected-version": value})
+    reply = driver.send(
+        "bankaccount",
+        "open_account",
+        new_key(),
+        {"owner": "ann", "initial_balance": 150},
+        {**ANN, "x-esfsm-expected-version": value},
+    )
     assert reply["code"] == 400
 
 

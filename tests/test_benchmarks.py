@@ -16,8 +16,15 @@ RATIO = re.compile(r"ratio: \d+\.\d\d")
 
 
 def bench(script: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], cwd=ROOT, env=ENV,
-                          capture_output=True, text=True, timeout=180, check=False)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), *args],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
 
 
 def test_the_runtime_benchmark_runs_its_own_server_and_runtime_and_checks_what_was_stored() -> None:
@@ -45,11 +52,31 @@ def test_the_engine_benchmark_checks_both_sides_against_the_model() -> None:
 
 
 def test_the_runtime_benchmark_has_a_scale_mode_timing_first_commands_and_deposits_per_point() -> None:
-    helped = subprocess.run([sys.executable, "-m", "esfsm", "run", "--help"], cwd=ROOT, env=ENV, capture_output=True,
-                            text=True, timeout=60, check=False)
+    helped = subprocess.run(
+        [sys.executable, "-m", "esfsm", "run", "--help"],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     past = "--cache-entities" in helped.stdout  # past the cache cap only where the cap can be made tiny
-    done = bench("bench_runtime.py", "--scale", "20,40" + (",past" if past else ""), "--cache-entities", "30",
-                 "--past", "15", "--commands", "100", "--concurrency", "4", "--repeat", "1")
+    done = bench(
+        "bench_runtime.py",
+        "--scale",
+        "20,40" + (",past" if past else ""),
+        "--cache-entities",
+        "30",
+        "--past",
+        "15",
+        "--commands",
+        "100",
+        "--concurrency",
+        "4",
+        "--repeat",
+        "1",
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     for row in ("| 20 | first commands |", "| 20 | deposits (warm) |", "| 40 | first commands |"):
         assert row in done.stdout, done.stdout

@@ -94,9 +94,9 @@ def test_test_prints_one_line_per_scenario_a_diff_and_the_totals(workdir: Path) 
     assert out == (
         "PASS defs/bankaccount.scenarios.yaml:5: a deposit is accepted\n"
         "FAIL defs/bankaccount.scenarios.yaml:13: a wrong expectation fails\n"
-        "    given event account_opened {\"balance\": 100, \"owner\": \"ann\"} on acc-1\n"
-        "    when command withdraw {\"amount\": 5} on acc-1\n"
-        "    - expected a rejection {\"code\": 422}\n"
+        '    given event account_opened {"balance": 100, "owner": "ann"} on acc-1\n'
+        '    when command withdraw {"amount": 5} on acc-1\n'
+        '    - expected a rejection {"code": 422}\n'
         "           got: accepted, events ['funds_withdrawn']\n"
         "    - expected state 'frozen'\n"
         "           got: 'open'\n"
@@ -106,7 +106,11 @@ def test_test_prints_one_line_per_scenario_a_diff_and_the_totals(workdir: Path) 
 
 def test_test_exits_0_when_every_scenario_passes(workdir: Path) -> None:
     (workdir / "bankaccount.scenarios.yaml").write_text(SCENARIOS.split("  - name: a wrong", maxsplit=1)[0])
-    assert run("test", "defs") == (0, "PASS defs/bankaccount.scenarios.yaml:5: a deposit is accepted\n1 passed, 0 failed\n", "")
+    assert run("test", "defs") == (
+        0,
+        "PASS defs/bankaccount.scenarios.yaml:5: a deposit is accepted\n1 passed, 0 failed\n",
+        "",
+    )
 
 
 def test_test_without_scenario_files_is_an_error(workdir: Path) -> None:
@@ -124,33 +128,44 @@ def test_test_reports_a_malformed_scenario_file_as_a_failure(workdir: Path) -> N
 
 
 def test_test_with_unknown_aggregate_suggests_the_name(workdir: Path) -> None:
-    (workdir / "bankaccount.scenarios.yaml").write_text(SCENARIOS.replace("aggregate: bankaccount", "aggregate: bankacount"))
+    (workdir / "bankaccount.scenarios.yaml").write_text(
+        SCENARIOS.replace("aggregate: bankaccount", "aggregate: bankacount")
+    )
     code, out, _ = run("test", "defs")
     assert code == 1
-    assert out.splitlines()[0] == ("ERROR defs/bankaccount.scenarios.yaml:1:12: error: unknown aggregate 'bankacount'; "
-                                   "did you mean 'bankaccount'? [/aggregate]")
+    assert out.splitlines()[0] == (
+        "ERROR defs/bankaccount.scenarios.yaml:1:12: error: unknown aggregate 'bankacount'; "
+        "did you mean 'bankaccount'? [/aggregate]"
+    )
 
 
 def test_test_on_one_scenario_file_takes_the_definition_beside_it(workdir: Path) -> None:
     (workdir / "bankaccount.scenarios.yaml").write_text(SCENARIOS.split("  - name: a wrong", maxsplit=1)[0])
     assert run("test", "defs/bankaccount.scenarios.yaml") == (
-        0, "PASS defs/bankaccount.scenarios.yaml:5: a deposit is accepted\n1 passed, 0 failed\n", "")
+        0,
+        "PASS defs/bankaccount.scenarios.yaml:5: a deposit is accepted\n1 passed, 0 failed\n",
+        "",
+    )
     (workdir / "bankaccount.scenarios.yaml").rename(workdir / "mine.scenarios.yaml")  # no mine.yaml beside it
     code, out, _ = run("test", "defs/mine.scenarios.yaml")
     assert code == 1
     assert out.splitlines()[0] == (
         "ERROR defs/mine.scenarios.yaml:1:12: error: unknown aggregate 'bankaccount'; no definition was given "
-        "with this scenario file: add its definition file, or the folder holding both, to the paths [/aggregate]")
+        "with this scenario file: add its definition file, or the folder holding both, to the paths [/aggregate]"
+    )
 
 
-@pytest.mark.parametrize(("then", "message"), [
-    ("{events: [], rejected: {}}", "give only one of 'events' or 'rejected', not 'events' and 'rejected'"),
-    ("{state: open}", "missing required key: one of 'events' or 'rejected'"),
-])
+@pytest.mark.parametrize(
+    ("then", "message"),
+    [
+        ("{events: [], rejected: {}}", "give only one of 'events' or 'rejected', not 'events' and 'rejected'"),
+        ("{state: open}", "missing required key: one of 'events' or 'rejected'"),
+    ],
+)
 def test_a_scenario_then_needs_exactly_one_of_events_or_rejected(workdir: Path, then: str, message: str) -> None:
     (workdir / "bankaccount.scenarios.yaml").write_text(
-        "aggregate: bankaccount\nscenarios:\n  - name: x\n    when: {command: deposit}\n"
-        f"    then: {then}\n")
+        f"aggregate: bankaccount\nscenarios:\n  - name: x\n    when: {{command: deposit}}\n    then: {then}\n"
+    )
     code, out, _ = run("test", "defs")
     assert code == 1
     assert out.splitlines()[0] == f"ERROR defs/bankaccount.scenarios.yaml:5:5: error: {message} [/scenarios/0/then]"
@@ -163,12 +178,16 @@ def test_a_failing_scenario_points_at_what_differs_and_at_names_the_aggregate_do
         "    then: {events: [{type: account_opened}], state: opne, data: {balance: 10, owner: ann, extra: 1}}\n"
         "  - name: an event typo\n"
         "    when: {command: open_account, data: {owner: ann, initial_balance: 150}}\n"
-        "    then: {events: [{type: acount_opened}]}\n")
+        "    then: {events: [{type: acount_opened}]}\n"
+    )
     code, out, _ = run("test", "defs")
     assert code == 1
     assert "           note: 'opne' is not a state of this aggregate; did you mean 'open'?\n" in out
     assert "             at: /balance: expected 10, got 150; /extra: missing\n" in out
-    assert "           note: 'acount_opened' is not an event type of this aggregate; did you mean 'account_opened'?\n" in out
+    assert (
+        "           note: 'acount_opened' is not an event type of this aggregate; did you mean 'account_opened'?\n"
+        in out
+    )
 
 
 def test_an_unreadable_scenario_file_is_a_failure_of_its_own_and_the_others_still_run(workdir: Path) -> None:
@@ -176,12 +195,16 @@ def test_an_unreadable_scenario_file_is_a_failure_of_its_own_and_the_others_stil
     (workdir / "empty.scenarios.yaml").write_text("")
     code, out, _ = run("test", "defs")
     assert code == 1
-    assert out == ("ERROR defs/empty.scenarios.yaml:1:1: error: the file is empty; expected a scenario file\n"
-                   "PASS defs/bankaccount.scenarios.yaml:5: a deposit is accepted\n1 passed, 1 failed\n")
+    assert out == (
+        "ERROR defs/empty.scenarios.yaml:1:1: error: the file is empty; expected a scenario file\n"
+        "PASS defs/bankaccount.scenarios.yaml:5: a deposit is accepted\n1 passed, 1 failed\n"
+    )
 
 
 def test_test_refuses_invalid_definitions(workdir: Path) -> None:
-    (workdir / "bankaccount.yaml").write_text((workdir / "bankaccount.yaml").read_text().replace("to: frozen", "to: frozn"))
+    (workdir / "bankaccount.yaml").write_text(
+        (workdir / "bankaccount.yaml").read_text().replace("to: frozen", "to: frozn")
+    )
     code, out, err = run("test", "defs")
     assert code == 1
     assert "'frozn' is not a declared state; did you mean 'frozen'?" in out
@@ -191,7 +214,9 @@ def test_test_refuses_invalid_definitions(workdir: Path) -> None:
 @pytest.mark.parametrize("now", ["2025-03-01", "yesterday", "2025-13-01T10:00:00Z"])
 def test_a_scenario_clock_must_be_an_rfc_3339_date_and_time(workdir: Path, now: str) -> None:
     (workdir / "bankaccount.scenarios.yaml").write_text(
-        f'aggregate: bankaccount\nnow: "{now}"\n' + SCENARIOS.split("\n", 1)[1].split("  - name: a wrong", maxsplit=1)[0])
+        f'aggregate: bankaccount\nnow: "{now}"\n'
+        + SCENARIOS.split("\n", 1)[1].split("  - name: a wrong", maxsplit=1)[0]
+    )
     code, out, _ = run("test", "defs")
     assert code == 1
     assert f"error: '{now}' is not an RFC 3339 time such as '2025-01-01T09:00:00Z' [/now]" in out, out

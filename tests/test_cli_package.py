@@ -32,9 +32,11 @@ def test_each_command_is_found_under_its_own_name(name: str) -> None:
 
 
 def test_a_command_loads_neither_the_authoring_tools_nor_the_docs_unless_asked_for() -> None:
-    code = ("import sys\nfrom esfsm.cli import main\n"
-            "try:\n    main(['state', '--help'])\nexcept SystemExit:\n    pass\n"
-            "print(' '.join(m for m in sys.modules if m.startswith('esfsm')))")
+    code = (
+        "import sys\nfrom esfsm.cli import main\n"
+        "try:\n    main(['state', '--help'])\nexcept SystemExit:\n    pass\n"
+        "print(' '.join(m for m in sys.modules if m.startswith('esfsm')))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     loaded = set(done.stdout.split("\n")[-2].split())
     assert "esfsm.cli.client" in loaded
@@ -42,14 +44,20 @@ def test_a_command_loads_neither_the_authoring_tools_nor_the_docs_unless_asked_f
 
 
 def test_python_dash_m_esfsm_runs_the_command_line() -> None:
-    done = subprocess.run([sys.executable, "-m", "esfsm", "graph", str(DEFINITIONS / "bankaccount.yaml")],
-                          capture_output=True, text=True, check=False, cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, "-m", "esfsm", "graph", str(DEFINITIONS / "bankaccount.yaml")],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+    )
     assert (done.returncode, done.stderr) == (0, "")
     assert done.stdout.startswith("---\ntitle: bankaccount\n---\nstateDiagram-v2\n")
 
 
-def test_rebuild_takes_a_definition_file_where_the_aggregate_is_named(tmp_path: Path,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rebuild_takes_a_definition_file_where_the_aggregate_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """No server runs here: the refusal to go on without one shows the file was read as bankaccount."""
     monkeypatch.delenv("NATS_URL", raising=False)
     monkeypatch.chdir(ROOT)
@@ -58,5 +66,7 @@ def test_rebuild_takes_a_definition_file_where_the_aggregate_is_named(tmp_path: 
     assert (result.exit_code, result.stdout) == (1, "")
     assert result.stderr == "Error: no NATS server: pass --server, set NATS_URL or start `esfsm run`\n"
     result = CliRunner().invoke(main, ["rebuild", "definitions/", "--store-dir", str(tmp_path)])
-    assert result.stderr == ("Error: definitions/ defines 3 aggregates ('bankaccount', 'order', 'ticket'): give the "
-                             "name of one, and definitions/ as PATHS\n")
+    assert result.stderr == (
+        "Error: definitions/ defines 3 aggregates ('bankaccount', 'order', 'ticket'): give the "
+        "name of one, and definitions/ as PATHS\n"
+    )

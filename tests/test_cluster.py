@@ -92,11 +92,13 @@ async def quiet(*_: object) -> None:
     """error_cb: the client's reconnects are expected here, not worth a logged traceback."""
 
 
-async def send(nc: Any, command: str, key: str, body: dict[str, Any], command_id: str,
-               timeout: float = CLIENT_TIMEOUT) -> dict[str, Any] | None:
+async def send(
+    nc: Any, command: str, key: str, body: dict[str, Any], command_id: str, timeout: float = CLIENT_TIMEOUT
+) -> dict[str, Any] | None:
     try:
-        msg = await nc.request(f"{COMMANDS}.{command}", json.dumps(body).encode(), timeout=timeout,
-                               headers=bank_headers(key, command_id))
+        msg = await nc.request(
+            f"{COMMANDS}.{command}", json.dumps(body).encode(), timeout=timeout, headers=bank_headers(key, command_id)
+        )
     except Exception:  # timeout, no responders while the queue group moves, disconnected
         return None
     return json.loads(msg.data)  # type: ignore[no-any-return]
@@ -136,8 +138,11 @@ async def move_leader(nc: Any, stream: str, preferred: str) -> None:
         if await stream_leader(nc, stream) == preferred:
             return
         try:
-            await nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}",
-                             json.dumps({"placement": {"preferred": preferred}}).encode(), timeout=2)
+            await nc.request(
+                f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}",
+                json.dumps({"placement": {"preferred": preferred}}).encode(),
+                timeout=2,
+            )
         except Exception:
             pass
         await asyncio.sleep(0.5)
@@ -151,8 +156,12 @@ async def wait_all_current(nc: Any, streams: list[str], timeout: float = 30.0) -
         while True:
             try:
                 seen = cluster = (await nc.jetstream(timeout=2).stream_info(stream)).cluster
-                if (cluster and cluster.leader and len(cluster.replicas or []) == 2
-                        and all(p.current and not p.offline and not p.lag for p in cluster.replicas or [])):
+                if (
+                    cluster
+                    and cluster.leader
+                    and len(cluster.replicas or []) == 2
+                    and all(p.current and not p.offline and not p.lag for p in cluster.replicas or [])
+                ):
                     break
             except Exception as err:  # no leader yet
                 seen = err
@@ -209,7 +218,8 @@ async def check_invariants(urls: list[str], load: Load) -> None:
                 await asyncio.sleep(0.1)
             assert snapshot is not None and snapshot.state == live, (
                 f"{key}: KV did not converge: snapshot at seq {snapshot and snapshot.seq} "
-                f"{snapshot and snapshot.state}, stream at {last} {live}")
+                f"{snapshot and snapshot.state}, stream at {last} {live}"
+            )
     finally:
         await nc.close()
 
@@ -227,6 +237,7 @@ def test_node_killed_under_load_on_a_3_node_cluster(tmp_path: Path) -> None:
     runtimes: list[RuntimeProcess] = []
     load = Load()
     try:
+
         async def prepare() -> None:
             await wait_for_jetstream(cluster.urls)
             # The stream, bucket and consumer with 3 replicas, once the meta leader can place them.
@@ -248,8 +259,14 @@ def test_node_killed_under_load_on_a_3_node_cluster(tmp_path: Path) -> None:
         run(prepare(), timeout=60)
         servers = [arg for url in cluster.urls[1:] for arg in ("--server", url)]
         for i in range(2):  # one at a time, so that the finally below stops each one that started
-            runtimes.append(RuntimeProcess(cluster.urls[0], paths=[str(FIXTURE)], log=tmp_path / f"runtime{i + 1}.log",  # noqa: PERF401
-                                           extra_args=servers).start())
+            runtimes.append(
+                RuntimeProcess(
+                    cluster.urls[0],
+                    paths=[str(FIXTURE)],
+                    log=tmp_path / f"runtime{i + 1}.log",  # noqa: PERF401
+                    extra_args=servers,
+                ).start()
+            )
         victim_name = node_of(runtimes[0], cluster)
         victim = cluster.node(victim_name)
 
@@ -259,8 +276,14 @@ def test_node_killed_under_load_on_a_3_node_cluster(tmp_path: Path) -> None:
                 await move_leader(nc, STREAM, victim_name)
                 leader_before = await stream_leader(nc, STREAM)
                 for key in KEYS:
-                    reply = await send(nc, "open_account", key, {"owner": "ann", "initial_balance": OPENING_BALANCE},
-                                       f"{key}/0", timeout=10)
+                    reply = await send(
+                        nc,
+                        "open_account",
+                        key,
+                        {"owner": "ann", "initial_balance": OPENING_BALANCE},
+                        f"{key}/0",
+                        timeout=10,
+                    )
                     assert reply is not None and reply["accepted"], reply
                     load.outcomes[f"{key}/0"] = reply
                     load.balances[key] = OPENING_BALANCE
@@ -271,11 +294,15 @@ def test_node_killed_under_load_on_a_3_node_cluster(tmp_path: Path) -> None:
                     await asyncio.sleep(WARM_UP)
                     times["kill"] = time.monotonic()
                     await asyncio.to_thread(victim.kill)  # SIGKILL: no leadership hand-over
-                    while (time.monotonic() - times["kill"] < MIN_DOWN
-                           or len(load.accepted_between(times["kill"], time.monotonic())) < ACCEPTED_WHILE_DOWN):
+                    while (
+                        time.monotonic() - times["kill"] < MIN_DOWN
+                        or len(load.accepted_between(times["kill"], time.monotonic())) < ACCEPTED_WHILE_DOWN
+                    ):
                         if time.monotonic() - times["kill"] > 45:
-                            raise AssertionError(f"no fail-over: {len(load.accepted_between(times['kill'], 1e12))} "
-                                                 f"commands accepted in the 45 s after {victim_name} was killed")
+                            raise AssertionError(
+                                f"no fail-over: {len(load.accepted_between(times['kill'], 1e12))} "
+                                f"commands accepted in the 45 s after {victim_name} was killed"
+                            )
                         await asyncio.sleep(0.1)
                     times["restart"] = time.monotonic()
                     victim.start()  # the same ports, the same store (on this thread: it outlives the node)
@@ -290,12 +317,17 @@ def test_node_killed_under_load_on_a_3_node_cluster(tmp_path: Path) -> None:
                 accepted = sorted(a.answered for a in load.attempts if a.reply and a.reply["accepted"])
                 first_after_kill = min(a.answered for a in load.accepted_between(kill, restart))
                 gaps = [b - a for a, b in pairwise(accepted) if kill - 1 <= a <= restart]
-                attempts = Counter("ok" if a.reply and a.reply["accepted"] else "timeout" if a.reply is None
-                                   else a.reply["code"] for a in load.attempts)
+                attempts = Counter(
+                    "ok" if a.reply and a.reply["accepted"] else "timeout" if a.reply is None else a.reply["code"]
+                    for a in load.attempts
+                )
                 retried = Counter(a.command_id for a in load.attempts)
                 stats = {
-                    "victim": victim_name, "stream_leader_before": leader_before, "stream_leader_after": leader_after,
-                    "commands": len(load.outcomes) - len(KEYS), "attempts": dict(attempts),
+                    "victim": victim_name,
+                    "stream_leader_before": leader_before,
+                    "stream_leader_after": leader_after,
+                    "commands": len(load.outcomes) - len(KEYS),
+                    "attempts": dict(attempts),
                     "commands_retried": sum(1 for n in retried.values() if n > 1),
                     "accepted_while_down": len(load.accepted_between(kill, restart)),
                     "down_s": round(restart - kill, 2),
@@ -337,6 +369,7 @@ def test_read_your_writes_across_processes_on_a_replicated_stream(tmp_path: Path
 
     cluster = start_cluster(tmp_path / "cluster")
     try:
+
         async def scenario() -> None:
             await wait_for_jetstream(cluster.urls)
             compiled = load_project([FIXTURE]).aggregates[AGGREGATE]
@@ -402,6 +435,7 @@ def test_a_redelivered_event_never_moves_the_snapshot_back(tmp_path: Path) -> No
     compiled = load_project([Path(__file__).resolve().parent.parent / "definitions"]).aggregates["bankaccount"]
     server = start_server(tmp_path / "nats")
     try:
+
         async def scenario() -> None:
             nc = await nats.connect(server.url)
             store = AggregateStore(nc, compiled)
@@ -435,6 +469,7 @@ def test_raising_replicas_scales_the_stream_the_bucket_and_the_consumer(tmp_path
 
     cluster = start_cluster(tmp_path / "cluster")
     try:
+
         async def scenario() -> None:
             await wait_for_jetstream(cluster.urls)
             compiled = load_project([FIXTURE]).aggregates[AGGREGATE]

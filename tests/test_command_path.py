@@ -77,30 +77,51 @@ def code(reply: dict[str, Any]) -> int | str:
 TABLE: list[tuple[str, Callable[[Raw, str], dict[str, Any]], int | str, str]] = [
     ("1 no key", lambda r, k: r.send("deposit", None, {"amount": 1}), 400, "missing entity key"),
     ("1 bad key", lambda r, k: r.send("deposit", "a.b", {"amount": 1}), 400, "invalid entity key"),
-    ("1 bad command id", lambda r, k: r.send("deposit", k, {"amount": 1}, **{COMMAND_ID_HEADER: "é"}), 400,
-     COMMAND_ID_HEADER),
-    ("1 bad expected version", lambda r, k: r.send("deposit", k, {"amount": 1}, **{EXPECTED_VERSION_HEADER: "x"}),
-     400, EXPECTED_VERSION_HEADER),
+    (
+        "1 bad command id",
+        lambda r, k: r.send("deposit", k, {"amount": 1}, **{COMMAND_ID_HEADER: "é"}),
+        400,
+        COMMAND_ID_HEADER,
+    ),
+    (
+        "1 bad expected version",
+        lambda r, k: r.send("deposit", k, {"amount": 1}, **{EXPECTED_VERSION_HEADER: "x"}),
+        400,
+        EXPECTED_VERSION_HEADER,
+    ),
     ("1 before 2", lambda r, k: r.send("nope", "a.b", {}), 400, "invalid entity key"),
     ("2 unknown command", lambda r, k: r.send("depost", k, {"amount": 1}), 404, "did you mean 'deposit'"),
     ("2 before 3", lambda r, k: r.send("depost", k, BAD_JSON), 404, "unknown command"),
     ("3 no JSON", lambda r, k: r.send("deposit", k, BAD_JSON), 400, ""),
     ("3 beyond 64 bits", lambda r, k: r.send("deposit", k, {"amount": 2**64}), 400, "/amount"),
-    ("4 expected version", lambda r, k: r.send("deposit", k, {"amount": 1}, **{EXPECTED_VERSION_HEADER: "7"}), 409,
-     "expected version 7, but the entity is at version 1"),
+    (
+        "4 expected version",
+        lambda r, k: r.send("deposit", k, {"amount": 1}, **{EXPECTED_VERSION_HEADER: "7"}),
+        409,
+        "expected version 7, but the entity is at version 1",
+    ),
     ("5 authorize", lambda r, k: r.send("deposit", k, {"amount": 1}, **{"x-username": "unauthorized"}), 403, ""),
     ("6 schema", lambda r, k: r.send("deposit", k, {"amount": "1"}), 400, "invalid deposit payload"),
-    ("7 not in this state", lambda r, k: r.send("open_account", k, {"owner": "b", "initial_balance": 100}), 409,
-     "is not accepted in state 'open'"),
+    (
+        "7 not in this state",
+        lambda r, k: r.send("open_account", k, {"owner": "b", "initial_balance": 100}),
+        409,
+        "is not accepted in state 'open'",
+    ),
     ("8 rule", lambda r, k: r.send("withdraw", k, {"amount": 151}), 422, ""),
-    ("11 accepted", lambda r, k: r.send("deposit", k, {"amount": 1}, **{EXPECTED_VERSION_HEADER: "1"}), "accepted",
-     "command accepted"),
+    (
+        "11 accepted",
+        lambda r, k: r.send("deposit", k, {"amount": 1}, **{EXPECTED_VERSION_HEADER: "1"}),
+        "accepted",
+        "command accepted",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("step", "send", "answer", "says"), TABLE, ids=[row[0] for row in TABLE])
-def test_the_decision_table(raw: Raw, step: str, send: Callable[[Raw, str], dict[str, Any]], answer: int | str,
-                            says: str) -> None:
+def test_the_decision_table(
+    raw: Raw, step: str, send: Callable[[Raw, str], dict[str, Any]], answer: int | str, says: str
+) -> None:
     key = opened(raw)
     reply = send(raw, key)
     assert code(reply) == answer, reply
@@ -126,8 +147,9 @@ def test_a_command_id_answered_gets_the_first_answer_whatever_the_retry_carries(
     for retry in ({"amount": 7}, {"amount": 5, "x": 1}):
         assert raw.send("deposit", key, retry, **{COMMAND_ID_HEADER: "c-2"}) == first
     assert raw.send("withdraw", key, {"amount": 1}, **{COMMAND_ID_HEADER: "c-2"}) == first  # another command too
-    assert raw.send("deposit", key, {"amount": 5},
-                    **{COMMAND_ID_HEADER: "c-2", EXPECTED_VERSION_HEADER: "5"}) == first  # before the version
+    assert (
+        raw.send("deposit", key, {"amount": 5}, **{COMMAND_ID_HEADER: "c-2", EXPECTED_VERSION_HEADER: "5"}) == first
+    )  # before the version
     refused = raw.send("withdraw", key, {"amount": 1000}, **{COMMAND_ID_HEADER: "c-3"})
     assert code(refused) == 422
     assert raw.send("deposit", key, {"amount": 5000})["accepted"]  # now the withdrawal would pass
@@ -183,8 +205,9 @@ def test_an_integer_overflow_is_a_422_naming_the_expression_and_the_field(tmp_pa
 # -- durable command ids ---------------------------------------------------------------------
 
 
-def test_command_ids_are_answered_alike_past_the_snapshot_and_across_a_restart(tmp_path: Path,
-                                                                               project: Project) -> None:
+def test_command_ids_are_answered_alike_past_the_snapshot_and_across_a_restart(
+    tmp_path: Path, project: Project
+) -> None:
     """More ids than a snapshot keeps (RECENT_COMMANDS), then a new runtime process: every
     answered id gets its first answer, accepted or refused, and nothing is applied twice."""
     server = start_server(tmp_path / "nats")
@@ -232,8 +255,9 @@ def test_stored_events_are_read_only_through_the_read_path() -> None:
         for node in ast.walk(ast.parse(path.read_text(), name)):
             if isinstance(node, ast.Call):
                 func = node.func
-                if isinstance(func, ast.Attribute) and not (isinstance(func.value, ast.Name)
-                                                            and func.value.id == "reading"):
+                if isinstance(func, ast.Attribute) and not (
+                    isinstance(func.value, ast.Name) and func.value.id == "reading"
+                ):
                     called = func.attr  # compiled.evolve(...), events.event_from_json(...)
                 elif isinstance(func, ast.Name) and func.id in READERS["decode"]:
                     called = func.id
@@ -242,8 +266,9 @@ def test_stored_events_are_read_only_through_the_read_path() -> None:
                 if any(called in names for names in READERS.values()):
                     found.append(f"{name}:{node.lineno}: {called}()")
             if isinstance(node, ast.ImportFrom) and node.module == "esfsm.events":
-                found.extend(f"{name}:{node.lineno}: imports {a.name}" for a in node.names
-                             if a.name in READERS["decode"])
+                found.extend(
+                    f"{name}:{node.lineno}: imports {a.name}" for a in node.names if a.name in READERS["decode"]
+                )
     assert found == [], "stored events read outside esfsm/reading.py:\n" + "\n".join(found)
 
 
@@ -256,8 +281,7 @@ def test_a_reply_subject_with_non_ascii_characters_is_answered(nats_driver: Nats
         inbox = f"_INBOX.ünï.日本.{uuid.uuid4().hex}"
         sub = await nc.subscribe(inbox, max_msgs=1)
         await nc.flush()
-        await nc.publish("bank.cmds.deposit", b'{"amount": 1}', reply=inbox,
-                         headers={KEY_HEADER: new_key(), **ANN})
+        await nc.publish("bank.cmds.deposit", b'{"amount": 1}', reply=inbox, headers={KEY_HEADER: new_key(), **ANN})
         msg = await sub.next_msg(timeout=10)
         return orjson.loads(msg.data)  # type: ignore[no-any-return]
 

@@ -47,7 +47,9 @@ def test_a_command_of_only_conditional_emits_is_accepted_only_where_one_can_fire
 def test_evolve_moves_state_through_the_machine_and_applies_data(project: Project) -> None:
     compiled = project.aggregates["bankaccount"]
     state = compiled.initial_state("k")
-    state = compiled.evolve(state, new_event("bankaccount", "account_opened", "k", 1, {"owner": "a", "balance": 5}, NOW))
+    state = compiled.evolve(
+        state, new_event("bankaccount", "account_opened", "k", 1, {"owner": "a", "balance": 5}, NOW)
+    )
     state = compiled.evolve(state, new_event("bankaccount", "account_frozen", "k", 2, {}, NOW))
     assert (state.state, state.version, dict(state.data)) == ("frozen", 2, {"owner": "a", "balance": 5})
 
@@ -55,7 +57,9 @@ def test_evolve_moves_state_through_the_machine_and_applies_data(project: Projec
 def test_evolve_refuses_an_event_that_is_not_a_transition_from_the_state(project: Project) -> None:
     compiled = project.aggregates["bankaccount"]
     with pytest.raises(ReplayError, match="cannot apply event 'funds_deposited' in state 'none'"):
-        compiled.evolve(compiled.initial_state("k"), new_event("bankaccount", "funds_deposited", "k", 1, {"amount": 1}, NOW))
+        compiled.evolve(
+            compiled.initial_state("k"), new_event("bankaccount", "funds_deposited", "k", 1, {"amount": 1}, NOW)
+        )
 
 
 def test_evolve_refuses_an_unknown_event_type(project: Project) -> None:
@@ -80,7 +84,9 @@ def test_decide_is_pure_given_the_clock_and_ids(project: Project) -> None:
 
 def test_decide_does_not_mutate_the_input_state(project: Project) -> None:
     compiled = project.aggregates["bankaccount"]
-    opened = compiled.replay("k", [new_event("bankaccount", "account_opened", "k", 1, {"owner": "a", "balance": 500}, NOW)])
+    opened = compiled.replay(
+        "k", [new_event("bankaccount", "account_opened", "k", 1, {"owner": "a", "balance": 500}, NOW)]
+    )
     before = dict(opened.data)
     decision = compiled.decide(opened, CommandRequest("withdraw", "k", {"amount": 100}, {"x-username": "a"}), NOW)
     assert decision.accepted and decision.state.data["balance"] == 400

@@ -96,18 +96,31 @@ def _fetch_asyncapi_schema(cache: Path) -> dict[str, Any]:
     if not cached.exists():
         npm = shutil.which("npm")
         if npm is None:
-            pytest.fail(f"cannot fetch the AsyncAPI 3.0 JSON Schema: npm is not on PATH (needed for `npm pack "
-                        f"{SPECS_PACKAGE}`)", pytrace=False)
+            pytest.fail(
+                f"cannot fetch the AsyncAPI 3.0 JSON Schema: npm is not on PATH (needed for `npm pack "
+                f"{SPECS_PACKAGE}`)",
+                pytrace=False,
+            )
         with tempfile.TemporaryDirectory() as tmp:
             try:
-                done = subprocess.run([npm, "pack", SPECS_PACKAGE, "--json", "--pack-destination", tmp],
-                                      capture_output=True, text=True, timeout=300, cwd=tmp, check=False)
+                done = subprocess.run(
+                    [npm, "pack", SPECS_PACKAGE, "--json", "--pack-destination", tmp],
+                    capture_output=True,
+                    text=True,
+                    timeout=300,
+                    cwd=tmp,
+                    check=False,
+                )
             except subprocess.TimeoutExpired:
-                pytest.fail(f"cannot fetch the AsyncAPI 3.0 JSON Schema: `npm pack {SPECS_PACKAGE}` timed out",
-                            pytrace=False)
+                pytest.fail(
+                    f"cannot fetch the AsyncAPI 3.0 JSON Schema: `npm pack {SPECS_PACKAGE}` timed out", pytrace=False
+                )
             if done.returncode != 0:
-                pytest.fail(f"cannot fetch the AsyncAPI 3.0 JSON Schema: `npm pack {SPECS_PACKAGE}` exited "
-                            f"{done.returncode}:\n{done.stderr.strip()[-2000:]}", pytrace=False)
+                pytest.fail(
+                    f"cannot fetch the AsyncAPI 3.0 JSON Schema: `npm pack {SPECS_PACKAGE}` exited "
+                    f"{done.returncode}:\n{done.stderr.strip()[-2000:]}",
+                    pytrace=False,
+                )
             tarball = Path(tmp) / json.loads(done.stdout)[0]["filename"]
             with tarfile.open(tarball) as tar:
                 member = tar.extractfile(SPECS_MEMBER)
@@ -189,28 +202,40 @@ def _refs(node: Any) -> Iterator[str]:
 
 def _schema_validator(document: dict[str, Any], component: str) -> Draft7Validator:
     """A validator for one schema of a generated document, its $refs resolved in the document."""
-    registry: Registry[Any] = Registry().with_resource("urn:doc", Resource.from_contents(
-        document, default_specification=DRAFT7))
-    return Draft7Validator({"$ref": f"urn:doc#/components/schemas/{component}"}, registry=registry,
-                           format_checker=Draft7Validator.FORMAT_CHECKER)
+    registry: Registry[Any] = Registry().with_resource(
+        "urn:doc", Resource.from_contents(document, default_specification=DRAFT7)
+    )
+    return Draft7Validator(
+        {"$ref": f"urn:doc#/components/schemas/{component}"},
+        registry=registry,
+        format_checker=Draft7Validator.FORMAT_CHECKER,
+    )
 
 
 # -- AsyncAPI --------------------------------------------------------------------
 
 
 def test_every_asyncapi_document_is_valid_against_the_official_asyncapi_3_schema(
-    rendered: dict[str, str], edge: Project, asyncapi_validator: Draft7Validator,
+    rendered: dict[str, str],
+    edge: Project,
+    asyncapi_validator: Draft7Validator,
 ) -> None:
     documents = {n: text for n, text in rendered.items() if n.endswith(".asyncapi.yaml")}
     documents.update({n: t for n, t in render_docs(edge.aggregates.values()).items() if n.endswith(".asyncapi.yaml")})
-    assert {"bankaccount.asyncapi.yaml", "order.asyncapi.yaml", "ticket.asyncapi.yaml", "lab.asyncapi.yaml",
-            "edge.asyncapi.yaml"} <= set(documents)
+    assert {
+        "bankaccount.asyncapi.yaml",
+        "order.asyncapi.yaml",
+        "ticket.asyncapi.yaml",
+        "lab.asyncapi.yaml",
+        "edge.asyncapi.yaml",
+    } <= set(documents)
     problems = {name: _errors(asyncapi_validator, _load(text)) for name, text in documents.items()}
     assert not {n: p for n, p in problems.items() if p}
 
 
 def test_the_official_schema_rejects_a_broken_document(
-    rendered: dict[str, str], asyncapi_validator: Draft7Validator,
+    rendered: dict[str, str],
+    asyncapi_validator: Draft7Validator,
 ) -> None:
     """The validation is not vacuous: AsyncAPI 2's `publish`, an unknown channel key and
     a payload schema with a bad type are each caught."""
@@ -225,7 +250,8 @@ def test_the_official_schema_rejects_a_broken_document(
 
 
 def test_references_resolve_and_operations_use_their_own_channels_messages(
-    rendered: dict[str, str], edge: Project,
+    rendered: dict[str, str],
+    edge: Project,
 ) -> None:
     """What the JSON Schema cannot check and an AsyncAPI parser does."""
     files = {**rendered, **render_docs(edge.aggregates.values())}
@@ -240,7 +266,9 @@ def test_references_resolve_and_operations_use_their_own_channels_messages(
             if "reply" in operation:
                 reply = operation["reply"]["channel"]["$ref"]
                 assert [m["$ref"] for m in operation["reply"]["messages"]] == [
-                    f"{reply}/messages/accepted", f"{reply}/messages/rejected"]
+                    f"{reply}/messages/accepted",
+                    f"{reply}/messages/rejected",
+                ]
         for channel in document["channels"].values():
             placeholders = set(re.findall(r"\{([^}]+)\}", channel["address"] or ""))
             assert placeholders == set(channel.get("parameters", {})), channel["address"]
@@ -260,11 +288,17 @@ def test_commands_are_request_reply_operations_with_the_entity_key_headers(rende
     assert headers["required"] == ["x-ergonats-entity-key"]
     assert {"x-esfsm-command-id", "x-esfsm-expected-version"} <= set(headers["properties"])
     payload = _resolve(document, request["payload"]["$ref"])
-    assert payload == {"type": "object", "required": ["amount"],
-                       "properties": {"amount": {"type": "integer", "minimum": 1, "maximum": 1000000000000}}, "additionalProperties": False}
+    assert payload == {
+        "type": "object",
+        "required": ["amount"],
+        "properties": {"amount": {"type": "integer", "minimum": 1, "maximum": 1000000000000}},
+        "additionalProperties": False,
+    }
     rejected = _resolve(document, "#/components/messages/rejected")
     assert _resolve(document, rejected["headers"]["$ref"])["required"] == [
-        "Nats-Service-Error", "Nats-Service-Error-Code"]
+        "Nats-Service-Error",
+        "Nats-Service-Error-Code",
+    ]
     assert _resolve(document, rejected["payload"]["$ref"])["required"] == ["accepted", "message", "code", "errors"]
 
 
@@ -276,25 +310,43 @@ def test_events_are_cloudevents_on_the_entity_subjects(rendered: dict[str, str])
     message = _resolve(document, channel["messages"]["event"]["$ref"])
     assert message["contentType"] == "application/cloudevents+json"
     envelope = _resolve(document, message["payload"]["$ref"])
-    assert envelope["required"] == ["specversion", "id", "source", "type", "subject", "time", "datacontenttype",
-                                    "entitykey", "aggversion", "data"]
+    assert envelope["required"] == [
+        "specversion",
+        "id",
+        "source",
+        "type",
+        "subject",
+        "time",
+        "datacontenttype",
+        "entitykey",
+        "aggversion",
+        "data",
+    ]
     assert "commandid" in envelope["properties"]
     assert envelope["properties"]["type"] == {"const": "order_cancelled"}
     assert _resolve(document, envelope["properties"]["data"]["$ref"]) == {
-        "type": "object", "properties": {"reason": {"type": "string"}}}
+        "type": "object",
+        "properties": {"reason": {"type": "string"}},
+    }
 
 
 def test_real_replies_and_events_match_the_documented_schemas(project: Project, rendered: dict[str, str]) -> None:
     document = _asyncapi(rendered, "bankaccount")
     engine = MemoryEngine(project.aggregates.values())
-    accepted = engine.handle("bankaccount", "open_account", "acc-1", {"owner": "ann", "initial_balance": 150},
-                             {"x-username": "ann", "x-esfsm-command-id": "c-1"}).as_dict()
+    accepted = engine.handle(
+        "bankaccount",
+        "open_account",
+        "acc-1",
+        {"owner": "ann", "initial_balance": 150},
+        {"x-username": "ann", "x-esfsm-command-id": "c-1"},
+    ).as_dict()
     rejected = engine.handle("bankaccount", "withdraw", "acc-1", {"amount": 500}, {"x-username": "ann"}).as_dict()
     assert accepted["accepted"] and not rejected["accepted"]
     for reply, schema in ((accepted, "command.open_account.accepted"), (rejected, "rejection")):
         assert not list(_schema_validator(document, schema).iter_errors(reply)), reply
-    assert list(_schema_validator(document, "command.withdraw.accepted").iter_errors(accepted)), \
+    assert list(_schema_validator(document, "command.withdraw.accepted").iter_errors(accepted)), (
         "an open_account reply must not pass as a withdraw reply (state and event type differ)"
+    )
 
 
 def test_local_refs_of_a_definition_schema_point_into_its_component(edge: Project) -> None:
@@ -308,7 +360,8 @@ def test_local_refs_of_a_definition_schema_point_into_its_component(edge: Projec
 
 
 def test_a_page_shows_the_machine_states_nats_names_commands_and_events(
-    project: Project, rendered: dict[str, str],
+    project: Project,
+    rendered: dict[str, str],
 ) -> None:
     page = rendered["bankaccount.md"]
     assert page.startswith("<!-- Generated by `esfsm docs` from definitions/bankaccount.yaml")
@@ -319,18 +372,22 @@ def test_a_page_shows_the_machine_states_nats_names_commands_and_events(
     assert "    none --> open: account_opened (open_account)" in diagram
     assert "| `none` | initial | Not opened yet. | [`open_account`](#command-open_account) |" in page
     assert "| `closed` | final | Closed for good. | — |" in page
-    for line in ("| micro service | `aggregate-bankaccount`, queue group `bankaccount` |",
-                 "| stream | `BANK_EVENTS`, subjects `bank.events.>` |",
-                 "| KV bucket | `AGG_bankaccount`, key = entity key |",
-                 "| durable consumer | `AGG_bankaccount` |"):
+    for line in (
+        "| micro service | `aggregate-bankaccount`, queue group `bankaccount` |",
+        "| stream | `BANK_EVENTS`, subjects `bank.events.>` |",
+        "| KV bucket | `AGG_bankaccount`, key = entity key |",
+        "| durable consumer | `AGG_bankaccount` |",
+    ):
         assert line in page
     section = page.split("### Command `withdraw`", 1)[1].split("### Command", 1)[0]
     assert "- Subject: `bank.cmds.withdraw`" in section
     assert "- Accepted in: `open`" in section
     assert "| `amount` | integer | yes | ≥ 1; ≤ 1000000000000 |  |" in section
     assert "<details><summary>JSON Schema</summary>" in section
-    assert ("| authorize | `'x-username' in meta && meta['x-username'] != 'unauthorized'` | unauthorized user "
-            "| 403 | `\"\"` |") in section
+    assert (
+        "| authorize | `'x-username' in meta && meta['x-username'] != 'unauthorized'` | unauthorized user "
+        '| 403 | `""` |'
+    ) in section
     assert "| rule | `cmd.amount <= data.balance` | insufficient funds | 422 | `/amount` |" in section
     assert "| 1 | [`funds_withdrawn`](#event-funds_withdrawn) | always | `amount`: `cmd.amount` |" in section
     event = page.split("### Event `account_closed`", 1)[1]
@@ -344,10 +401,14 @@ def test_conditional_emits_show_their_condition_and_rule_codes_show(rendered: di
     assert "- Accepted in: `open` (narrowed by `in`: `open`)" in order
     assert "One expression giving the map merged into the data:" in order
     ticket = rendered["ticket.md"]
-    assert "| rule | `'x-role' in meta && meta['x-role'] == 'agent'` | only agents may assign tickets | 403 | `\"\"` |" \
+    assert (
+        "| rule | `'x-role' in meta && meta['x-role'] == 'agent'` | only agents may assign tickets | 403 | `\"\"` |"
         in ticket
-    assert ("| rule | `!has(data.assignee) \\|\\| data.assignee != cmd.assignee` | the ticket is already assigned "
-            "to this agent | 409 | `/assignee` |") in ticket
+    )
+    assert (
+        "| rule | `!has(data.assignee) \\|\\| data.assignee != cmd.assignee` | the ticket is already assigned "
+        "to this agent | 409 | `/assignee` |"
+    ) in ticket
 
 
 def test_awkward_names_and_pipes_stay_valid_markdown_and_mermaid(edge: Project) -> None:
@@ -371,7 +432,9 @@ def test_the_index_links_every_page_and_document(rendered: dict[str, str]) -> No
 
 
 def test_the_output_does_not_depend_on_the_order_of_the_aggregates(
-    project: Project, rendered: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+    project: Project,
+    rendered: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.chdir(ROOT)
     aggregates = list(project.aggregates.values())
@@ -382,8 +445,10 @@ def test_the_output_does_not_depend_on_the_order_of_the_aggregates(
 def test_docs_refuses_invalid_definitions_and_writes_nothing(tmp_path: Path) -> None:
     bad = tmp_path / "defs"
     bad.mkdir()
-    (bad / "bad.yaml").write_text("aggregate: bad\ninitial: nowhere\nstates: {a: {}}\n"
-                                  "commands: {go: {emit: [{event: went}]}}\nevents: {went: {from: a}}\n")
+    (bad / "bad.yaml").write_text(
+        "aggregate: bad\ninitial: nowhere\nstates: {a: {}}\n"
+        "commands: {go: {emit: [{event: went}]}}\nevents: {went: {from: a}}\n"
+    )
     result = CliRunner().invoke(docs, [str(bad), "-o", str(tmp_path / "out")])
     assert result.exit_code == 1
     assert "'nowhere' is not a declared state" in result.output
@@ -392,7 +457,8 @@ def test_docs_refuses_invalid_definitions_and_writes_nothing(tmp_path: Path) -> 
 
 
 def test_a_rerun_removes_the_pages_of_aggregates_that_are_gone_and_nothing_else(
-    tmp_path: Path, edge: Project,
+    tmp_path: Path,
+    edge: Project,
 ) -> None:
     (tmp_path / "old.md").write_text("<!-- Generated by `esfsm docs` from x.yaml -->\n# old\n")
     (tmp_path / "old.asyncapi.yaml").write_text("# Generated by `esfsm docs` from x.yaml\nasyncapi: 3.0.0\n")

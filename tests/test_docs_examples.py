@@ -16,7 +16,7 @@ DSL = (ROOT / "docs" / "dsl.md").read_text()
 
 def yaml_block(after_heading: str) -> str:
     """The first ```yaml block after a heading of docs/dsl.md."""
-    section = DSL[DSL.index(after_heading):]
+    section = DSL[DSL.index(after_heading) :]
     return re.search(r"```yaml\n(.*?)```", section, re.DOTALL).group(1)  # type: ignore[union-attr]
 
 

@@ -31,6 +31,11 @@ def test_recording_an_invalid_transition_stores_nothing(project: Project) -> Non
 @pytest.mark.parametrize("command_id", ["", "x" * 257, "caf\u00e9", "a\nb"])
 def test_malformed_command_id_is_400(project: Project, command_id: str) -> None:
     engine = MemoryEngine(project.aggregates.values())
-    reply = engine.handle("bankaccount", "open_account", "k", {"owner": "a", "initial_balance": 100},
-                          {"x-username": "ann", "x-esfsm-command-id": command_id})
+    reply = engine.handle(
+        "bankaccount",
+        "open_account",
+        "k",
+        {"owner": "a", "initial_balance": 100},
+        {"x-username": "ann", "x-esfsm-command-id": command_id},
+    )
     assert (reply.accepted, reply.code) == (False, 400)

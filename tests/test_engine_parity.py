@@ -22,8 +22,15 @@ def test_scenarios_at_the_edges_give_the_same_results_on_both_engines(tmp_path: 
     for name in ("order", "ticket"):
         (tmp_path / f"{name}.yaml").write_text((DEFINITIONS / f"{name}.yaml").read_text())
         (tmp_path / f"{name}.scenarios.yaml").write_text((FIXTURES / "parity" / f"{name}.scenarios.yaml").read_text())
-    done = subprocess.run([sys.executable, "-m", "esfsm", "test", "--nats", str(tmp_path)], env=ENV, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "esfsm", "test", "--nats", str(tmp_path)],
+        env=ENV,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert "Traceback" not in done.stderr and "internal error" not in done.stderr, done.stderr
     memory, nats = done.stdout.split("-- nats engine\n")
     memory = memory.removeprefix("-- memory engine\n")
@@ -62,11 +69,13 @@ def test_payload_values_that_are_not_json_are_a_400_not_a_500(engine: MemoryEngi
 
     ann = {"x-username": "ann"}
     assert engine.handle("bankaccount", "open_account", "k", {"owner": "a", "initial_balance": 150}, ann).accepted
-    for payload, message in [({"amount": {1, 2}}, "a set value is not JSON"),
-                             ({"amount": b"5"}, "a bytes value is not JSON"),
-                             ({"amount": dt.datetime(2025, 1, 1, tzinfo=dt.UTC)}, "a datetime value is not JSON"),
-                             ({1: 5}, "a key 1 is not a string, as JSON needs"),
-                             ({"amount": float("nan")}, "nan is not a finite number")]:
+    for payload, message in [
+        ({"amount": {1, 2}}, "a set value is not JSON"),
+        ({"amount": b"5"}, "a bytes value is not JSON"),
+        ({"amount": dt.datetime(2025, 1, 1, tzinfo=dt.UTC)}, "a datetime value is not JSON"),
+        ({1: 5}, "a key 1 is not a string, as JSON needs"),
+        ({"amount": float("nan")}, "nan is not a finite number"),
+    ]:
         decision = engine.handle("bankaccount", "deposit", "k", payload, ann)
         assert (decision.code, decision.message) == (400, message)  # type: ignore[union-attr]
     assert engine.handle("bankaccount", "deposit", "k", {"amount": 5}, {"x-username": "  ann  "}).accepted

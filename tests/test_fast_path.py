@@ -57,8 +57,12 @@ async def serving(url: str, compiled: CompiledAggregate, count: int = 1) -> Asyn
 
 
 async def send(nc: Any, command: str, key: str, payload: dict[str, Any], **headers: str) -> dict[str, Any]:
-    msg = await nc.request(f"bank.cmds.{command}", json.dumps(payload).encode(), timeout=10,
-                           headers={KEY: key, "x-username": "ann", **headers})
+    msg = await nc.request(
+        f"bank.cmds.{command}",
+        json.dumps(payload).encode(),
+        timeout=10,
+        headers={KEY: key, "x-username": "ann", **headers},
+    )
     return json.loads(msg.data)
 
 
@@ -149,6 +153,7 @@ def test_requests_the_fast_path_cannot_take_are_answered_all_the_same(own_server
     """Bad input before the entity matters, an expected version, a command that emits
     nothing, rejections (checked for freshness first) and a command emitting two events
     (an atomic batch) all get their proper answer on a warm entity."""
+
     async def scenario() -> None:
         async with serving(own_server.url, project.aggregates["lab"]) as [service]:
             client = await nats.connect(own_server.url)
@@ -157,8 +162,9 @@ def test_requests_the_fast_path_cannot_take_are_answered_all_the_same(own_server
 
             async def lab(command: str, payload: Any, **headers: str) -> dict[str, Any]:
                 raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-                msg = await client.request(f"{subjects.commands}.{command}", raw, timeout=10,
-                                           headers={KEY: key, **headers})
+                msg = await client.request(
+                    f"{subjects.commands}.{command}", raw, timeout=10, headers={KEY: key, **headers}
+                )
                 return json.loads(msg.data)
 
             assert (await lab("switch_on", {}))["accepted"]
@@ -221,9 +227,11 @@ def test_an_append_left_unanswered_is_resolved_like_on_the_ordinary_path(own_ser
     run(scenario())
 
 
-def test_at_debug_level_every_command_logs_one_line(own_server: Any, project: Project,
-                                                    caplog: pytest.LogCaptureFixture) -> None:
+def test_at_debug_level_every_command_logs_one_line(
+    own_server: Any, project: Project, caplog: pytest.LogCaptureFixture
+) -> None:
     """`esfsm run --log-level debug`: one line per command, from either path, with its outcome."""
+
     async def scenario() -> None:
         async with serving(own_server.url, project.aggregates["bankaccount"]) as [service]:
             client = await nats.connect(own_server.url)
@@ -239,7 +247,10 @@ def test_at_debug_level_every_command_logs_one_line(own_server: Any, project: Pr
     lines = [r for r in caplog.records if r.name == "esfsm.service" and r.getMessage() == "command"]
     fields = [r.fields for r in lines]  # type: ignore[attr-defined]
     assert [(f["command"], f["accepted"]) for f in fields] == [
-        ("open_account", True), ("deposit", True), ("withdraw", False)]
+        ("open_account", True),
+        ("deposit", True),
+        ("withdraw", False),
+    ]
     assert fields[1]["version"] == 2 and fields[1]["events"] == "funds_deposited" and fields[1]["state"] == "open"
     assert fields[2]["code"] == 422 and fields[2]["reason"] == "insufficient funds"
     assert all(f["key"].startswith("log-") and f["aggregate"] == "bankaccount" for f in fields)

@@ -29,8 +29,9 @@ KEYS = [f"fault-{i}" for i in range(12)]
 async def send(nc: Any, key: str, command_id: str, timeout: float = 3.0) -> dict[str, Any] | None:
     """The reply, or None when no reply came (timeout, disconnected)."""
     try:
-        msg = await nc.request("bank.cmds.deposit", b'{"amount": 1}', timeout=timeout,
-                               headers=bank_headers(key, command_id))
+        msg = await nc.request(
+            "bank.cmds.deposit", b'{"amount": 1}', timeout=timeout, headers=bank_headers(key, command_id)
+        )
     except Exception:
         return None
     return json.loads(msg.data)  # type: ignore[no-any-return]
@@ -72,6 +73,7 @@ async def check_convergence(url: str, project: Project, outcomes: dict[str, dict
 async def resolve(nc: Any, outcomes: dict[str, dict[str, Any] | None]) -> None:
     """Retry every command whose outcome is unknown (no reply, or a 503) with its command id
     until it has a definite answer: the runtime answers a stored one as the first time."""
+
     async def settle(command_id: str) -> None:
         for _ in range(40):
             reply = await send(nc, command_id.split("/", maxsplit=1)[0], command_id)
@@ -93,11 +95,16 @@ def test_server_restart_under_load(tmp_path: Path, project: Project, workers: st
     runtime = RuntimeProcess(server.url, log=tmp_path / "runtime.log", extra_args=["--workers", workers]).start()
     outcomes: dict[str, dict[str, Any] | None] = {}
     try:
+
         async def scenario() -> None:
             nc = await nats.connect(server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
             for key in KEYS:
-                msg = await nc.request("bank.cmds.open_account", b'{"owner": "a", "initial_balance": 100}',
-                                       timeout=10, headers={"x-ergonats-entity-key": key, "x-username": "ann"})
+                msg = await nc.request(
+                    "bank.cmds.open_account",
+                    b'{"owner": "a", "initial_balance": 100}',
+                    timeout=10,
+                    headers={"x-ergonats-entity-key": key, "x-username": "ann"},
+                )
                 assert json.loads(msg.data)["accepted"]
 
             async def worker(key: str) -> None:
@@ -141,11 +148,16 @@ def test_runtime_killed_under_load_and_restarted(tmp_path: Path, project: Projec
     runtime = RuntimeProcess(server.url, log=tmp_path / "runtime.log").start()
     outcomes: dict[str, dict[str, Any] | None] = {}
     try:
+
         async def scenario() -> None:
             nc = await nats.connect(server.url)
             for key in KEYS:
-                msg = await nc.request("bank.cmds.open_account", b'{"owner": "a", "initial_balance": 100}',
-                                       timeout=10, headers={"x-ergonats-entity-key": key, "x-username": "ann"})
+                msg = await nc.request(
+                    "bank.cmds.open_account",
+                    b'{"owner": "a", "initial_balance": 100}',
+                    timeout=10,
+                    headers={"x-ergonats-entity-key": key, "x-username": "ann"},
+                )
                 assert json.loads(msg.data)["accepted"]
 
             async def worker(key: str) -> None:
@@ -186,13 +198,17 @@ def test_a_publish_while_disconnected_fails_fast_and_is_never_sent_later(tmp_pat
     port = ephemeral_port()
     server = start_server(tmp_path / "nats", port=port)
     try:
+
         async def scenario() -> None:
             nc = await connect([server.url], ConnectOptions(), reconnect_time_wait=0.2)
             store = AggregateStore(nc, compiled)
             await store.ensure()
             service = AggregateService(nc, compiled, store)
-            opened = await service.process("open_account", b'{"owner": "a", "initial_balance": 100}',
-                                           {"x-ergonats-entity-key": "k", "x-username": "a"})
+            opened = await service.process(
+                "open_account",
+                b'{"owner": "a", "initial_balance": 100}',
+                {"x-ergonats-entity-key": "k", "x-username": "a"},
+            )
             assert opened["accepted"]
             await asyncio.to_thread(server.stop)
             for _ in range(100):
@@ -227,15 +243,18 @@ def test_a_process_that_never_saw_an_entity_loads_it_from_the_stream(tmp_path: P
     compiled = project.aggregates["bankaccount"]
     server = start_server(tmp_path / "nats")
     try:
+
         async def scenario() -> None:
             nc = await nats.connect(server.url)
             store = AggregateStore(nc, compiled)
             await store.ensure()
             assert (await store.load("k")).state == compiled.initial_state("k")
-            opened = new_event("bankaccount", "account_opened", "k", 1, {"owner": "a", "balance": 120},
-                               dt.datetime.now(dt.UTC))
-            await store.append("k", 0, [Outgoing(store.subject("k", "account_opened"), event_to_json(opened),
-                                                 opened.get_id())])
+            opened = new_event(
+                "bankaccount", "account_opened", "k", 1, {"owner": "a", "balance": 120}, dt.datetime.now(dt.UTC)
+            )
+            await store.append(
+                "k", 0, [Outgoing(store.subject("k", "account_opened"), event_to_json(opened), opened.get_id())]
+            )
             loaded = await store.load("k")
             assert (loaded.state.state, loaded.state.version, loaded.state.data["balance"]) == ("open", 1, 120)
             await nc.close()

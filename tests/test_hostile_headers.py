@@ -74,9 +74,14 @@ def test_a_missing_key_header_is_a_400(bank: Wire) -> None:
 
 def test_header_injection_through_a_value_stays_in_that_value(bank: Wire) -> None:
     key, evil = fresh(), fresh("evil")
-    reply = bank.request("bank.cmds.open_account", OPEN, {
-        KEY: key, "x-username": f"ann\r\n{KEY}: {evil}\r\nx-username: unauthorized",
-    })
+    reply = bank.request(
+        "bank.cmds.open_account",
+        OPEN,
+        {
+            KEY: key,
+            "x-username": f"ann\r\n{KEY}: {evil}\r\nx-username: unauthorized",
+        },
+    )
     assert reply.body["accepted"] is True, reply.body  # x-username is one odd (authorized) value
     assert reply.body["events"][0]["entitykey"] == key
     assert (bank.stored(key), bank.stored(evil)) == (1, 0)
@@ -87,8 +92,11 @@ header_names = st.text(alphabet=string.ascii_letters + string.digits + "!#$%&'*+
 
 
 @WIRE
-@given(extra=st.dictionaries(header_names.filter(lambda n: n.lower() not in SPECIAL_HEADERS),
-                             st.text(max_size=40), max_size=20))
+@given(
+    extra=st.dictionaries(
+        header_names.filter(lambda n: n.lower() not in SPECIAL_HEADERS), st.text(max_size=40), max_size=20
+    )
+)
 @example(extra={f"x-noise-{i}": "v" * 50 for i in range(2_000)})
 @example(extra={"X-Username": "unauthorized", "X-Ergonats-Entity-Key": "a.b"})  # header names are case-sensitive
 def test_unrelated_headers_change_nothing(bank: Wire, extra: dict[str, str]) -> None:
@@ -139,8 +147,11 @@ def test_a_malformed_expected_version_is_a_400(bank: Wire, value: str) -> None:
         assert bank.stored(key) == 0
 
 
-@pytest.mark.parametrize("value", ["\u00b2", "\u0661\u0662", "\U0001d7d9", "\u00bd", "\u2460"],
-                         ids=["superscript-two", "arabic-indic-12", "math-bold-one", "one-half", "circled-one"])
+@pytest.mark.parametrize(
+    "value",
+    ["\u00b2", "\u0661\u0662", "\U0001d7d9", "\u00bd", "\u2460"],
+    ids=["superscript-two", "arabic-indic-12", "math-bold-one", "one-half", "circled-one"],
+)
 def test_an_expected_version_in_non_ascii_digits_is_a_400(bank: Wire, value: str) -> None:
     """'²'.isdigit() is True but int('²') raises; '١٢' is int 12. Neither is the wire's integer."""
     key = fresh()
@@ -149,8 +160,10 @@ def test_an_expected_version_in_non_ascii_digits_is_a_400(bank: Wire, value: str
     assert bank.stored(key) == 0
 
 
-COMMAND_ID_CHARS = st.one_of(st.characters(min_codepoint=0x20, max_codepoint=0x7E),
-                             st.sampled_from(list("\x00\x01\x1b\x7f\t\u00a0é\u2028\U0001f600")))
+COMMAND_ID_CHARS = st.one_of(
+    st.characters(min_codepoint=0x20, max_codepoint=0x7E),
+    st.sampled_from(list("\x00\x01\x1b\x7f\t\u00a0é\u2028\U0001f600")),
+)
 
 
 @WIRE

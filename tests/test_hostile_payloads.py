@@ -55,19 +55,26 @@ integers = st.one_of(
     st.sampled_from([0, 1, -1, 99, 100, 101, INT64_MAX, INT64_MIN, 2**64, 2**70, -(2**63) - 1, -(2**70), 10**30]),
 )
 json_scalars = st.one_of(
-    st.none(), st.booleans(), integers, st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=20),
+    st.none(),
+    st.booleans(),
+    integers,
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=20),
 )
 json_values = st.recursive(
     json_scalars,
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=12,
 )
-near_payloads = st.fixed_dictionaries({}, optional={
-    "owner": st.one_of(st.text(max_size=12), json_values),
-    "initial_balance": st.one_of(integers, json_values),
-    "amount": st.one_of(integers, json_values),
-    "extra": json_values,
-})
+near_payloads = st.fixed_dictionaries(
+    {},
+    optional={
+        "owner": st.one_of(st.text(max_size=12), json_values),
+        "initial_balance": st.one_of(integers, json_values),
+        "amount": st.one_of(integers, json_values),
+        "extra": json_values,
+    },
+)
 
 
 # JSON Schema as the runtime applies it: an integer is an int, 150.0 is not one.
@@ -109,6 +116,7 @@ def expected_code(command: str, payload: Any) -> int | None:
 
 def is_open_account_payload(data: bytes) -> bool:
     """Whether data could be a valid open_account payload (by the strictest JSON reading)."""
+
     def refuse(token: str) -> None:
         raise ValueError(token)
 
@@ -120,15 +128,42 @@ def is_open_account_payload(data: bytes) -> bool:
 
 
 NOT_JSON = [
-    b"{not json", b'{"amount": "\xff"}', b"\xff\xfe\xfd", b"\xed\xa0\x80", b'"\\ud800"', b"\x00",
-    b"NaN", b"Infinity", b"-Infinity", b'{"owner": "a", "initial_balance": NaN}',
-    b'{"owner": "a", "initial_balance": Infinity}', b"1e400", b'{"owner": "a", "initial_balance": 1e400}',
-    b'{"owner": "a", "initial_balance": -1e400}', b'{"owner": "a", "initial_balance": 0x10}',
-    b"[" * 10_000 + b"]" * 10_000, b"{" * 10_000, b'{"a":' * 5_000 + b"1" + b"}" * 5_000,
-    b"", b"   ", b"\t\r\n", b"null", b"[]", b'"str"', b"0", b"true", b"{}",
-    OPEN + b"x", OPEN + b"\x00", b"\xef\xbb\xbf" + OPEN, OPEN[:-1], b"{'owner': 'a', 'initial_balance': 150}",
-    b'{"owner": "a", "initial_balance": 150,}', b'{"owner": "a" "initial_balance": 150}',
-    b'{"owner": "\xc3\x28", "initial_balance": 150}', b'{"owner": "a\x01", "initial_balance": 150}',
+    b"{not json",
+    b'{"amount": "\xff"}',
+    b"\xff\xfe\xfd",
+    b"\xed\xa0\x80",
+    b'"\\ud800"',
+    b"\x00",
+    b"NaN",
+    b"Infinity",
+    b"-Infinity",
+    b'{"owner": "a", "initial_balance": NaN}',
+    b'{"owner": "a", "initial_balance": Infinity}',
+    b"1e400",
+    b'{"owner": "a", "initial_balance": 1e400}',
+    b'{"owner": "a", "initial_balance": -1e400}',
+    b'{"owner": "a", "initial_balance": 0x10}',
+    b"[" * 10_000 + b"]" * 10_000,
+    b"{" * 10_000,
+    b'{"a":' * 5_000 + b"1" + b"}" * 5_000,
+    b"",
+    b"   ",
+    b"\t\r\n",
+    b"null",
+    b"[]",
+    b'"str"',
+    b"0",
+    b"true",
+    b"{}",
+    OPEN + b"x",
+    OPEN + b"\x00",
+    b"\xef\xbb\xbf" + OPEN,
+    OPEN[:-1],
+    b"{'owner': 'a', 'initial_balance': 150}",
+    b'{"owner": "a", "initial_balance": 150,}',
+    b'{"owner": "a" "initial_balance": 150}',
+    b'{"owner": "\xc3\x28", "initial_balance": 150}',
+    b'{"owner": "a\x01", "initial_balance": 150}',
 ]
 
 
@@ -136,8 +171,11 @@ NOT_JSON = [
 
 
 @WIRE
-@given(data=st.one_of(st.sampled_from(NOT_JSON), st.binary(max_size=300),
-                      st.text(max_size=100).map(lambda t: t.encode("utf-8"))))
+@given(
+    data=st.one_of(
+        st.sampled_from(NOT_JSON), st.binary(max_size=300), st.text(max_size=100).map(lambda t: t.encode("utf-8"))
+    )
+)
 def test_payloads_that_are_no_valid_json_object_get_400_and_store_nothing(bank: Wire, data: bytes) -> None:
     assume(not is_open_account_payload(data))
     key = fresh()
@@ -147,8 +185,9 @@ def test_payloads_that_are_no_valid_json_object_get_400_and_store_nothing(bank: 
 
 
 @WIRE
-@given(command=st.sampled_from(sorted(COMMANDS)), payload=st.one_of(near_payloads, json_values),
-       ascii_only=st.booleans())
+@given(
+    command=st.sampled_from(sorted(COMMANDS)), payload=st.one_of(near_payloads, json_values), ascii_only=st.booleans()
+)
 @example(command="open_account", payload={"owner": "a", "initial_balance": 150.0}, ascii_only=True)
 @example(command="open_account", payload={"owner": "a", "initial_balance": 2**70}, ascii_only=True)
 @example(command="open_account", payload={"owner": "a", "initial_balance": True}, ascii_only=True)
@@ -157,8 +196,9 @@ def test_payloads_that_are_no_valid_json_object_get_400_and_store_nothing(bank: 
 @example(command="open_account", payload={"owner": "\U0001f600\x00", "initial_balance": INT64_MAX}, ascii_only=False)
 @example(command="deposit", payload={"amount": 1e308}, ascii_only=True)
 @example(command="freeze", payload=[], ascii_only=True)
-def test_json_payloads_get_the_code_the_definition_calls_for(bank: Wire, command: str, payload: Any,
-                                                             ascii_only: bool) -> None:
+def test_json_payloads_get_the_code_the_definition_calls_for(
+    bank: Wire, command: str, payload: Any, ascii_only: bool
+) -> None:
     key = fresh()
     body = json.dumps(payload, ensure_ascii=ascii_only, allow_nan=False).encode()
     reply = bank.command(command, key, body)
@@ -202,8 +242,11 @@ def test_integers_past_int64_never_give_a_500(bank: Wire, balance: int) -> None:
     if not opened.body["accepted"]:
         assert bank.stored(key) == 0
         return
-    for command, payload in (("deposit", b'{"amount": 1}'), ("withdraw", b'{"amount": 1}'),
-                             ("deposit", b'{"amount": %d}' % INT64_MAX)):
+    for command, payload in (
+        ("deposit", b'{"amount": 1}'),
+        ("withdraw", b'{"amount": 1}'),
+        ("deposit", b'{"amount": %d}' % INT64_MAX),
+    ):
         before = bank.stored(key)
         reply = bank.command(command, key, payload)
         check_contract(reply)
@@ -237,9 +280,20 @@ def test_payloads_at_and_above_max_payload(bank: Wire, nats_server: Any, runtime
     # when the event alone would fit as a payload but not with its headers (~250 B): the server
     # would close the runtime's connection for that, so it is never sent.
     prefix, suffix = b'{"owner": "', b'", "initial_balance": 150}'
-    envelope = len(orjson.dumps(event_to_dict(new_event("bankaccount", "account_opened", key, 1,
-                                                        {"owner": "", "initial_balance": 150},
-                                                        dt.datetime.now(dt.UTC)))))
+    envelope = len(
+        orjson.dumps(
+            event_to_dict(
+                new_event(
+                    "bankaccount",
+                    "account_opened",
+                    key,
+                    1,
+                    {"owner": "", "initial_balance": 150},
+                    dt.datetime.now(dt.UTC),
+                )
+            )
+        )
+    )
     for event_size in (limit + 100, limit - 100, limit - 200):
         body = prefix + b"a" * (event_size - envelope) + suffix
         assert len(body) <= at_limit
@@ -272,14 +326,18 @@ def test_payloads_at_and_above_max_payload(bank: Wire, nats_server: Any, runtime
 BIG = 400_000  # well under max_payload, but a reply quoting it three times is not
 
 
-@pytest.mark.parametrize(("headers", "payload"), [
-    pytest.param({EXPECTED_VERSION: "9x" * (BIG // 2)}, OPEN, id="expected-version-header"),
-    pytest.param({KEY: "k" * BIG}, OPEN, id="entity-key-header"),
-    pytest.param({}, b'{"owner": 1, "initial_balance": "' + b"x" * BIG + b'"}', id="schema-error-quotes-value"),
-    pytest.param({}, b"[" + b"0," * (BIG // 2) + b"0]", id="schema-error-quotes-payload"),
-])
-def test_a_rejection_that_quotes_a_big_input_still_gets_a_reply(isolated: Isolated, headers: dict[str, str],
-                                                                  payload: bytes) -> None:
+@pytest.mark.parametrize(
+    ("headers", "payload"),
+    [
+        pytest.param({EXPECTED_VERSION: "9x" * (BIG // 2)}, OPEN, id="expected-version-header"),
+        pytest.param({KEY: "k" * BIG}, OPEN, id="entity-key-header"),
+        pytest.param({}, b'{"owner": 1, "initial_balance": "' + b"x" * BIG + b'"}', id="schema-error-quotes-value"),
+        pytest.param({}, b"[" + b"0," * (BIG // 2) + b"0]", id="schema-error-quotes-payload"),
+    ],
+)
+def test_a_rejection_that_quotes_a_big_input_still_gets_a_reply(
+    isolated: Isolated, headers: dict[str, str], payload: bytes
+) -> None:
     """The runtime quotes the offending value in the message, in errors[].message and in the
     Nats-Service-Error header. A reply past max_payload is refused by nats-py (payload) or, when
     only headers + payload are over, makes the server close the runtime's connection for good."""
@@ -289,5 +347,3 @@ def test_a_rejection_that_quotes_a_big_input_still_gets_a_reply(isolated: Isolat
     assert_rejected(reply, 400)
     assert isolated.wire.total() == before
     isolated.assert_alive(timeout=3)
-
-

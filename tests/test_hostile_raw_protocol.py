@@ -43,8 +43,10 @@ class RawClient:
         self.reader, self.writer = await asyncio.open_connection(host, int(port))
         info = await self.reader.readline()
         assert info.startswith(b"INFO ")
-        self.writer.write(b'CONNECT {"verbose":false,"pedantic":false,"headers":true,"no_responders":true,'
-                          b'"protocol":1}\r\nSUB _HOSTILE.> 1\r\nPING\r\n')
+        self.writer.write(
+            b'CONNECT {"verbose":false,"pedantic":false,"headers":true,"no_responders":true,'
+            b'"protocol":1}\r\nSUB _HOSTILE.> 1\r\nPING\r\n'
+        )
         self.task = asyncio.create_task(self._read())
         await asyncio.wait_for(self.pongs.get(), 5)
         return self
@@ -68,8 +70,10 @@ class RawClient:
     async def request(self, subject: str, header: bytes, payload: bytes, timeout: float) -> tuple[bytes, bytes]:
         inbox = f"_HOSTILE.{uuid.uuid4().hex}"
         future = self.replies[inbox] = asyncio.get_running_loop().create_future()
-        self.writer.write(b"HPUB %s %s %d %d\r\n%s%s\r\n" % (
-            subject.encode(), inbox.encode(), len(header), len(header) + len(payload), header, payload))
+        self.writer.write(
+            b"HPUB %s %s %d %d\r\n%s%s\r\n"
+            % (subject.encode(), inbox.encode(), len(header), len(header) + len(payload), header, payload)
+        )
         await self.writer.drain()
         try:
             return await asyncio.wait_for(future, timeout)
@@ -104,13 +108,29 @@ def raw_request(wire: Wire, header: bytes, payload: bytes, timeout: float = REPL
     return wire.loop.run(go(), timeout=timeout + 10)
 
 
-header_lines = st.lists(st.one_of(
-    st.binary(max_size=40).filter(lambda b: b"\r\n" not in b),
-    st.builds(lambda name, value: name + b":" + value,
-              st.sampled_from([KEY.encode(), b"X-Ergonats-Entity-Key", b" " + KEY.encode(), KEY.encode() + b" ",
-                               b"x-username", COMMAND_ID.encode(), EXPECTED_VERSION.encode(), b"\xff", b""]),
-              st.binary(max_size=30).filter(lambda b: b"\r\n" not in b)),
-), max_size=4)
+header_lines = st.lists(
+    st.one_of(
+        st.binary(max_size=40).filter(lambda b: b"\r\n" not in b),
+        st.builds(
+            lambda name, value: name + b":" + value,
+            st.sampled_from(
+                [
+                    KEY.encode(),
+                    b"X-Ergonats-Entity-Key",
+                    b" " + KEY.encode(),
+                    KEY.encode() + b" ",
+                    b"x-username",
+                    COMMAND_ID.encode(),
+                    EXPECTED_VERSION.encode(),
+                    b"\xff",
+                    b"",
+                ]
+            ),
+            st.binary(max_size=30).filter(lambda b: b"\r\n" not in b),
+        ),
+    ),
+    max_size=4,
+)
 
 
 @WIRE
@@ -137,9 +157,11 @@ def test_raw_header_blocks_never_store_under_a_bad_key(bank: Wire, lines: list[b
         assert bank.total() == before
 
 
-@pytest.mark.parametrize("header", [b"NATS/1.0", b"\r\n", b"NATS/1.0 \xff\xfe\r\n\r\n",
-                                    b"NATS/1.0 503 \xff\r\nx-username: ann\r\n\r\n"],
-                         ids=["8-bytes", "crlf-only", "non-utf8-status", "non-utf8-description"])
+@pytest.mark.parametrize(
+    "header",
+    [b"NATS/1.0", b"\r\n", b"NATS/1.0 \xff\xfe\r\n\r\n", b"NATS/1.0 503 \xff\r\nx-username: ann\r\n\r\n"],
+    ids=["8-bytes", "crlf-only", "non-utf8-status", "non-utf8-description"],
+)
 def test_a_malformed_header_block_does_not_wedge_the_runtime(isolated: Isolated, header: bytes) -> None:
     """nats-py's reader raises on these (IndexError / UnicodeDecodeError in _process_headers) and
     its read loop stops: the runtime then answers nothing until a stale-connection reconnect,
@@ -148,13 +170,22 @@ def test_a_malformed_header_block_does_not_wedge_the_runtime(isolated: Isolated,
     isolated.assert_alive(timeout=3)
 
 
-
 @pytest.mark.parametrize("second", [b"b", b"a"])
 def test_two_entity_key_headers_are_a_400_acting_on_neither(bank: Wire, second: bytes) -> None:
     """The runtime used to act on the last of two key headers, silently."""
     key = fresh()
-    header = (b"NATS/1.0\r\nx-username: ann\r\n" + KEY.encode() + b": " + key.encode() + b"\r\n"
-              + KEY.encode() + b": " + key.encode() + second + b"\r\n\r\n")
+    header = (
+        b"NATS/1.0\r\nx-username: ann\r\n"
+        + KEY.encode()
+        + b": "
+        + key.encode()
+        + b"\r\n"
+        + KEY.encode()
+        + b": "
+        + key.encode()
+        + second
+        + b"\r\n\r\n"
+    )
     before = bank.total()
     reply = raw_request(bank, header, OPEN)
     assert reply is not None

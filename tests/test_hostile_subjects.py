@@ -29,7 +29,8 @@ from hostile_support import (
 # (test_a_subject_with_a_vertical_tab_or_form_feed_gets_a_reply).
 subject_tokens = st.text(
     alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters=" \t\r\n.\x0b\x0c"),
-    min_size=1, max_size=16,
+    min_size=1,
+    max_size=16,
 )
 
 
@@ -65,13 +66,14 @@ def test_a_subject_with_a_vertical_tab_or_form_feed_gets_a_reply(isolated: Isola
 
 def test_a_reply_subject_with_a_vertical_tab_does_not_drop_the_runtimes_connection(isolated: Isolated) -> None:
     """The same through the reply subject, which the runtime also reads from the MSG line."""
+
     async def publish() -> None:
-        await isolated.wire.nc.publish("bank.cmds.open_account", OPEN, reply="_HOSTILE.a\x0bb",
-                                       headers={**USER, KEY: fresh()})
+        await isolated.wire.nc.publish(
+            "bank.cmds.open_account", OPEN, reply="_HOSTILE.a\x0bb", headers={**USER, KEY: fresh()}
+        )
         await isolated.wire.nc.flush()
         await asyncio.sleep(0.5)
 
     isolated.wire.loop.run(publish())
     assert "disconnected" not in isolated.log_tail(), isolated.log_tail()
     isolated.assert_alive(timeout=3)
-

@@ -84,8 +84,10 @@ def test_invalid_utf8_is_reported_at_the_bad_byte(tmp_path: Path) -> None:
     result = validate(str(path))
     assert result.exit_code == 1
     assert result.stdout.splitlines() == [
-        (f"{path}:2:17: error: the file is not valid UTF-8: byte 0xe9 at offset 34 cannot be decoded; "
-        "save the file as UTF-8"),
+        (
+            f"{path}:2:17: error: the file is not valid UTF-8: byte 0xe9 at offset 34 cannot be decoded; "
+            "save the file as UTF-8"
+        ),
     ]
 
 
@@ -117,11 +119,17 @@ def test_json_format_gives_each_finding_as_data() -> None:
     ] * 3
     first = report["findings"][0]
     assert first == {
-        "file": str(path), "line": 7, "column": 10, "pointer": "/initial", "rule": "unknown-state",
-        "severity": "error", "message": "'opened' is not a declared state; did you mean 'open'?",
+        "file": str(path),
+        "line": 7,
+        "column": 10,
+        "pointer": "/initial",
+        "rule": "unknown-state",
+        "severity": "error",
+        "message": "'opened' is not a declared state; did you mean 'open'?",
     }
-    rendered = [f"{f['line']}:{f['column']}: {f['severity']}: {f['message']} [{f['pointer']}]"
-                for f in report["findings"]]
+    rendered = [
+        f"{f['line']}:{f['column']}: {f['severity']}: {f['message']} [{f['pointer']}]" for f in report["findings"]
+    ]
     assert rendered == expected(path.read_text(encoding="utf-8")).lines
     assert [f["rule"] for f in report["findings"]] == ["unknown-state", "cel-unknown-field", "unknown-state"]
 

@@ -83,8 +83,9 @@ def test_durable_every_accepted_event_is_in_the_stream(nats_server: EmbeddedServ
         async with processes(nats_server.url, project.aggregates["bankaccount"], 1) as (a,):
             k = key()
             await open_account(a, k)
-            replies = await asyncio.gather(*[
-                a.process("deposit", body({"amount": i}), headers(k)) for i in range(1, 41)])
+            replies = await asyncio.gather(
+                *[a.process("deposit", body({"amount": i}), headers(k)) for i in range(1, 41)]
+            )
             accepted = [e["id"] for r in replies if r["accepted"] for e in r["events"]]
             assert len(accepted) == 40
             assert [e["id"] for e in await stored_events(a, k)][1:] == accepted
@@ -96,6 +97,7 @@ def test_durable_no_acknowledgement_means_no_acceptance(tmp_path: Path, project:
     """With the stream gone, JetStream cannot ack: the reply is 503, never accepted."""
     server = start_server(tmp_path / "nats")
     try:
+
         async def scenario() -> None:
             async with processes(server.url, project.aggregates["bankaccount"], 1) as (a,):
                 k = key()
@@ -153,9 +155,12 @@ def test_no_lost_update_across_two_processes(nats_server: EmbeddedServer, projec
             await open_account(a, k, 100)
             await b.process("deposit", body({"amount": 1}), headers(k))  # b warm too
             amounts = list(range(1, 61))
-            replies = await asyncio.gather(*[
-                (a if i % 2 else b).process("deposit", body({"amount": amount}), headers(k))
-                for i, amount in enumerate(amounts)])
+            replies = await asyncio.gather(
+                *[
+                    (a if i % 2 else b).process("deposit", body({"amount": amount}), headers(k))
+                    for i, amount in enumerate(amounts)
+                ]
+            )
             accepted = [amount for amount, r in zip(amounts, replies, strict=True) if r["accepted"]]
             assert all(r["accepted"] or r["code"] == 409 for r in replies)
             assert len(accepted) >= 50  # bounded retries may give up on a few, never silently
@@ -172,7 +177,8 @@ def test_no_lost_update_across_two_processes(nats_server: EmbeddedServer, projec
 
 
 def test_read_your_writes_a_rejection_is_never_decided_on_stale_state(
-        nats_server: EmbeddedServer, project: Project) -> None:
+    nats_server: EmbeddedServer, project: Project
+) -> None:
     async def scenario() -> None:
         async with processes(nats_server.url, project.aggregates["bankaccount"]) as (a, b):
             k = key()
@@ -188,7 +194,8 @@ def test_read_your_writes_a_rejection_is_never_decided_on_stale_state(
 
 
 def test_read_your_writes_expected_version_sees_the_other_process(
-        nats_server: EmbeddedServer, project: Project) -> None:
+    nats_server: EmbeddedServer, project: Project
+) -> None:
     async def scenario() -> None:
         async with processes(nats_server.url, project.aggregates["bankaccount"]) as (a, b):
             k = key()
@@ -203,8 +210,7 @@ def test_read_your_writes_expected_version_sees_the_other_process(
 # 5. Converges ------------------------------------------------------------------------
 
 
-def test_converges_after_a_crash_between_append_and_state_write(
-        nats_server: EmbeddedServer, project: Project) -> None:
+def test_converges_after_a_crash_between_append_and_state_write(nats_server: EmbeddedServer, project: Project) -> None:
     """Events appended with no snapshot written (a runtime that died right after the
     append) are seen by the next load and written to KV by the snapshot writer."""
     compiled = project.aggregates["bankaccount"]
@@ -237,8 +243,11 @@ def test_converges_after_a_crash_between_append_and_state_write(
 
 
 def test_snapshot_leaves_out_old_replies_to_fit_and_refuses_a_state_that_cannot() -> None:
-    entity = Entity(EntityState("k", "open", {"owner": "ann"}, 3), 7,
-                    OrderedDict((f"c{i}", {"accepted": True, "pad": "x" * 100}) for i in range(3)))
+    entity = Entity(
+        EntityState("k", "open", {"owner": "ann"}, 3),
+        7,
+        OrderedDict((f"c{i}", {"accepted": True, "pad": "x" * 100}) for i in range(3)),
+    )
     whole = entity.to_json()
     assert entity.to_json(len(whole)) == whole  # fits: unchanged
     trimmed = json.loads(entity.to_json(len(whole) - 50))
@@ -249,9 +258,9 @@ def test_snapshot_leaves_out_old_replies_to_fit_and_refuses_a_state_that_cannot(
         entity.to_json(40)
 
 
-def test_converges_when_snapshots_do_not_fit_in_a_message(tmp_path: Path, project: Project,
-                                                          monkeypatch: pytest.MonkeyPatch,
-                                                          caplog: pytest.LogCaptureFixture) -> None:
+def test_converges_when_snapshots_do_not_fit_in_a_message(
+    tmp_path: Path, project: Project, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     """A snapshot over max_payload could never be written (the writer used to retry it every
     second, for ever): old replies are left out of it. A command whose state alone would not
     fit is refused (413) before anything is stored; one stored before that check (an older
@@ -264,17 +273,19 @@ def test_converges_when_snapshots_do_not_fit_in_a_message(tmp_path: Path, projec
     async def scenario() -> None:
         async with processes(server.url, compiled, 1) as (a,):
             replies, huge, small = key(), key(), key()
-            refused = await a.process("open_account", body({"owner": "h" * 800, "initial_balance": 150}),
-                                      headers(huge))
+            refused = await a.process("open_account", body({"owner": "h" * 800, "initial_balance": 150}), headers(huge))
             assert refused["code"] == 413 and "nothing was stored" in refused["message"], refused
             assert await a.store.history(huge) == []
-            opened = new_event("bankaccount", "account_opened", huge, 1, {"owner": "h" * 800, "balance": 150},
-                               dt.datetime.now(dt.UTC))  # as a runtime without the check stored it
-            await a.store.append(huge, 0, [Outgoing(a.store.subject(huge, "account_opened"),
-                                                    event_to_json(opened), opened.get_id())])
+            opened = new_event(
+                "bankaccount", "account_opened", huge, 1, {"owner": "h" * 800, "balance": 150}, dt.datetime.now(dt.UTC)
+            )  # as a runtime without the check stored it
+            await a.store.append(
+                huge, 0, [Outgoing(a.store.subject(huge, "account_opened"), event_to_json(opened), opened.get_id())]
+            )
             for k, owner, extra in [(replies, "r" * 300, {"x-esfsm-command-id": "c1"}), (small, "ann", {})]:
-                reply = await a.process("open_account", body({"owner": owner, "initial_balance": 150}),
-                                        headers(k, **extra))
+                reply = await a.process(
+                    "open_account", body({"owner": owner, "initial_balance": 150}), headers(k, **extra)
+                )
                 assert reply["accepted"], reply
             projector = Projector(a.store, a.cached)
             task = asyncio.create_task(projector.run())
@@ -293,8 +304,7 @@ def test_converges_when_snapshots_do_not_fit_in_a_message(tmp_path: Path, projec
             assert a.cached(replies).commands  # the process still answers a retry from memory
             assert (await a.store.snapshot(huge))[0] is None
             assert (await a.store.snapshot(small))[0] is not None
-        assert any(f"'{huge}' is" in r.getMessage() and "over the 600 bytes" in r.getMessage()
-                   for r in caplog.records)
+        assert any(f"'{huge}' is" in r.getMessage() and "over the 600 bytes" in r.getMessage() for r in caplog.records)
 
     try:
         run(scenario())
@@ -308,17 +318,26 @@ def test_converges_after_the_runtime_is_killed_under_load(tmp_path: Path, projec
     runtime = RuntimeProcess(server.url, log=tmp_path / "runtime.log").start()
     keys = [f"kill-{i}" for i in range(20)]
     try:
+
         async def load() -> dict[str, list[str]]:
             nc = await nats.connect(server.url)
             accepted: dict[str, list[str]] = {k: [] for k in keys}
             for k in keys:
-                await nc.request("bank.cmds.open_account", body({"owner": "a", "initial_balance": 100}),
-                                 timeout=10, headers=headers(k))
+                await nc.request(
+                    "bank.cmds.open_account",
+                    body({"owner": "a", "initial_balance": 100}),
+                    timeout=10,
+                    headers=headers(k),
+                )
 
             async def deposit(k: str, i: int) -> None:
                 try:
-                    msg = await nc.request("bank.cmds.deposit", body({"amount": 1}), timeout=2,
-                                           headers=headers(k, **{"x-esfsm-command-id": f"{k}-{i}"}))
+                    msg = await nc.request(
+                        "bank.cmds.deposit",
+                        body({"amount": 1}),
+                        timeout=2,
+                        headers=headers(k, **{"x-esfsm-command-id": f"{k}-{i}"}),
+                    )
                 except Exception:
                     return  # the runtime died: no reply, the outcome is unknown to this client
                 reply = json.loads(msg.data)
@@ -363,8 +382,7 @@ def test_converges_after_the_runtime_is_killed_under_load(tmp_path: Path, projec
 # 6. Idempotent -------------------------------------------------------------------------
 
 
-def test_idempotent_a_retry_on_another_process_is_applied_once(
-        nats_server: EmbeddedServer, project: Project) -> None:
+def test_idempotent_a_retry_on_another_process_is_applied_once(nats_server: EmbeddedServer, project: Project) -> None:
     async def scenario() -> None:
         async with processes(nats_server.url, project.aggregates["bankaccount"]) as (a, b):
             k = key()
@@ -410,10 +428,14 @@ def test_deterministic_rebuild_gives_identical_state(nats_server: EmbeddedServer
     async def scenario() -> None:
         async with processes(nats_server.url, compiled, 1) as (a,):
             k = key()
-            steps = [("create", {"customer": "c-1"}), ("add_item", {"sku": "A", "quantity": 2, "unit_price": 150}),
-                     ("add_item", {"sku": "B", "quantity": 1, "unit_price": 99}),
-                     ("add_item", {"sku": "A", "quantity": 1, "unit_price": 150}), ("remove_item", {"sku": "B"}),
-                     ("place", {})]
+            steps = [
+                ("create", {"customer": "c-1"}),
+                ("add_item", {"sku": "A", "quantity": 2, "unit_price": 150}),
+                ("add_item", {"sku": "B", "quantity": 1, "unit_price": 99}),
+                ("add_item", {"sku": "A", "quantity": 1, "unit_price": 150}),
+                ("remove_item", {"sku": "B"}),
+                ("place", {}),
+            ]
             for command, payload in steps:
                 reply = await a.process(command, body(payload), headers(k))
                 assert reply["accepted"], (command, reply)

@@ -6,9 +6,22 @@ import subprocess
 import sys
 
 CORE = [
-    "esfsm", "esfsm.loader", "esfsm.model", "esfsm.compiler", "esfsm.engine", "esfsm.scenarios",
-    "esfsm.checks", "esfsm.checks.driver", "esfsm.checks.context", "esfsm.checks.dsl", "esfsm.checks.schema_errors",
-    "esfsm.checks.states", "esfsm.checks.cel", "esfsm.checks.emits", "esfsm.checks.json_schemas", "esfsm.checks.names",
+    "esfsm",
+    "esfsm.loader",
+    "esfsm.model",
+    "esfsm.compiler",
+    "esfsm.engine",
+    "esfsm.scenarios",
+    "esfsm.checks",
+    "esfsm.checks.driver",
+    "esfsm.checks.context",
+    "esfsm.checks.dsl",
+    "esfsm.checks.schema_errors",
+    "esfsm.checks.states",
+    "esfsm.checks.cel",
+    "esfsm.checks.emits",
+    "esfsm.checks.json_schemas",
+    "esfsm.checks.names",
 ]
 RUNTIME = ["esfsm.runtime.runner", "esfsm.runtime.testing", "esfsm.client"]
 

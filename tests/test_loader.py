@@ -142,18 +142,24 @@ def test_a_merge_of_a_scalar_is_an_error() -> None:
     ]
 
 
-@pytest.mark.parametrize(("text", "tag"), [
-    ("a: !!python/object:os.system x\n", "!!python/object:os.system"),
-    ("a: !!python/name:os.system\n", "!!python/name:os.system"),
-    ("a: !!binary aGVsbG8=\n", "!!binary"),
-    ("a: !!timestamp 2025-01-01\n", "!!timestamp"),
-    ("a: !!set {x, y}\n", "!!set"),
-    ("a: !Ref x\n", "!Ref"),
-], ids=["python-object", "python-name", "binary", "timestamp", "set", "custom"])
+@pytest.mark.parametrize(
+    ("text", "tag"),
+    [
+        ("a: !!python/object:os.system x\n", "!!python/object:os.system"),
+        ("a: !!python/name:os.system\n", "!!python/name:os.system"),
+        ("a: !!binary aGVsbG8=\n", "!!binary"),
+        ("a: !!timestamp 2025-01-01\n", "!!timestamp"),
+        ("a: !!set {x, y}\n", "!!set"),
+        ("a: !Ref x\n", "!Ref"),
+    ],
+    ids=["python-object", "python-name", "binary", "timestamp", "set", "custom"],
+)
 def test_tags_other_than_plain_json_data_are_refused(text: str, tag: str) -> None:
     assert problems(text) == [
-        (f"t.yaml:1:4: error: the tag {tag!r} is not allowed; only plain YAML data is "
-        "(strings, numbers, true/false, null, lists and mappings)"),
+        (
+            f"t.yaml:1:4: error: the tag {tag!r} is not allowed; only plain YAML data is "
+            "(strings, numbers, true/false, null, lists and mappings)"
+        ),
     ]
 
 
@@ -163,45 +169,59 @@ def test_a_key_that_is_not_a_scalar_is_refused() -> None:
 
 def test_a_syntax_error_says_where_and_what_was_open() -> None:
     assert problems("a: {b: 1\nc: 2\n") == [
-        ("t.yaml:2:2: error: invalid YAML: expected ',' or '}', but got ':' "
-        "(while parsing a flow mapping at line 1, column 4); is the '{' there closed?"),
+        (
+            "t.yaml:2:2: error: invalid YAML: expected ',' or '}', but got ':' "
+            "(while parsing a flow mapping at line 1, column 4); is the '{' there closed?"
+        ),
     ]
 
 
 def test_the_yaml_traps_of_the_docs_get_a_hint() -> None:
-    assert problems("a: {b: x.filter(i, i > 1)[0]}\n") == [(
-        "t.yaml:1:26: error: invalid YAML: expected ',' or '}', but got '[' (while parsing a flow mapping at line 1, "
-        "column 4); inside {…} or […], a comma or a bracket ends the value: quote an expression that holds one, "
-        "or write the mapping in block style"
-    )]
-    assert problems("a: {from: *, to: b}\n") == [(
-        "t.yaml:1:12: error: invalid YAML: expected alphabetic or numeric character, but found ',' (while scanning "
-        "an alias at line 1, column 11); a value that starts with '*' is a YAML alias: quote it, as in from: '*'"
-    )]
+    assert problems("a: {b: x.filter(i, i > 1)[0]}\n") == [
+        (
+            "t.yaml:1:26: error: invalid YAML: expected ',' or '}', but got '[' (while parsing a flow mapping at line 1, "
+            "column 4); inside {…} or […], a comma or a bracket ends the value: quote an expression that holds one, "
+            "or write the mapping in block style"
+        )
+    ]
+    assert problems("a: {from: *, to: b}\n") == [
+        (
+            "t.yaml:1:12: error: invalid YAML: expected alphabetic or numeric character, but found ',' (while scanning "
+            "an alias at line 1, column 11); a value that starts with '*' is a YAML alias: quote it, as in from: '*'"
+        )
+    ]
 
 
 def test_an_error_at_the_end_of_the_file_is_reported_on_its_last_line() -> None:
     """PyYAML puts the end of the stream on the line after the final line break, which no editor shows."""
-    unclosed = ("t.yaml:1:9: error: invalid YAML: expected ',' or ']', but got '<stream end>' "
-                "(while parsing a flow sequence at line 1, column 4); is the '[' there closed?")
+    unclosed = (
+        "t.yaml:1:9: error: invalid YAML: expected ',' or ']', but got '<stream end>' "
+        "(while parsing a flow sequence at line 1, column 4); is the '[' there closed?"
+    )
     assert problems("a: [1, 2\n") == [unclosed]
     assert problems("a: [1, 2\n\n  \n") == [unclosed]  # trailing blank lines too
     assert problems("a: [1, 2\r\n") == [unclosed]
     assert problems("a: [1, 2") == [unclosed]  # no final line break: already on the last line
     assert problems("a: b\nc: 'text\n") == [
-        ("t.yaml:2:9: error: invalid YAML: found unexpected end of stream (while scanning a quoted scalar "
-         "at line 2, column 4)"),
+        (
+            "t.yaml:2:9: error: invalid YAML: found unexpected end of stream (while scanning a quoted scalar "
+            "at line 2, column 4)"
+        ),
     ]
     assert problems("a: {\n") == [  # the open bracket's own position is past the end too
-        ("t.yaml:1:5: error: invalid YAML: expected the node content, but found '<stream end>' "
-         "(while parsing a flow node at line 1, column 5)"),
+        (
+            "t.yaml:1:5: error: invalid YAML: expected the node content, but found '<stream end>' "
+            "(while parsing a flow node at line 1, column 5)"
+        ),
     ]
 
 
 def test_a_control_character_is_reported_where_it_is() -> None:
     assert problems("a: 1\nb: x\x07y\n") == [
-        ("t.yaml:2:5: error: invalid YAML: the character '\\x07' (#x0007) is not allowed; "
-        "remove it or write it as an escape in a double-quoted string"),
+        (
+            "t.yaml:2:5: error: invalid YAML: the character '\\x07' (#x0007) is not allowed; "
+            "remove it or write it as an escape in a double-quoted string"
+        ),
     ]
 
 
@@ -268,8 +288,10 @@ def test_invalid_utf8_gives_line_column_and_byte(tmp_path: Path) -> None:
     doc, findings = load_file(path)
     assert doc is None
     assert [str(f) for f in findings] == [
-        (f"{path}:2:4: error: the file is not valid UTF-8: byte 0xff at offset 8 cannot be decoded; "
-        "save the file as UTF-8"),
+        (
+            f"{path}:2:4: error: the file is not valid UTF-8: byte 0xff at offset 8 cannot be decoded; "
+            "save the file as UTF-8"
+        ),
     ]
 
 
@@ -281,23 +303,40 @@ def test_a_utf8_byte_order_mark_is_fine(tmp_path: Path) -> None:
 
 
 def test_discover_finds_yaml_and_yml_recursively_sorted_and_tells_scenarios_apart(tmp_path: Path) -> None:
-    for name in ["b.yaml", "a.yml", "notes.txt", "b.scenarios.yaml", "sub/c.yaml", "sub/deeper/d.scenarios.yml",
-                 "sub/e.json"]:
+    for name in [
+        "b.yaml",
+        "a.yml",
+        "notes.txt",
+        "b.scenarios.yaml",
+        "sub/c.yaml",
+        "sub/deeper/d.scenarios.yml",
+        "sub/e.json",
+    ]:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("aggregate: x\n")
     found = discover([tmp_path])
     assert [p.relative_to(tmp_path).as_posix() for p in found] == [
-        "a.yml", "b.scenarios.yaml", "b.yaml", "sub/c.yaml", "sub/deeper/d.scenarios.yml",
+        "a.yml",
+        "b.scenarios.yaml",
+        "b.yaml",
+        "sub/c.yaml",
+        "sub/deeper/d.scenarios.yml",
     ]
     assert {p.name: kind_of(p) for p in found} == {
-        "a.yml": "definition", "b.scenarios.yaml": "scenarios", "b.yaml": "definition",
-        "c.yaml": "definition", "d.scenarios.yml": "scenarios",
+        "a.yml": "definition",
+        "b.scenarios.yaml": "scenarios",
+        "b.yaml": "definition",
+        "c.yaml": "definition",
+        "d.scenarios.yml": "scenarios",
     }
     docs, findings = load_paths([tmp_path])
     assert findings == []
     assert [(Path(d.path).name, d.kind) for d in docs] == [
-        ("a.yml", "definition"), ("b.scenarios.yaml", "scenarios"), ("b.yaml", "definition"),
-        ("c.yaml", "definition"), ("d.scenarios.yml", "scenarios"),
+        ("a.yml", "definition"),
+        ("b.scenarios.yaml", "scenarios"),
+        ("b.yaml", "definition"),
+        ("c.yaml", "definition"),
+        ("d.scenarios.yml", "scenarios"),
     ]
 
 
@@ -308,11 +347,15 @@ def test_discover_keeps_files_as_given_and_lists_each_file_once(tmp_path: Path) 
     assert found == [tmp_path / "odd.txt", tmp_path / "a.yaml"]
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("a: !!float abc\n", "t.yaml:1:4: error: 'abc' is not a valid value for the tag '!!float'"),
-    ("a: !!bool maybe\n", "t.yaml:1:4: error: 'maybe' is not a valid value for the tag '!!bool'"),
-    ("!!int x: 1\n", "t.yaml:1:1: error: 'x' is not a valid value for the tag '!!int'"),
-], ids=["float", "bool", "int-key"])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("a: !!float abc\n", "t.yaml:1:4: error: 'abc' is not a valid value for the tag '!!float'"),
+        ("a: !!bool maybe\n", "t.yaml:1:4: error: 'maybe' is not a valid value for the tag '!!bool'"),
+        ("!!int x: 1\n", "t.yaml:1:1: error: 'x' is not a valid value for the tag '!!int'"),
+    ],
+    ids=["float", "bool", "int-key"],
+)
 def test_an_explicit_core_tag_on_a_wrong_value_is_an_error_not_a_crash(text: str, message: str) -> None:
     assert problems(text) == [message]
 
@@ -322,7 +365,8 @@ def test_a_pipe_is_refused_rather_than_read_for_ever(tmp_path: Path) -> None:
     os.mkfifo(fifo)
     doc, findings = load_file(fifo)
     assert doc is None and [f.message for f in findings] == [
-        "not a regular file (a pipe, a socket or a device?); give definition files or folders"]
+        "not a regular file (a pipe, a socket or a device?); give definition files or folders"
+    ]
 
 
 def test_a_file_over_the_size_limit_is_refused_unread(tmp_path: Path) -> None:

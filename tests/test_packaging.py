@@ -49,8 +49,9 @@ class Installed:
 
 
 def _run(args: list[str | Path], cwd: Path, timeout: float) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run([str(a) for a in args], cwd=cwd, env=ENV, capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    done = subprocess.run(
+        [str(a) for a in args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout, check=False
+    )
     assert done.returncode == 0, f"{' '.join(map(str, args))} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
     return done
 
@@ -64,17 +65,24 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     for name in SOURCES:
         path = ROOT / name
         if path.is_dir():
-            shutil.copytree(path, source / name, symlinks=True,
-                            ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+            shutil.copytree(
+                path, source / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
+            )
         else:
             shutil.copy2(path, source / name)
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", work / "dist", "."],
-         cwd=source, timeout=180)
+    _run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", work / "dist", "."],
+        cwd=source,
+        timeout=180,
+    )
     [wheel] = (work / "dist").glob("esfsm-*.whl")
     venv = work / "venv"
     _run([sys.executable, "-m", "venv", "--without-pip", venv], cwd=work, timeout=120)
-    _run([sys.executable, "-m", "pip", "--python", venv / "bin" / "python", "install", "--quiet", "--no-compile",
-          wheel], cwd=work, timeout=420)
+    _run(
+        [sys.executable, "-m", "pip", "--python", venv / "bin" / "python", "install", "--quiet", "--no-compile", wheel],
+        cwd=work,
+        timeout=420,
+    )
     return Installed(wheel, venv)
 
 
@@ -91,13 +99,26 @@ def test_the_installed_esfsm_validates_the_examples(installed: Installed, tmp_pa
     shutil.copytree(ROOT / "definitions", tmp_path / "definitions")
     where = _run([installed.bin / "python", "-c", "import esfsm; print(esfsm.__file__)"], cwd=tmp_path, timeout=60)
     assert Path(where.stdout.strip()).is_relative_to(installed.venv), where.stdout
-    done = subprocess.run([str(installed.bin / "esfsm"), "validate", "definitions/"], cwd=tmp_path, env=ENV,
-                          capture_output=True, text=True, timeout=60, check=False)
-    names = [yaml.safe_load(path.read_text(encoding="utf-8"))["aggregate"]
-             for path in sorted((ROOT / "definitions").glob("*.yaml")) if not path.name.endswith(".scenarios.yaml")]
+    done = subprocess.run(
+        [str(installed.bin / "esfsm"), "validate", "definitions/"],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    names = [
+        yaml.safe_load(path.read_text(encoding="utf-8"))["aggregate"]
+        for path in sorted((ROOT / "definitions").glob("*.yaml"))
+        if not path.name.endswith(".scenarios.yaml")
+    ]
     assert names == ["bankaccount", "order", "ticket"]
     assert (done.returncode, done.stdout, done.stderr) == (
-        0, f"{len(names)} definition(s) valid: {', '.join(names)}\n", "")
+        0,
+        f"{len(names)} definition(s) valid: {', '.join(names)}\n",
+        "",
+    )
 
 
 def test_the_schemas_are_inside_the_package() -> None:

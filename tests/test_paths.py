@@ -45,8 +45,13 @@ def test_a_choice_that_leads_to_an_invalid_event_is_no_path() -> None:
     assert paths.count() == 1
     paths = EmitPaths(next_state, "a", [emit("go", "cmd.x"), emit("note"), emit("go")])
     assert [p.end for p in paths.paths()] == ["c", "b"]
-    assert paths.steps() == [Step(0, "go", "a", "b"), Step(1, "note", "b", "b"), Step(2, "go", "b", "c"),
-                             Step(1, "note", "a", "a"), Step(2, "go", "a", "b")]
+    assert paths.steps() == [
+        Step(0, "go", "a", "b"),
+        Step(1, "note", "b", "b"),
+        Step(2, "go", "b", "c"),
+        Step(1, "note", "a", "a"),
+        Step(2, "go", "a", "b"),
+    ]
 
 
 def test_a_path_that_skips_every_emit_emits_no_event() -> None:

@@ -34,15 +34,26 @@ NOT_PROJECTED = [
     "!'a' in meta",
 ]
 
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**40), 2**40), st.text(max_size=4),
-                    st.floats(allow_nan=False, allow_infinity=False, width=32))
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**40), 2**40),
+    st.text(max_size=4),
+    st.floats(allow_nan=False, allow_infinity=False, width=32),
+)
 fields = st.sampled_from(["amount", "balance", "owner", "flag", "name", "x", "a", "x-username", "x-role", "nested"])
 maps = st.dictionaries(fields, st.one_of(scalars, st.dictionaries(fields, scalars, max_size=2)), max_size=5)
-variables = st.fixed_dictionaries({
-    "cmd": maps, "data": maps, "event": maps,
-    "meta": st.dictionaries(fields, st.sampled_from(["ann", "admin", "unauthorized", ""]), max_size=3),
-    "state": st.sampled_from(["open", "none"]), "version": st.integers(0, 9), "key": st.text(max_size=3),
-})
+variables = st.fixed_dictionaries(
+    {
+        "cmd": maps,
+        "data": maps,
+        "event": maps,
+        "meta": st.dictionaries(fields, st.sampled_from(["ann", "admin", "unauthorized", ""]), max_size=3),
+        "state": st.sampled_from(["open", "none"]),
+        "version": st.integers(0, 9),
+        "key": st.text(max_size=3),
+    }
+)
 
 
 def outcome(evaluate: Any) -> tuple[str, Any]:
@@ -61,6 +72,7 @@ def original(source: str, names: tuple[str, ...], values: dict[str, Any]) -> tup
             return compile_expression(source).execute({n: values[n] for n in names if n in values})
         except Exception as err:  # as Expression.evaluate does: the binding raises many types
             from esfsm.expressions import _reason
+
             raise EvaluationError("test", source, _reason(err)) from err
 
     assert expression.names == names
@@ -121,6 +133,7 @@ def test_what_is_remembered() -> None:
     assert rule.evaluate({"meta": {"x-username": "x" * 500}}) is True and len(plan.memo) == 2  # long: not kept
     clock = Expression("now > timestamp('2020-01-01T00:00:00Z') && cmd.amount > 1", "t")
     import datetime as dt
+
     now = dt.datetime.now(dt.UTC)
     assert clock.evaluate({"now": now, "cmd": {"amount": 2}}) is True
     assert clock.projection is not None and not clock.projection.memo  # reads `now`: never remembered
@@ -132,13 +145,15 @@ def test_what_is_remembered() -> None:
 def test_runtime_cel_errors_say_what_is_wrong() -> None:
     """The CEL library calls a known function given the wrong types 'undefined', and leaves a bad
     regex's reason empty: the messages a definition's author sees say what is wrong instead."""
+
     def reason(source: str, **values: Any) -> str:
         kind, why = outcome(lambda: Expression(source, "t").evaluate(values))
         assert kind == "error"
         return str(why)
 
     assert reason("cmd.s.startsWith(1)", cmd={"s": "abc"}).startswith(
-        "function 'startsWith' does not take arguments of these types (CEL does not convert between types")
+        "function 'startsWith' does not take arguments of these types (CEL does not convert between types"
+    )
     assert reason("size(cmd.n)", cmd={"n": 3}).startswith("function 'size' does not take arguments of these types")
     assert reason("cmd.s.matches('[')", cmd={"s": "abc"}) == "'[' is not a valid regular expression (RE2 syntax)"
     assert reason("nosuch + 1").startswith("Undefined variable or function: 'nosuch'")  # not a function: as is

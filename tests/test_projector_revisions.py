@@ -15,8 +15,9 @@ from esfsm.runtime.projector import Projector
 from esfsm.runtime.store import AggregateStore
 
 
-def test_the_snapshot_writer_forgets_the_least_recently_used_revision(nats_server: Any,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_snapshot_writer_forgets_the_least_recently_used_revision(
+    nats_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A bounded LRU: past the limit one key is forgotten, not all of them (the old dict was
     cleared whole), and a key just looked up is kept."""
     monkeypatch.setattr(projector_module, "REVISIONS", 3)

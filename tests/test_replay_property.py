@@ -28,11 +28,16 @@ KEYS = ["a", "b", "c"]
 ANN = {"x-username": "ann"}
 
 commands = st.one_of(
-    st.tuples(st.just("open_account"), st.sampled_from(KEYS),
-              st.fixed_dictionaries({"owner": st.text(min_size=1, max_size=5),
-                                     "initial_balance": st.integers(0, 500)})),
-    st.tuples(st.sampled_from(["deposit", "withdraw"]), st.sampled_from(KEYS),
-              st.fixed_dictionaries({"amount": st.integers(-5, 300)})),
+    st.tuples(
+        st.just("open_account"),
+        st.sampled_from(KEYS),
+        st.fixed_dictionaries({"owner": st.text(min_size=1, max_size=5), "initial_balance": st.integers(0, 500)}),
+    ),
+    st.tuples(
+        st.sampled_from(["deposit", "withdraw"]),
+        st.sampled_from(KEYS),
+        st.fixed_dictionaries({"amount": st.integers(-5, 300)}),
+    ),
     st.tuples(st.sampled_from(["freeze", "unfreeze", "close"]), st.sampled_from(KEYS), st.just({})),
 )
 
@@ -50,8 +55,14 @@ class Account:
         balance = self.data["balance"]
         if command in {"deposit", "withdraw"} and payload["amount"] < 1:
             return 400  # the schema: minimum 1
-        accepted_in = {"open_account": {"none"}, "deposit": {"open"}, "withdraw": {"open"},
-                       "freeze": {"open"}, "unfreeze": {"frozen"}, "close": {"open", "frozen"}}
+        accepted_in = {
+            "open_account": {"none"},
+            "deposit": {"open"},
+            "withdraw": {"open"},
+            "freeze": {"open"},
+            "unfreeze": {"frozen"},
+            "close": {"open", "frozen"},
+        }
         if self.state not in accepted_in[command]:
             return 409
         if command == "open_account":
@@ -80,8 +91,7 @@ def engine_after(project: Project, steps: list) -> MemoryEngine:
 
 @settings(max_examples=150, deadline=None)
 @given(st.lists(commands, max_size=40))
-def test_replaying_the_stored_events_rebuilds_the_live_state_after_every_command(project: Project,
-                                                                                   steps: list) -> None:
+def test_replaying_the_stored_events_rebuilds_the_live_state_after_every_command(project: Project, steps: list) -> None:
     compiled = project.aggregates["bankaccount"]
     engine = MemoryEngine([compiled])
     model = {key: Account() for key in KEYS}
@@ -96,8 +106,7 @@ def test_replaying_the_stored_events_rebuilds_the_live_state_after_every_command
         live = engine.state("bankaccount", key)
         if decision.accepted:
             assert decision.state == live
-        assert (live.state, dict(live.data), live.version) == (model[key].state, model[key].data,
-                                                               model[key].version)
+        assert (live.state, dict(live.data), live.version) == (model[key].state, model[key].data, model[key].version)
         stored = engine.history("bankaccount", key)
         assert len(stored) == live.version
         assert compiled.replay(key, stored) == live
@@ -122,10 +131,16 @@ def test_on_nats_the_kv_snapshot_is_the_fold_of_the_stream(project: Project, nat
     compiled = project.aggregates["bankaccount"]
     key = f"replay-{uuid.uuid4().hex[:12]}"
     model = Account()
-    for name, payload in [("open_account", {"owner": "ann", "initial_balance": 150}),
-                          ("deposit", {"amount": 25}), ("withdraw", {"amount": 500}),
-                          ("withdraw", {"amount": 75}), ("freeze", {}), ("deposit", {"amount": 1}),
-                          ("unfreeze", {}), ("withdraw", {"amount": 100})]:
+    for name, payload in [
+        ("open_account", {"owner": "ann", "initial_balance": 150}),
+        ("deposit", {"amount": 25}),
+        ("withdraw", {"amount": 500}),
+        ("withdraw", {"amount": 75}),
+        ("freeze", {}),
+        ("deposit", {"amount": 1}),
+        ("unfreeze", {}),
+        ("withdraw", {"amount": 100}),
+    ]:
         reply = nats_driver.send("bankaccount", name, key, payload, ANN)
         expected = model.handle(name, payload)
         assert reply["accepted"] is not isinstance(expected, int), (name, reply)
@@ -134,5 +149,6 @@ def test_on_nats_the_kv_snapshot_is_the_fold_of_the_stream(project: Project, nat
     history = nats_driver.history("bankaccount", key)
     assert len(history) == model.version == 6
     assert compiled.replay(key, [event_from_dict(e) for e in history]).as_dict() == snapshot
-    assert (snapshot["state"], snapshot["data"]) == (model.state, model.data) == ("open", {"owner": "ann",
-                                                                                          "balance": 0})
+    assert (
+        (snapshot["state"], snapshot["data"]) == (model.state, model.data) == ("open", {"owner": "ann", "balance": 0})
+    )

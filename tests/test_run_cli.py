@@ -23,16 +23,28 @@ ENV = {k: v for k, v in os.environ.items() if k != "NATS_URL"}
 
 
 def esfsm(cwd: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "esfsm", *args], cwd=cwd, env=ENV, capture_output=True,
-                          text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "esfsm", *args],
+        cwd=cwd,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 @pytest.fixture
 def running(tmp_path: Path):  # type: ignore[no-untyped-def]
     """`esfsm run definitions/` in tmp_path, with no server given: it starts its own."""
     with open(tmp_path / "run.log", "w") as log:
-        process = subprocess.Popen([sys.executable, "-m", "esfsm", "run", str(DEFINITIONS)], cwd=tmp_path, env=ENV,
-                                   stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "esfsm", "run", str(DEFINITIONS)],
+            cwd=tmp_path,
+            env=ENV,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + 30
         while "msg=ready" not in (tmp_path / "run.log").read_text():
             assert process.poll() is None, (tmp_path / "run.log").read_text()
@@ -49,8 +61,18 @@ def test_run_serves_the_examples_on_an_embedded_server_and_drains_on_sigterm(run
     for name in ("bankaccount", "order", "ticket"):
         assert f"aggregate={name}" in log
 
-    sent = esfsm(tmp_path, "send", "bankaccount", "open_account", "--key", "acc-1",
-                 "--data", '{"owner": "ann", "initial_balance": 150}', "--header", "x-username=ann")
+    sent = esfsm(
+        tmp_path,
+        "send",
+        "bankaccount",
+        "open_account",
+        "--key",
+        "acc-1",
+        "--data",
+        '{"owner": "ann", "initial_balance": 150}',
+        "--header",
+        "x-username=ann",
+    )
     assert sent.returncode == 0, sent.stderr
     assert json.loads(sent.stdout)["accepted"] is True
 
@@ -59,14 +81,36 @@ def test_run_serves_the_examples_on_an_embedded_server_and_drains_on_sigterm(run
     value = json.loads(state.stdout)
     assert (value["state"], value["data"]["balance"], value["version"]) == ("open", 150, 1)
 
-    refused = esfsm(tmp_path, "send", "bankaccount", "withdraw", "--key", "acc-1", "--data", '{"amount": 500}',
-                    "--header", "x-username=ann")
+    refused = esfsm(
+        tmp_path,
+        "send",
+        "bankaccount",
+        "withdraw",
+        "--key",
+        "acc-1",
+        "--data",
+        '{"amount": 500}',
+        "--header",
+        "x-username=ann",
+    )
     assert refused.returncode == 1
     assert json.loads(refused.stdout)["code"] == 422
 
     (tmp_path / "payload.json").write_text('{"amount": 25}')
-    from_file = esfsm(tmp_path, "send", "bankaccount", "deposit", "-k", "acc-1", "-d", "@payload.json",
-                      "-H", "x-username=ann", "--command-id", "d-1")
+    from_file = esfsm(
+        tmp_path,
+        "send",
+        "bankaccount",
+        "deposit",
+        "-k",
+        "acc-1",
+        "-d",
+        "@payload.json",
+        "-H",
+        "x-username=ann",
+        "--command-id",
+        "d-1",
+    )
     assert from_file.returncode == 0 and json.loads(from_file.stdout)["version"] == 2
 
     history = esfsm(tmp_path, "history", "bankaccount", "acc-1", "--format", "json")
@@ -79,8 +123,18 @@ def test_run_serves_the_examples_on_an_embedded_server_and_drains_on_sigterm(run
     assert rebuilt.stdout.strip() == "rebuilt 1 entity of bankaccount"
     assert json.loads(esfsm(tmp_path, "state", "bankaccount", "acc-1").stdout)["data"]["balance"] == 175
 
-    markup = esfsm(tmp_path, "send", "bankaccount", "open_account", "--key", "acc-m", "--header", "x-username=ann",
-                   "--data", '{"owner": "[/bold] [red]x", "initial_balance": 150}')
+    markup = esfsm(
+        tmp_path,
+        "send",
+        "bankaccount",
+        "open_account",
+        "--key",
+        "acc-m",
+        "--header",
+        "x-username=ann",
+        "--data",
+        '{"owner": "[/bold] [red]x", "initial_balance": 150}',
+    )
     assert markup.returncode == 0, markup.stderr
     shown = esfsm(tmp_path, "history", "bankaccount", "acc-m")  # stored text is shown as is, never as markup
     assert shown.returncode == 0 and '"owner": "[/bold] [red]x"' in shown.stdout, shown.stdout + shown.stderr
@@ -89,7 +143,9 @@ def test_run_serves_the_examples_on_an_embedded_server_and_drains_on_sigterm(run
     running.send_signal(signal.SIGTERM)
     assert running.wait(30) == 0
     log = (tmp_path / "run.log").read_text()
-    assert "msg=draining" in log and "msg=\"stopped embedded nats-server\"" in log and log.rstrip().endswith("msg=stopped")
+    assert (
+        "msg=draining" in log and 'msg="stopped embedded nats-server"' in log and log.rstrip().endswith("msg=stopped")
+    )
     assert "level=warning" not in log and "level=error" not in log  # a clean drain is no news
     assert not (tmp_path / ".esfsm" / "server.json").exists()
 
@@ -144,7 +200,11 @@ def test_the_client_refuses_arguments_it_cannot_send_before_sending() -> None:
         ({"headers": [("x-username", "a")]}, TypeError, "headers must be a mapping of strings"),
         ({"command_id": 5}, TypeError, "the command_id must be a string, got int 5"),
         ({"data": {"amount": float("nan")}}, ValueError, "the payload is not JSON"),
-        ({"data": {"at": dt.datetime(2025, 1, 1, tzinfo=dt.UTC)}}, TypeError, "the payload is not JSON: Object of type datetime"),
+        (
+            {"data": {"at": dt.datetime(2025, 1, 1, tzinfo=dt.UTC)}},
+            TypeError,
+            "the payload is not JSON: Object of type datetime",
+        ),
     ]:
         with pytest.raises(error, match=message):
             asyncio.run(client.send("bankaccount", "deposit", "b1", **kwargs))
@@ -155,7 +215,9 @@ def test_the_client_refuses_arguments_it_cannot_send_before_sending() -> None:
 def test_send_reports_unknown_aggregate_and_command(running, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     unknown = esfsm(tmp_path, "send", "bankacount", "deposit", "--key", "a")
     assert unknown.returncode == 1
-    assert "no runtime serves aggregate 'bankacount'" in unknown.stderr and "did you mean 'bankaccount'?" in unknown.stderr
+    assert (
+        "no runtime serves aggregate 'bankacount'" in unknown.stderr and "did you mean 'bankaccount'?" in unknown.stderr
+    )
     for command in ("state", "history"):  # a wildcard key would read every entity's events
         for bad in ("*", "a.b"):
             refused = esfsm(tmp_path, command, "bankaccount", bad)
@@ -197,8 +259,13 @@ def test_run_waits_for_an_unreachable_server_says_so_and_stops_on_sigterm(tmp_pa
 
     url = f"nats://127.0.0.1:{ephemeral_port()}"  # nothing listens there
     with open(tmp_path / "run.log", "w") as log:
-        process = subprocess.Popen([sys.executable, "-m", "esfsm", "run", str(DEFINITIONS), "--server", url,
-                                    "--workers", workers], cwd=tmp_path, env=ENV, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "esfsm", "run", str(DEFINITIONS), "--server", url, "--workers", workers],
+            cwd=tmp_path,
+            env=ENV,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.monotonic() + 30
         while "still trying" not in (tmp_path / "run.log").read_text():
@@ -221,8 +288,9 @@ def test_run_says_clearly_when_the_server_has_no_jetstream(tmp_path: Path) -> No
     from esfsm.runtime.server import server_binary
 
     port = ephemeral_port()
-    server = subprocess.Popen([server_binary(), "-a", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)  # no -js
+    server = subprocess.Popen(
+        [server_binary(), "-a", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )  # no -js
     try:
         deadline = time.monotonic() + 10
         while True:  # until it listens
@@ -277,9 +345,18 @@ def test_run_says_when_the_port_asked_for_is_taken(tmp_path: Path) -> None:
     assert f"Error: port {port} on 127.0.0.1 is in use: give another --port" in done.stderr
 
 
-@pytest.mark.parametrize("content", ["[]", '{"url": 5}', '{"url": "nats://127.0.0.1:1", "pid": 0}',
-                                     '{"url": "nats://127.0.0.1:1", "pid": -1}', '{"url": "nats://127.0.0.1:1", "pid": 1e400}',
-                                     '{"url": "nats://127.0.0.1:1", "pid": "1"}', "not json"])
+@pytest.mark.parametrize(
+    "content",
+    [
+        "[]",
+        '{"url": 5}',
+        '{"url": "nats://127.0.0.1:1", "pid": 0}',
+        '{"url": "nats://127.0.0.1:1", "pid": -1}',
+        '{"url": "nats://127.0.0.1:1", "pid": 1e400}',
+        '{"url": "nats://127.0.0.1:1", "pid": "1"}',
+        "not json",
+    ],
+)
 def test_a_damaged_server_file_reads_as_no_server(tmp_path: Path, content: str) -> None:
     from esfsm.runtime.server import embedded_url
 
@@ -303,9 +380,15 @@ def test_run_refuses_bad_servers_ports_and_store_folders_before_starting_anythin
         assert result.returncode == code and message in result.stderr, (args, result.stderr)
         assert "Traceback" not in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]  # no store folder left behind
-    client = subprocess.run([sys.executable, "-m", "esfsm", "state", "bankaccount", "a"], cwd=tmp_path,
-                            env={**ENV, "NATS_URL": "http://127.0.0.1:4222"}, capture_output=True, text=True,
-                            timeout=30, check=False)
+    client = subprocess.run(
+        [sys.executable, "-m", "esfsm", "state", "bankaccount", "a"],
+        cwd=tmp_path,
+        env={**ENV, "NATS_URL": "http://127.0.0.1:4222"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert client.returncode == 1 and "is not a NATS server URL" in client.stderr
 
 
@@ -317,8 +400,11 @@ def test_rebuild_never_creates_a_stream_for_a_definition_the_runtime_does_not_se
     typo = tmp_path / "typo"
     typo.mkdir()
     text = (DEFINITIONS / "bankaccount.yaml").read_text()
-    (typo / "bankaccount.yaml").write_text(text.replace("stream: BANK_EVENTS", "stream: TYPO_EVENTS")
-                                           .replace("bucket: AGG_bankaccount", "bucket: AGG_typo"))
+    (typo / "bankaccount.yaml").write_text(
+        text.replace("stream: BANK_EVENTS", "stream: TYPO_EVENTS").replace(
+            "bucket: AGG_bankaccount", "bucket: AGG_typo"
+        )
+    )
     refused = esfsm(tmp_path, "rebuild", "bankaccount", str(typo))
     assert refused.returncode == 1
     assert "there is no stream 'TYPO_EVENTS' on this server, so nothing to rebuild" in refused.stderr
@@ -346,13 +432,16 @@ def test_a_runtime_warns_when_another_serves_its_aggregate_from_a_different_defi
     (tmp_path / "b").mkdir()
     text = (DEFINITIONS / "bankaccount.yaml").read_text()
     (tmp_path / "a" / "bankaccount.yaml").write_text(text)
-    (tmp_path / "b" / "bankaccount.yaml").write_text(text.replace("cmd.amount <= data.balance",
-                                                                  "cmd.amount <= data.balance + 100"))
+    (tmp_path / "b" / "bankaccount.yaml").write_text(
+        text.replace("cmd.amount <= data.balance", "cmd.amount <= data.balance + 100")
+    )
     # the same meaning however the file is laid out; a changed rule is another definition
     assert fingerprint(load_project([tmp_path / "a"]).aggregates["bankaccount"].model) == fingerprint(
-        load_project([DEFINITIONS / "bankaccount.yaml"]).aggregates["bankaccount"].model)
+        load_project([DEFINITIONS / "bankaccount.yaml"]).aggregates["bankaccount"].model
+    )
     assert fingerprint(load_project([tmp_path / "a"]).aggregates["bankaccount"].model) != fingerprint(
-        load_project([tmp_path / "b"]).aggregates["bankaccount"].model)
+        load_project([tmp_path / "b"]).aggregates["bankaccount"].model
+    )
 
     server = start_server(tmp_path / "nats")
     runtimes = []

@@ -28,8 +28,9 @@ class Unretrieved:
         asyncio.get_running_loop().set_exception_handler(lambda loop, context: self.contexts.append(context))
 
 
-def test_a_task_that_fails_stops_the_runtime_and_its_error_is_retrieved(monkeypatch: pytest.MonkeyPatch,
-                                                                        caplog: pytest.LogCaptureFixture) -> None:
+def test_a_task_that_fails_stops_the_runtime_and_its_error_is_retrieved(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     async def broken(self: Runtime, wait: float = 0.0) -> None:
         raise RuntimeError("the task broke")
 
@@ -88,6 +89,7 @@ def test_stopping_cancels_a_task_that_does_not_end_and_waits_for_it(monkeypatch:
 
 def test_a_failing_task_ends_serve_with_connection_lost(nats_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Exit status 1, as for a lost connection, so that a supervisor restarts the runtime whole."""
+
     async def broken(self: Runtime, wait: float = 0.0) -> None:
         raise RuntimeError("the task broke")
 

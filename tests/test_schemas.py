@@ -13,8 +13,9 @@ from jsonschema import Draft202012Validator
 
 from conftest import DEFINITIONS, ROOT
 
-SCHEMAS = {name: json.loads((ROOT / "schemas" / f"{name}.schema.json").read_text())
-           for name in ("aggregate", "scenarios")}
+SCHEMAS = {
+    name: json.loads((ROOT / "schemas" / f"{name}.schema.json").read_text()) for name in ("aggregate", "scenarios")
+}
 EXAMPLES = sorted(DEFINITIONS.glob("*.yaml"))
 
 

@@ -60,8 +60,7 @@ def test_an_old_snapshot_loads_as_the_fold_of_its_events(project: Project, name:
     assert snapshot.seq == 10 * len(stored["events"])
 
 
-def test_old_events_and_snapshot_in_a_stream_are_served_by_the_runtime(project: Project,
-                                                                      nats_server: Any) -> None:
+def test_old_events_and_snapshot_in_a_stream_are_served_by_the_runtime(project: Project, nats_server: Any) -> None:
     """The old bank account's events in a real stream, its old snapshot in KV: the runtime
     loads the same state, answers the old command id from the snapshot, and goes on."""
     stored = STORED["bankaccount/acc-1"]
@@ -96,8 +95,9 @@ def test_old_events_and_snapshot_in_a_stream_are_served_by_the_runtime(project: 
             headers = {"x-ergonats-entity-key": key, "x-username": "ann", COMMAND_ID_HEADER: "c-1"}
             again = await service.process("open_account", b'{"owner": "x", "initial_balance": 500}', headers)
             assert again == first  # answered from the old snapshot's remembered replies
-            more = await service.process("deposit", b'{"amount": 5}',
-                                         {"x-ergonats-entity-key": key, "x-username": "ann"})
+            more = await service.process(
+                "deposit", b'{"amount": 5}', {"x-ergonats-entity-key": key, "x-username": "ann"}
+            )
             assert more["accepted"] and more["version"] == expected.version + 1
         finally:
             await nc.close()

@@ -60,8 +60,7 @@ def test_slots_refuse_a_capacity_below_one() -> None:
         Slots(0)
 
 
-@pytest.mark.parametrize("args", [["--cache-entities", "0"], ["--command-window", "0"],
-                                  ["--log-format", "xml"]])
+@pytest.mark.parametrize("args", [["--cache-entities", "0"], ["--command-window", "0"], ["--log-format", "xml"]])
 def test_run_refuses_bad_cache_window_and_log_format(args: list[str]) -> None:
     result = CliRunner().invoke(main, ["run", "definitions/", *args])
     assert result.exit_code == 2, result.output
@@ -73,22 +72,34 @@ def test_run_with_a_tiny_cache_and_a_short_window_still_answers_right(tmp_path: 
     entity's latest state (read back from its snapshot and stream), and the answers bucket
     keeps answers for the window given."""
     server = start_server(tmp_path / "nats")
-    runtime = RuntimeProcess(server.url, log=tmp_path / "run.log",
-                             extra_args=["--cache-entities", "2", "--command-window", "90"]).start()
+    runtime = RuntimeProcess(
+        server.url, log=tmp_path / "run.log", extra_args=["--cache-entities", "2", "--command-window", "90"]
+    ).start()
     driver = NatsDriver(project, server.url)
     try:
         keys = [f"t-{uuid.uuid4().hex[:8]}" for _ in range(5)]
         for key in keys:
-            reply = driver.send("bankaccount", "open_account", key, {"owner": "a", "initial_balance": 100},
-                                {"x-username": "ann"})
+            reply = driver.send(
+                "bankaccount", "open_account", key, {"owner": "a", "initial_balance": 100}, {"x-username": "ann"}
+            )
             assert reply["accepted"], reply
         for round_ in range(3):
             for key in keys:
-                reply = driver.send("bankaccount", "deposit", key, {"amount": 1},
-                                    {"x-username": "ann", "x-esfsm-command-id": f"{key}-{round_}"})
+                reply = driver.send(
+                    "bankaccount",
+                    "deposit",
+                    key,
+                    {"amount": 1},
+                    {"x-username": "ann", "x-esfsm-command-id": f"{key}-{round_}"},
+                )
                 assert reply["accepted"] and reply["version"] == round_ + 2, reply
-        again = driver.send("bankaccount", "deposit", keys[0], {"amount": 1},
-                            {"x-username": "ann", "x-esfsm-command-id": f"{keys[0]}-0"})
+        again = driver.send(
+            "bankaccount",
+            "deposit",
+            keys[0],
+            {"amount": 1},
+            {"x-username": "ann", "x-esfsm-command-id": f"{keys[0]}-0"},
+        )
         assert again["version"] == 2  # the first answer, not a new deposit
 
         async def max_age() -> float:

@@ -61,7 +61,11 @@ def test_commands_events_and_state_follow_the_contract(nats_server: Any) -> None
             except nats.js.errors.KeyNotFoundError:
                 await asyncio.sleep(0.05)
         assert {k: value[k] for k in ("version", "key", "state", "data")} == {
-            "version": 1, "key": key, "state": "open", "data": {"owner": "ann", "balance": 150}}
+            "version": 1,
+            "key": key,
+            "state": "open",
+            "data": {"owner": "ann", "balance": 150},
+        }
         assert value["seq"] == stored.seq
 
         # The durable consumer of the seed.
@@ -88,16 +92,25 @@ def test_commands_events_and_state_follow_the_contract(nats_server: Any) -> None
         ("open_account", "k-422", b'{"owner": "a", "initial_balance": 5}', {}, "422"),
         ("open_account", "k-ver", b'{"owner": "a", "initial_balance": 150}', {"x-esfsm-expected-version": "3"}, "409"),
     ],
-    ids=["no-key", "dotted-key", "bad-json", "bad-utf8", "schema", "authorize", "unknown-command",
-         "wrong-state", "rule", "expected-version"],
+    ids=[
+        "no-key",
+        "dotted-key",
+        "bad-json",
+        "bad-utf8",
+        "schema",
+        "authorize",
+        "unknown-command",
+        "wrong-state",
+        "rule",
+        "expected-version",
+    ],
 )
 def test_rejections_carry_code_errors_and_micro_error_headers(
     nats_server: Any, command: str, key: str | None, payload: bytes, headers: dict[str, str], code: str
 ) -> None:
     async def scenario() -> None:
         nc = await nats.connect(nats_server.url)
-        reply, reply_headers = await request(nc, command, key and f"{key}-{uuid.uuid4().hex[:6]}",
-                                             payload, **headers)
+        reply, reply_headers = await request(nc, command, key and f"{key}-{uuid.uuid4().hex[:6]}", payload, **headers)
         assert reply["accepted"] is False
         assert reply["code"] == int(code)
         assert reply["message"] and isinstance(reply["errors"], list)

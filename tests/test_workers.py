@@ -80,12 +80,17 @@ def test_two_workers_each_answer_for_their_own_keys(tmp_path: Path, project: Pro
             keys = [f"w-{i}-{uuid.uuid4().hex[:6]}" for i in range(60)]
 
             async def send(command: str, k: str, payload: dict[str, Any]) -> dict[str, Any]:
-                msg = await client.request(f"bank.cmds.{command}", json.dumps(payload).encode(),
-                                           headers={"x-ergonats-entity-key": k, **ANN}, timeout=10)
+                msg = await client.request(
+                    f"bank.cmds.{command}",
+                    json.dumps(payload).encode(),
+                    headers={"x-ergonats-entity-key": k, **ANN},
+                    timeout=10,
+                )
                 return json.loads(msg.data)
 
-            opened = await asyncio.gather(*(send("open_account", k, {"owner": "ann", "initial_balance": 100})
-                                             for k in keys))
+            opened = await asyncio.gather(
+                *(send("open_account", k, {"owner": "ann", "initial_balance": 100}) for k in keys)
+            )
             assert all(reply["accepted"] for reply in opened), opened
             for round_ in range(3):  # one entity's commands in order, across the hops
                 replies = await asyncio.gather(*(send("deposit", k, {"amount": 5}) for k in keys))
@@ -132,9 +137,17 @@ def test_a_draining_worker_still_answers_what_the_others_pass_on(tmp_path: Path,
             stopping = asyncio.create_task(draining.stop())
             while draining.service is not None:  # noqa: ASYNC110 - until it has left the queue group (no event tells)
                 await asyncio.sleep(0.005)
-            replies = await asyncio.gather(*(
-                client.request("bank.cmds.open_account", b'{"owner": "ann", "initial_balance": 100}',
-                               headers={"x-ergonats-entity-key": k, **ANN}, timeout=5) for k in keys))
+            replies = await asyncio.gather(
+                *(
+                    client.request(
+                        "bank.cmds.open_account",
+                        b'{"owner": "ann", "initial_balance": 100}',
+                        headers={"x-ergonats-entity-key": k, **ANN},
+                        timeout=5,
+                    )
+                    for k in keys
+                )
+            )
             assert all(json.loads(r.data)["accepted"] for r in replies)
             assert not stopping.done()  # still in its grace period
             assert draining.handled == len(keys)  # answered by the owner, passed on by the other
@@ -158,9 +171,13 @@ def _start(url: str, log: Path, session: bool, ready: str) -> subprocess.Popen[b
     with open(log, "ab") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "esfsm", "run", *RUNTIME_PATHS, "--server", url, "--workers", "2"],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={k: v for k, v in os.environ.items() if k != "NATS_URL"}, start_new_session=session,
-            preexec_fn=die_with_parent)  # noqa: PLW1509 - it only calls prctl
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={k: v for k, v in os.environ.items() if k != "NATS_URL"},
+            start_new_session=session,
+            preexec_fn=die_with_parent,
+        )  # noqa: PLW1509 - it only calls prctl
     deadline = time.monotonic() + 30
     while ready not in log.read_text():
         assert process.poll() is None, log.read_text()
@@ -170,8 +187,9 @@ def _start(url: str, log: Path, session: bool, ready: str) -> subprocess.Popen[b
 
 
 @contextmanager
-def _workers_run(tmp_path: Path, session: bool = False,
-                 ready: str = "worker=0 msg=ready") -> Iterator[tuple[Any, subprocess.Popen[bytes], Path]]:
+def _workers_run(
+    tmp_path: Path, session: bool = False, ready: str = "worker=0 msg=ready"
+) -> Iterator[tuple[Any, subprocess.Popen[bytes], Path]]:
     """A server of its own and `esfsm run --workers 2` on it: (server, process, log); both stopped after."""
     server = start_server(tmp_path / "nats")
     log = tmp_path / "run.log"
@@ -195,6 +213,7 @@ def _worker_pid(log: Path) -> int:
 
 def test_run_with_workers_serves_and_drains_on_sigterm(tmp_path: Path) -> None:
     with _workers_run(tmp_path) as (server, process, log):
+
         async def scenario() -> None:
             nc = await nats.connect(server.url)
             try:
@@ -211,8 +230,12 @@ def test_run_with_workers_serves_and_drains_on_sigterm(tmp_path: Path) -> None:
                 assert len(ids) == 2  # one service instance per worker
                 for i in range(20):
                     k = f"wp-{i}-{uuid.uuid4().hex[:6]}"
-                    msg = await nc.request("bank.cmds.open_account", b'{"owner": "ann", "initial_balance": 100}',
-                                           headers={"x-ergonats-entity-key": k, **ANN}, timeout=10)
+                    msg = await nc.request(
+                        "bank.cmds.open_account",
+                        b'{"owner": "ann", "initial_balance": 100}',
+                        headers={"x-ergonats-entity-key": k, **ANN},
+                        timeout=10,
+                    )
                     assert json.loads(msg.data)["accepted"], msg.data
             finally:
                 await nc.close()
@@ -270,8 +293,9 @@ def test_run_rejects_bad_worker_options() -> None:
 
 
 def test_workers_get_the_connection_options_with_secrets_only_in_the_environment() -> None:
-    options = ConnectOptions(user="ann", password="s3cret", token="t0ken", creds="/etc/nats/app.creds",
-                             tls_ca="ca.pem", js_domain="hub")
+    options = ConnectOptions(
+        user="ann", password="s3cret", token="t0ken", creds="/etc/nats/app.creds", tls_ca="ca.pem", js_domain="hub"
+    )
     args, env = options.for_worker()
     assert args == ["--creds", "/etc/nats/app.creds", "--tls-ca", "ca.pem", "--js-domain", "hub"]
     assert env == {"NATS_USER": "ann", "NATS_PASSWORD": "s3cret", "NATS_TOKEN": "t0ken"}

@@ -13,8 +13,17 @@ from dataclasses import dataclass, replace
 from esfsm.compiler import CompiledAggregate
 from esfsm.paths import EmitPaths, Path, Step
 
-__all__ = ["Edge", "Path", "Step", "accepted_states", "command_paths", "command_steps", "count_paths", "edges",
-           "states_without_in"]
+__all__ = [
+    "Edge",
+    "Path",
+    "Step",
+    "accepted_states",
+    "command_paths",
+    "command_steps",
+    "count_paths",
+    "edges",
+    "states_without_in",
+]
 
 
 @dataclass(frozen=True)
@@ -34,8 +43,11 @@ class Edge:
 def _walks(aggregate: CompiledAggregate, command: str) -> list[EmitPaths]:
     """The command's paths from each state it is accepted in, in declaration order."""
     compiled = aggregate.commands[command]
-    return [EmitPaths(aggregate.next_state, start, compiled.model.emits)
-            for start in aggregate.model.states if start in compiled.accepted_states]
+    return [
+        EmitPaths(aggregate.next_state, start, compiled.model.emits)
+        for start in aggregate.model.states
+        if start in compiled.accepted_states
+    ]
 
 
 def command_paths(aggregate: CompiledAggregate, command: str, limit: int | None = None) -> list[Path]:

@@ -42,8 +42,9 @@ def load_aggregate(argument: str, paths: Iterable[Path]) -> CompiledAggregate:
     mine = [d.path for d in definitions if d.data.get("aggregate") == name]
     if mine:
         print_findings([f for f in errors if f.file in mine], err=True)
-        raise click.ClickException(f"aggregate {name!r} in {mine[0]} has errors; fix them first (see above, "
-                                   "or run `esfsm validate`)")
+        raise click.ClickException(
+            f"aggregate {name!r} in {mine[0]} has errors; fix them first (see above, or run `esfsm validate`)"
+        )
     named = {str(d.data["aggregate"]) for d in definitions if isinstance(d.data.get("aggregate"), str)}
     if not named and not errors:
         raise click.ClickException(f"no definitions under {described(default_paths(paths))}")
@@ -60,11 +61,20 @@ def load_aggregate(argument: str, paths: Iterable[Path]) -> CompiledAggregate:
 @click.command(context_settings=CONTEXT, short_help="Draw an aggregate's state machine (Mermaid, dot, SVG, PNG).")
 @click.argument("aggregate")
 @PATHS
-@click.option("--format", "-f", "fmt", type=click.Choice(diagram.FORMATS), default=None,
-              help="mermaid, dot, svg or png. Default: taken from the -o suffix "
-                   "(.mmd, .dot, .gv, .svg, .png), else mermaid.")
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write the diagram to FILE instead of standard output ('-': standard output).")
+@click.option(
+    "--format",
+    "-f",
+    "fmt",
+    type=click.Choice(diagram.FORMATS),
+    default=None,
+    help="mermaid, dot, svg or png. Default: taken from the -o suffix (.mmd, .dot, .gv, .svg, .png), else mermaid.",
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the diagram to FILE instead of standard output ('-': standard output).",
+)
 def graph(aggregate: str, paths: tuple[Path, ...], fmt: str | None, output: Path | None) -> None:
     """Draw AGGREGATE's state machine.
 
@@ -89,11 +99,16 @@ def graph(aggregate: str, paths: tuple[Path, ...], fmt: str | None, output: Path
     if output is not None and str(output) == "-":
         output = None  # the usual spelling of standard output
     if fmt is None and output is not None and output.suffix.lower() not in diagram.SUFFIXES:
-        raise click.BadParameter(f"cannot tell the format from {str(output)!r}: name the file "
-                                 f"{', '.join(sorted(diagram.SUFFIXES))} or give --format", param_hint="'--output'")
+        raise click.BadParameter(
+            f"cannot tell the format from {str(output)!r}: name the file "
+            f"{', '.join(sorted(diagram.SUFFIXES))} or give --format",
+            param_hint="'--output'",
+        )
     if output is not None and output.suffix.lower() in (".yaml", ".yml"):
-        raise click.BadParameter(f"{str(output)!r} is a YAML file: a definition, maybe; not writing a diagram "
-                                 "over it", param_hint="'--output'")
+        raise click.BadParameter(
+            f"{str(output)!r} is a YAML file: a definition, maybe; not writing a diagram over it",
+            param_hint="'--output'",
+        )
     chosen = fmt or (diagram.SUFFIXES[output.suffix.lower()] if output else "mermaid")
     compiled = load_aggregate(aggregate, paths)
     if chosen == "png" and output is None and sys.stdout.isatty():
@@ -128,8 +143,14 @@ def _aggregate_name(ctx: click.Context, param: click.Parameter, value: str) -> s
 
 @click.command(context_settings=CONTEXT, short_help="Start a new aggregate: a definition and its scenarios.")
 @click.argument("name", callback=_aggregate_name)
-@click.option("--dir", "folder", type=click.Path(file_okay=False, path_type=Path), default=Path("definitions"),
-              show_default=True, help="The folder to write the two files in (created if missing).")
+@click.option(
+    "--dir",
+    "folder",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("definitions"),
+    show_default=True,
+    help="The folder to write the two files in (created if missing).",
+)
 def init(name: str, folder: Path) -> None:
     """Start a new aggregate NAME: write NAME.yaml and NAME.scenarios.yaml.
 
@@ -146,14 +167,16 @@ def init(name: str, folder: Path) -> None:
     """
     for path in scaffold.file_paths(name, folder):
         if path.exists():
-            raise click.ClickException(f"{path} already exists; not overwriting it (choose another name, "
-                                       "or move the file away)")
+            raise click.ClickException(
+                f"{path} already exists; not overwriting it (choose another name, or move the file away)"
+            )
     planned = scaffold.plan(name, folder)
     errors = [f for f in planned.findings if f.severity == "error"]
     if errors:
         print_findings(errors, err=True)
-        raise click.ClickException(f"aggregate {name!r} would clash with the definitions in {folder} (see above); "
-                                   "choose another name")
+        raise click.ClickException(
+            f"aggregate {name!r} would clash with the definitions in {folder} (see above); choose another name"
+        )
     try:
         folder.mkdir(parents=True, exist_ok=True)
         for path, text in planned.texts.items():
@@ -173,8 +196,14 @@ def init(name: str, folder: Path) -> None:
 @click.argument("aggregate")
 @click.argument("command")
 @PATHS
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
-              help="Output format: readable text, or one JSON document.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Output format: readable text, or one JSON document.",
+)
 def explain(aggregate: str, command: str, paths: tuple[Path, ...], fmt: str) -> None:
     """Explain what COMMAND of AGGREGATE does, in the order it is decided.
 

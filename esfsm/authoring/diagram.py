@@ -29,8 +29,27 @@ SUFFIXES = {".mmd": "mermaid", ".mermaid": "mermaid", ".dot": "dot", ".gv": "dot
 
 _MERMAID_ID = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Words the Mermaid state-diagram grammar reads as keywords where a state id is expected.
-_MERMAID_KEYWORDS = frozenset({"state", "note", "class", "classdef", "style", "direction", "end", "as", "click",
-                               "hide", "accdescr", "acctitle", "left", "right", "of", "over", "default"})
+_MERMAID_KEYWORDS = frozenset(
+    {
+        "state",
+        "note",
+        "class",
+        "classdef",
+        "style",
+        "direction",
+        "end",
+        "as",
+        "click",
+        "hide",
+        "accdescr",
+        "acctitle",
+        "left",
+        "right",
+        "of",
+        "over",
+        "default",
+    }
+)
 
 
 class GraphvizError(EsfsmError):
@@ -40,8 +59,10 @@ class GraphvizError(EsfsmError):
 class GraphvizMissing(GraphvizError):
     def __init__(self, fmt: str) -> None:
         self.format = fmt
-        super().__init__(f"--format {fmt} needs Graphviz's 'dot' program: install it "
-                         "(e.g. apt-get install graphviz, brew install graphviz) or use --format mermaid")
+        super().__init__(
+            f"--format {fmt} needs Graphviz's 'dot' program: install it "
+            "(e.g. apt-get install graphviz, brew install graphviz) or use --format mermaid"
+        )
 
 
 def mermaid(aggregate: CompiledAggregate) -> str:
@@ -116,8 +137,9 @@ def render(aggregate: CompiledAggregate, fmt: str) -> bytes:
     if program is None:
         raise GraphvizMissing(fmt)
     try:
-        done = subprocess.run([program, f"-T{fmt}"], input=source.encode(), capture_output=True, timeout=60,
-                              check=False)
+        done = subprocess.run(
+            [program, f"-T{fmt}"], input=source.encode(), capture_output=True, timeout=60, check=False
+        )
     except (OSError, subprocess.TimeoutExpired) as err:
         raise GraphvizError(f"Graphviz's 'dot' program could not draw the diagram: {err}") from err
     if done.returncode != 0:

@@ -22,11 +22,37 @@ WIDTH = 88
 MAX_PATHS = 32
 
 # Schema keywords the field summary spells out; any other keyword is named as "see the schema".
-_CONSTRAINTS = ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum", "multipleOf", "minLength",
-                "maxLength", "pattern", "format", "minItems", "maxItems", "uniqueItems", "minProperties",
-                "maxProperties", "default")
-_SUMMARISED = frozenset({"type", "properties", "required", "additionalProperties", "description", "title",
-                         "$schema", "$id", "$comment", "examples"})
+_CONSTRAINTS = (
+    "minimum",
+    "exclusiveMinimum",
+    "maximum",
+    "exclusiveMaximum",
+    "multipleOf",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "format",
+    "minItems",
+    "maxItems",
+    "uniqueItems",
+    "minProperties",
+    "maxProperties",
+    "default",
+)
+_SUMMARISED = frozenset(
+    {
+        "type",
+        "properties",
+        "required",
+        "additionalProperties",
+        "description",
+        "title",
+        "$schema",
+        "$id",
+        "$comment",
+        "examples",
+    }
+)
 
 
 def explain(aggregate: CompiledAggregate, command: str) -> dict[str, Any]:
@@ -56,8 +82,12 @@ def explain(aggregate: CompiledAggregate, command: str) -> dict[str, Any]:
             for i, emit in enumerate(model.emits)
         ],
         "paths": [
-            {"from": p.start, "to": p.end, "final": aggregate.model.states[p.end].final,
-             "steps": [{"event": s.event, "from": s.source, "to": s.dest} for s in p.steps]}
+            {
+                "from": p.start,
+                "to": p.end,
+                "final": aggregate.model.states[p.end].final,
+                "steps": [{"event": s.event, "from": s.source, "to": s.dest} for s in p.steps],
+            }
             for p in paths
         ],
         "paths_not_shown": count_paths(aggregate, command) - len(paths),
@@ -98,8 +128,13 @@ def payload_summary(schema: Any) -> dict[str, Any]:
 def _field(name: str, spec: Any, required: bool) -> dict[str, Any]:
     spec = spec if isinstance(spec, Mapping) else {}
     constraints = {k: spec[k] for k in _CONSTRAINTS if k in spec}
-    return {"name": name, "type": _type(spec), "required": required, "constraints": constraints,
-            "description": spec.get("description", "")}
+    return {
+        "name": name,
+        "type": _type(spec),
+        "required": required,
+        "constraints": constraints,
+        "description": spec.get("description", ""),
+    }
 
 
 def _type(spec: Mapping[str, Any]) -> str:

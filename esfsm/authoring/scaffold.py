@@ -161,12 +161,16 @@ class Scaffold:
 def name_problem(name: str) -> str | None:
     """Why name cannot be an aggregate name, or None if it can."""
     if not AGGREGATE_NAME.fullmatch(name):
-        return (f"{name!r} is not a valid aggregate name: expected lowercase letters, digits and '_', "
-                "starting with a letter, such as 'shop_order'")
+        return (
+            f"{name!r} is not a valid aggregate name: expected lowercase letters, digits and '_', "
+            "starting with a letter, such as 'shop_order'"
+        )
     if len(name) > MAX_NAME:
         return f"{name!r} is not a valid aggregate name: at most {MAX_NAME} characters"
     if name in ("true", "false", "null"):  # YAML reads them as a boolean or nothing, never as a name
-        return f"{name!r} is not a valid aggregate name: YAML reads it as {'nothing' if name == 'null' else 'a boolean'}"
+        return (
+            f"{name!r} is not a valid aggregate name: YAML reads it as {'nothing' if name == 'null' else 'a boolean'}"
+        )
     return None
 
 
@@ -182,8 +186,12 @@ def plan(name: str, folder: Path) -> Scaffold:
     aggregate's name or NATS names, never the existing files' own problems.
     """
     definition, scenarios = file_paths(name, folder)
-    fill = {"__NAME__": name, "__UPPER__": name.upper(), "__KEY__": f"{name}-1",
-            "__SCHEMAS__": schemas_reference(folder)}
+    fill = {
+        "__NAME__": name,
+        "__UPPER__": name.upper(),
+        "__KEY__": f"{name}-1",
+        "__SCHEMAS__": schemas_reference(folder),
+    }
     texts = {definition: _fill(DEFINITION, fill), scenarios: _fill(SCENARIOS, fill)}
     existing = _definitions(folder)
     new: list[Document] = []

@@ -26,7 +26,20 @@ from esfsm.checks.names import BUCKET_NAME, STREAM_NAME, SUBJECT_TOKEN
 from esfsm.checks.schema_errors import schema_error_message
 
 __all__ = [
-    "BUCKET_NAME", "HEADER_NAME_PATTERN", "JSON_SCHEMA_KEYWORDS", "MAX_ITEMS", "NO_LINE_BREAK_PATTERN", "RULES",
-    "SCHEMA_DIR", "STREAM_NAME", "SUBJECT_TOKEN", "CheckResult", "Context", "Rule", "check_documents", "dsl_schema",
-    "schema_error_message", "schema_findings",
+    "BUCKET_NAME",
+    "HEADER_NAME_PATTERN",
+    "JSON_SCHEMA_KEYWORDS",
+    "MAX_ITEMS",
+    "NO_LINE_BREAK_PATTERN",
+    "RULES",
+    "SCHEMA_DIR",
+    "STREAM_NAME",
+    "SUBJECT_TOKEN",
+    "CheckResult",
+    "Context",
+    "Rule",
+    "check_documents",
+    "dsl_schema",
+    "schema_error_message",
+    "schema_findings",
 ]

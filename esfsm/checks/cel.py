@@ -44,25 +44,38 @@ def cel_expressions(ctx: Context) -> Iterator[Finding]:
     agg = ctx.aggregate
     for ptr, source, allowed, command, event in _expressions(agg):
         if not source.strip():
-            yield ctx.error(ptr, f"{source!r} is not a CEL expression: a string in a template is CEL; "
-                            "write '\"\"' for an empty string", "cel-syntax")
+            yield ctx.error(
+                ptr,
+                f"{source!r} is not a CEL expression: a string in a template is CEL; write '\"\"' for an empty string",
+                "cel-syntax",
+            )
             continue
         problem = syntax_error(source)
         if problem:
             yield ctx.error(ptr, f"CEL syntax error in {source!r}: {_cel_problem(problem)}", "cel-syntax")
             continue
         for name in unknown_functions(source):
-            yield ctx.error(ptr, f"unknown CEL function {name!r} in {source!r}"
-                            f"{did_you_mean(name, FUNCTIONS) or ''}; available: {', '.join(sorted(FUNCTIONS))}",
-                            "cel-unknown-function")
+            yield ctx.error(
+                ptr,
+                f"unknown CEL function {name!r} in {source!r}"
+                f"{did_you_mean(name, FUNCTIONS) or ''}; available: {', '.join(sorted(FUNCTIONS))}",
+                "cel-unknown-function",
+            )
         for name in sorted(free_variables(source) - allowed):
             if name == "now" and allowed is APPLY_VARIABLES:
-                yield ctx.error(ptr, "'now' cannot be used in 'apply': replaying events must give the same data "
-                                "every time; put the time in the event data instead", "now-in-apply")
+                yield ctx.error(
+                    ptr,
+                    "'now' cannot be used in 'apply': replaying events must give the same data "
+                    "every time; put the time in the event data instead",
+                    "now-in-apply",
+                )
             else:
-                yield ctx.error(ptr, f"unknown variable {name!r} in {source!r}"
-                                f"{did_you_mean(name, allowed) or f'; expected one of {one_of(allowed)}'}",
-                                "cel-unknown-variable")
+                yield ctx.error(
+                    ptr,
+                    f"unknown variable {name!r} in {source!r}"
+                    f"{did_you_mean(name, allowed) or f'; expected one of {one_of(allowed)}'}",
+                    "cel-unknown-variable",
+                )
         schemas = {
             "cmd": command.schema if command else None,
             "data": agg.data_schema,
@@ -76,11 +89,17 @@ def cel_expressions(ctx: Context) -> Iterator[Finding]:
             if declared is None or field in declared or field in extra.get(var, ()):
                 continue
             known = declared | extra.get(var, set())
-            what = {"cmd": f"command {command.name!r}" if command else "", "data": "the aggregate's data",
-                    "event": f"event {event.name!r}" if event else ""}[var]
-            yield ctx.error(ptr, f"{var}.{field}: {what} declares no field {field!r}"
-                            f"{did_you_mean(field, known) or f'; expected one of {one_of(known)}'}",
-                            "cel-unknown-field")
+            what = {
+                "cmd": f"command {command.name!r}" if command else "",
+                "data": "the aggregate's data",
+                "event": f"event {event.name!r}" if event else "",
+            }[var]
+            yield ctx.error(
+                ptr,
+                f"{var}.{field}: {what} declares no field {field!r}"
+                f"{did_you_mean(field, known) or f'; expected one of {one_of(known)}'}",
+                "cel-unknown-field",
+            )
 
 
 MAX_ITEMS = 1000  # longest list a comprehension may iterate over (map/filter cost grows with its square)
@@ -105,22 +124,31 @@ def bounded_comprehensions(ctx: Context) -> Iterator[Finding]:
     for ptr, source, _allowed, command, event in _expressions(agg):
         if not source.strip() or syntax_error(source):
             continue
-        roots = {"cmd": (command.schema if command else None, f"{command.where}/schema" if command else ""),
-                 "data": (agg.data_schema, "/data"),
-                 "event": (event.schema if event else None, f"{event.where}/schema" if event else "")}
+        roots = {
+            "cmd": (command.schema if command else None, f"{command.where}/schema" if command else ""),
+            "data": (agg.data_schema, "/data"),
+            "event": (event.schema if event else None, f"{event.where}/schema" if event else ""),
+        }
         for c in comprehensions(source):
             if c.nested:
-                yield ctx.error(ptr, f"a comprehension ({c.macro}) inside another in {source!r}: its cost is the "
-                                "product of the list sizes; flatten it, or keep a derived field up to date in 'apply'",
-                                "cel-unbounded")
+                yield ctx.error(
+                    ptr,
+                    f"a comprehension ({c.macro}) inside another in {source!r}: its cost is the "
+                    "product of the list sizes; flatten it, or keep a derived field up to date in 'apply'",
+                    "cel-unbounded",
+                )
                 continue
             if c.receiver is None:
                 continue  # a literal list, or the result of a bounded comprehension
             var, *fields = c.receiver.split(".")
             if var == "cmd" and command is None:
-                yield ctx.error(ptr, f"{c.receiver}.{c.macro}(…) in an authorize rule: authorize runs before the "
-                                "payload is checked against a schema, so nothing bounds that list; iterate over "
-                                "it in the command's own rules", "cel-unbounded")
+                yield ctx.error(
+                    ptr,
+                    f"{c.receiver}.{c.macro}(…) in an authorize rule: authorize runs before the "
+                    "payload is checked against a schema, so nothing bounds that list; iterate over "
+                    "it in the command's own rules",
+                    "cel-unbounded",
+                )
                 continue
             if var not in roots or roots[var][0] is None or not fields:
                 continue  # a comprehension variable (nested, reported above) or an unknown name
@@ -129,10 +157,14 @@ def bounded_comprehensions(ctx: Context) -> Iterator[Finding]:
             if not (isinstance(bound, int) and bound <= MAX_ITEMS):
                 unbounded.setdefault(f"{roots[var][1]}{where}", (c.receiver, []))[1].append(ptr)
     for at, (path, users) in sorted(unbounded.items()):
-        yield ctx.error(at, f"{path} is iterated by a comprehension (at {users[0]}"
-                        f"{f' and {len(users) - 1} more' if len(users) > 1 else ''}) but its schema sets no "
-                        f"'maxItems' of at most {MAX_ITEMS}: CEL's map and filter take time growing with the "
-                        "square of the list's length", "cel-unbounded")
+        yield ctx.error(
+            at,
+            f"{path} is iterated by a comprehension (at {users[0]}"
+            f"{f' and {len(users) - 1} more' if len(users) > 1 else ''}) but its schema sets no "
+            f"'maxItems' of at most {MAX_ITEMS}: CEL's map and filter take time growing with the "
+            "square of the list's length",
+            "cel-unbounded",
+        )
 
 
 _TOKEN_SET = re.compile(r"\{(?:'[^']*'|[A-Z_]+|, )*\bIDENTIFIER(?:'[^']*'|[A-Z_]+|, )*\}")

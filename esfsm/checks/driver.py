@@ -18,6 +18,7 @@ from esfsm.loader import Document
 
 RULES: tuple[Rule, ...] = (*states.RULES, *cel.RULES, *emits.RULES, *json_schemas.RULES, *names.RULES)
 
+
 @dataclass
 class CheckResult:
     aggregates: list[tuple[Document, m.Aggregate]]

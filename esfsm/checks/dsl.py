@@ -65,8 +65,9 @@ def _schema_error_findings(doc: Document, error: ValidationError) -> Iterator[Fi
         given = [k for k in keys if k in error.instance]
         listed = " or ".join(repr(k) for k in keys)
         if given:
-            yield doc.finding(where, f"give only one of {listed}, not {' and '.join(repr(k) for k in given)}",
-                              "dsl-oneOf", key=True)
+            yield doc.finding(
+                where, f"give only one of {listed}, not {' and '.join(repr(k) for k in given)}", "dsl-oneOf", key=True
+            )
         else:
             yield doc.finding(where, f"missing required key: one of {listed}", "dsl-missing-key", key=True)
         return
@@ -74,12 +75,16 @@ def _schema_error_findings(doc: Document, error: ValidationError) -> Iterator[Fi
         allowed = list(schema.get("properties", {}))
         for extra in error.instance:
             if extra not in allowed:
-                hint = (cut_text(extra, error.instance[extra]) or did_you_mean(extra, allowed)
-                        or f"; expected one of {one_of(allowed)}")
+                hint = (
+                    cut_text(extra, error.instance[extra])
+                    or did_you_mean(extra, allowed)
+                    or f"; expected one of {one_of(allowed)}"
+                )
                 yield doc.finding(
                     where + pointer(extra),
                     f"unknown key {extra!r}{hint}",
-                    "dsl-unknown-key", key=True,
+                    "dsl-unknown-key",
+                    key=True,
                 )
         return
     if error.validator == "required" and isinstance(error.instance, Mapping):
@@ -96,8 +101,12 @@ def _schema_error_findings(doc: Document, error: ValidationError) -> Iterator[Fi
                 return
             seen.append(item)
     if error.validator == "pattern" and schema.get("pattern") == HEADER_NAME_PATTERN:
-        yield doc.finding(where + pointer(error.instance), f"{error.instance!r} is not a NATS header name: use "
-                          "printable ASCII without spaces or ':'", "dsl-header", key=True)
+        yield doc.finding(
+            where + pointer(error.instance),
+            f"{error.instance!r} is not a NATS header name: use printable ASCII without spaces or ':'",
+            "dsl-header",
+            key=True,
+        )
         return
     if error.validator == "pattern" and schema.get("pattern") == NO_LINE_BREAK_PATTERN:
         yield doc.finding(where, "a NATS header value cannot hold a line break", "dsl-header")
@@ -105,9 +114,9 @@ def _schema_error_findings(doc: Document, error: ValidationError) -> Iterator[Fi
     if error.validator == "pattern" and "propertyNames" in error.absolute_schema_path:
         yield doc.finding(
             where + pointer(error.instance),
-            f"{error.instance!r} is not a valid name: use letters, digits, '_' and '-', "
-            "starting with a letter or '_'",
-            "dsl-name", key=True,
+            f"{error.instance!r} is not a valid name: use letters, digits, '_' and '-', starting with a letter or '_'",
+            "dsl-name",
+            key=True,
         )
         return
     if error.validator == "pattern" and list(error.absolute_path) == ["aggregate"]:

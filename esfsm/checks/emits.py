@@ -17,17 +17,25 @@ def emit_data_fields(ctx: Context) -> Iterator[Finding]:
             event = agg.events.get(emit.event)
             if event is None or not isinstance(emit.data, Mapping):
                 continue
-            yield from _undeclared(ctx, f"{emit.where}/data", emit.data, declared_fields(event.schema),
-                                   f"event {event.name!r}", "emit-unknown-field")
+            yield from _undeclared(
+                ctx,
+                f"{emit.where}/data",
+                emit.data,
+                declared_fields(event.schema),
+                f"event {event.name!r}",
+                "emit-unknown-field",
+            )
             required = event.schema.get("required", []) if isinstance(event.schema, Mapping) else []
             if not isinstance(required, list):
                 continue  # reported by json_schemas
             for field in required:
                 if isinstance(field, str) and field not in emit.data:
                     has_data = f"{emit.where}/data" in ctx.doc.positions
-                    yield ctx.error(f"{emit.where}/data" if has_data else emit.where,
-                                    f"event {event.name!r} requires field {field!r}, which this emit does not set",
-                                    "emit-missing-field")
+                    yield ctx.error(
+                        f"{emit.where}/data" if has_data else emit.where,
+                        f"event {event.name!r} requires field {field!r}, which this emit does not set",
+                        "emit-missing-field",
+                    )
 
 
 def template_shapes(ctx: Context) -> Iterator[Finding]:
@@ -36,8 +44,12 @@ def template_shapes(ctx: Context) -> Iterator[Finding]:
     places += [(f"{e.where}/apply", e.apply) for e in ctx.aggregate.events.values()]
     for ptr, template in places:
         if ptr in ctx.doc.positions and not isinstance(template, (Mapping, str)):
-            yield ctx.error(ptr, f"expected a mapping of field to CEL expression, or one CEL expression giving a map; "
-                            f"got {describe(template)}", "template-shape")
+            yield ctx.error(
+                ptr,
+                f"expected a mapping of field to CEL expression, or one CEL expression giving a map; "
+                f"got {describe(template)}",
+                "template-shape",
+            )
 
 
 def apply_fields(ctx: Context) -> Iterator[Finding]:
@@ -47,12 +59,14 @@ def apply_fields(ctx: Context) -> Iterator[Finding]:
         return
     for event in agg.events.values():
         if isinstance(event.apply, Mapping):
-            yield from _undeclared(ctx, f"{event.where}/apply", event.apply, declared, "the aggregate's data",
-                                   "apply-unknown-field")
+            yield from _undeclared(
+                ctx, f"{event.where}/apply", event.apply, declared, "the aggregate's data", "apply-unknown-field"
+            )
 
 
-def _undeclared(ctx: Context, where: str, fields: Mapping[str, object], declared: set[str] | None, owner: str,
-                rule: str) -> Iterator[Finding]:
+def _undeclared(
+    ctx: Context, where: str, fields: Mapping[str, object], declared: set[str] | None, owner: str, rule: str
+) -> Iterator[Finding]:
     """A finding at each of fields (a template's keys, at where) that owner does not declare."""
     if declared is None:
         return
@@ -62,7 +76,8 @@ def _undeclared(ctx: Context, where: str, fields: Mapping[str, object], declared
                 where + pointer(field),
                 f"{owner} declares no field {field!r}"
                 f"{did_you_mean(field, declared) or f'; expected one of {one_of(declared)}'}",
-                rule, key=True,
+                rule,
+                key=True,
             )
 
 
@@ -77,12 +92,16 @@ def command_acceptance(ctx: Context) -> Iterator[Finding]:
     for name, command in compiled.commands.items():
         if not command.accepted_states:
             events = " → ".join(e.event for e in command.model.emits)
-            yield ctx.error(command.model.where,
-                            f"command {name!r} can never be accepted: no state allows its events ({events}) in order",
-                            "never-accepted")
+            yield ctx.error(
+                command.model.where,
+                f"command {name!r} can never be accepted: no state allows its events ({events}) in order",
+                "never-accepted",
+            )
             continue
         for i, state in enumerate(command.model.in_states or ()):
             if state not in command.accepted_states:
-                yield ctx.warning(f"{command.model.where}/in/{i}",
-                                  f"command {name!r} lists state {state!r} in 'in', but its events are not valid there",
-                                  "in-state-never-accepted")
+                yield ctx.warning(
+                    f"{command.model.where}/in/{i}",
+                    f"command {name!r} lists state {state!r} in 'in', but its events are not valid there",
+                    "in-state-never-accepted",
+                )

@@ -22,15 +22,48 @@ def declared_fields(schema: Any) -> set[str] | None:
     return set(schema["properties"])
 
 
-_META_VALIDATOR = Draft202012Validator(Draft202012Validator.META_SCHEMA,
-                                      format_checker=Draft202012Validator.FORMAT_CHECKER)  # checks 'pattern' regexes
-_SUBSCHEMA = ("items", "additionalProperties", "not", "if", "then", "else", "contains", "propertyNames",
-              "unevaluatedItems", "unevaluatedProperties", "contentSchema")
+_META_VALIDATOR = Draft202012Validator(
+    Draft202012Validator.META_SCHEMA, format_checker=Draft202012Validator.FORMAT_CHECKER
+)  # checks 'pattern' regexes
+_SUBSCHEMA = (
+    "items",
+    "additionalProperties",
+    "not",
+    "if",
+    "then",
+    "else",
+    "contains",
+    "propertyNames",
+    "unevaluatedItems",
+    "unevaluatedProperties",
+    "contentSchema",
+)
 _SUBSCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
 _SUBSCHEMA_LISTS = ("allOf", "anyOf", "oneOf", "prefixItems")
-_ANNOTATIONS = ("$schema", "$id", "$anchor", "$dynamicAnchor", "$comment", "$vocabulary", "title", "description",
-                "default", "examples", "deprecated", "readOnly", "writeOnly", "contentEncoding", "contentMediaType",
-                "then", "else", "maxContains", "minContains", "$defs", "definitions", "contentSchema")
+_ANNOTATIONS = (
+    "$schema",
+    "$id",
+    "$anchor",
+    "$dynamicAnchor",
+    "$comment",
+    "$vocabulary",
+    "title",
+    "description",
+    "default",
+    "examples",
+    "deprecated",
+    "readOnly",
+    "writeOnly",
+    "contentEncoding",
+    "contentMediaType",
+    "then",
+    "else",
+    "maxContains",
+    "minContains",
+    "$defs",
+    "definitions",
+    "contentSchema",
+)
 JSON_SCHEMA_KEYWORDS = frozenset(Draft202012Validator.VALIDATORS) | frozenset(_ANNOTATIONS)
 
 
@@ -63,8 +96,12 @@ def json_schemas(ctx: Context) -> Iterator[Finding]:
     for ptr, schema in written_schemas(ctx):
         nulls = dict(_unquoted_null_types(schema, ptr))
         for where in nulls.values():
-            yield ctx.error(where, "not a valid JSON Schema: YAML reads an unquoted null as nothing, not as the "
-                            "type name; quote it: 'null'", "invalid-json-schema")
+            yield ctx.error(
+                where,
+                "not a valid JSON Schema: YAML reads an unquoted null as nothing, not as the "
+                "type name; quote it: 'null'",
+                "invalid-json-schema",
+            )
         for error in _META_VALIDATOR.iter_errors(schema):
             for leaf in explain(error):
                 at = ptr + pointer(*leaf.absolute_path)
@@ -103,9 +140,12 @@ def json_schema_refs(ctx: Context) -> Iterator[Finding]:
             except Unresolvable:
                 named = schema.get("$defs")
                 defs = [f"#/$defs/{name}" for name in named] if isinstance(named, Mapping) else []
-                yield ctx.error(f"{where}/$ref", f"$ref {ref!r} points to nothing in this schema"
-                                f"{did_you_mean(ref, defs) or (f'; expected one of {one_of(defs)}' if defs else '')}",
-                                "invalid-json-schema")
+                yield ctx.error(
+                    f"{where}/$ref",
+                    f"$ref {ref!r} points to nothing in this schema"
+                    f"{did_you_mean(ref, defs) or (f'; expected one of {one_of(defs)}' if defs else '')}",
+                    "invalid-json-schema",
+                )
 
 
 def json_schema_keywords(ctx: Context) -> Iterator[Finding]:
@@ -114,12 +154,17 @@ def json_schema_keywords(ctx: Context) -> Iterator[Finding]:
         for where, sub in subschemas(schema, ptr):
             for key, value in sub.items():
                 if key not in JSON_SCHEMA_KEYWORDS and not key.startswith("x-"):
-                    hint = (cut_text(key, value) or did_you_mean(key, JSON_SCHEMA_KEYWORDS)
-                            or "; prefix a custom annotation with 'x-'")
+                    hint = (
+                        cut_text(key, value)
+                        or did_you_mean(key, JSON_SCHEMA_KEYWORDS)
+                        or "; prefix a custom annotation with 'x-'"
+                    )
                     yield ctx.doc.finding(
                         where + pointer(key),
                         f"unknown JSON Schema keyword {key!r}, ignored when validating{hint}",
-                        "json-schema-keyword", "warning", key=True,
+                        "json-schema-keyword",
+                        "warning",
+                        key=True,
                     )
 
 
@@ -135,9 +180,11 @@ def initial_data(ctx: Context) -> Iterator[Finding]:
         return
     for error in errors:
         for leaf in explain(error):
-            yield ctx.error("/initial_data" + pointer(*leaf.absolute_path),
-                            f"initial data does not match the data schema: {schema_error_message(leaf)}",
-                            "initial-data")
+            yield ctx.error(
+                "/initial_data" + pointer(*leaf.absolute_path),
+                f"initial data does not match the data schema: {schema_error_message(leaf)}",
+                "initial-data",
+            )
 
 
 RULES: tuple[Rule, ...] = (json_schemas, json_schema_refs, json_schema_keywords, initial_data)

@@ -21,16 +21,26 @@ def nats_names(ctx: Context) -> Iterator[Finding]:
     for field in ("commands", "events"):
         value = getattr(nats, field)
         if not all(SUBJECT_TOKEN.fullmatch(t) for t in value.split(".")):
-            yield ctx.error(f"/nats/{field}",
-                            f"{value!r} is not a valid subject prefix: expected tokens separated by '.', none empty, "
-                            f"without spaces or wildcards ('*', '>'), such as {getattr(default, field)!r}",
-                            "invalid-nats-name")
+            yield ctx.error(
+                f"/nats/{field}",
+                f"{value!r} is not a valid subject prefix: expected tokens separated by '.', none empty, "
+                f"without spaces or wildcards ('*', '>'), such as {getattr(default, field)!r}",
+                "invalid-nats-name",
+            )
     if not STREAM_NAME.fullmatch(nats.stream):
-        yield ctx.error("/nats/stream", f"{nats.stream!r} is not a valid stream name: expected no spaces, "
-                        f"'.', '*', '>', '/' or '\\', such as {default.stream!r}", "invalid-nats-name")
+        yield ctx.error(
+            "/nats/stream",
+            f"{nats.stream!r} is not a valid stream name: expected no spaces, "
+            f"'.', '*', '>', '/' or '\\', such as {default.stream!r}",
+            "invalid-nats-name",
+        )
     if not BUCKET_NAME.fullmatch(nats.bucket):
-        yield ctx.error("/nats/bucket", f"{nats.bucket!r} is not a valid bucket name: expected letters, digits, "
-                        f"'_' and '-' only, such as {default.bucket!r}", "invalid-nats-name")
+        yield ctx.error(
+            "/nats/bucket",
+            f"{nats.bucket!r} is not a valid bucket name: expected letters, digits, "
+            f"'_' and '-' only, such as {default.bucket!r}",
+            "invalid-nats-name",
+        )
 
 
 RULES: tuple[Rule, ...] = (nats_names,)
@@ -46,7 +56,10 @@ def across_files(contexts: list[Context]) -> Iterator[Finding]:
 
 
 _NATS_NAMES = (
-    ("commands", "commands subject"), ("events", "events subject"), ("stream", "stream"), ("bucket", "bucket"),
+    ("commands", "commands subject"),
+    ("events", "events subject"),
+    ("stream", "stream"),
+    ("bucket", "bucket"),
 )
 
 
@@ -63,8 +76,12 @@ def duplicate_names(contexts: list[Context]) -> Iterator[Finding]:
     for ctx in contexts:
         first = owners.setdefault(ctx.aggregate.name, ctx)
         if first is not ctx:
-            yield ctx.error("/aggregate", f"aggregate {ctx.aggregate.name!r} is already defined in {first.doc.path}; "
-                            "aggregate names must be unique", "duplicate-name")
+            yield ctx.error(
+                "/aggregate",
+                f"aggregate {ctx.aggregate.name!r} is already defined in {first.doc.path}; "
+                "aggregate names must be unique",
+                "duplicate-name",
+            )
     seen: dict[tuple[str, str], Context] = {}
     for ctx in contexts:
         for field, what in _NATS_NAMES:
@@ -75,8 +92,11 @@ def duplicate_names(contexts: list[Context]) -> Iterator[Finding]:
             ptr, note = _nats_where(ctx, field)
             if note and owners[ctx.aggregate.name] is not ctx:
                 continue  # a default that clashes because the aggregate name does: reported above
-            yield ctx.error(ptr, f"{what} {value!r}{note} is already used by aggregate {first.aggregate.name!r} "
-                            f"in {first.doc.path}", "duplicate-name")
+            yield ctx.error(
+                ptr,
+                f"{what} {value!r}{note} is already used by aggregate {first.aggregate.name!r} in {first.doc.path}",
+                "duplicate-name",
+            )
 
 
 def overlapping_subjects(contexts: list[Context]) -> Iterator[Finding]:
@@ -91,8 +111,15 @@ def overlapping_subjects(contexts: list[Context]) -> Iterator[Finding]:
                     continue  # one stream per aggregate; equal prefixes are a duplicate name
                 if subject == events or contract.key_of_subject(events, subject) is not None:
                     ptr, note = _nats_where(ctx, field)
-                    whose = ("this aggregate's own events" if other is ctx
-                             else f"the events of aggregate {other.aggregate.name!r} in {other.doc.path}")
+                    whose = (
+                        "this aggregate's own events"
+                        if other is ctx
+                        else f"the events of aggregate {other.aggregate.name!r} in {other.doc.path}"
+                    )
                     stream = contract.stream_subjects(events)
-                    yield ctx.error(ptr, f"{what} {subject!r}{note} lies inside {stream!r}, {whose}; "
-                                    f"that stream would also capture these {field}", "overlapping-subjects")
+                    yield ctx.error(
+                        ptr,
+                        f"{what} {subject!r}{note} lies inside {stream!r}, {whose}; "
+                        f"that stream would also capture these {field}",
+                        "overlapping-subjects",
+                    )

@@ -87,8 +87,15 @@ def cut_text(key: str, value: Any) -> str:
 
 
 def _article(kind: str) -> str:
-    return {"object": "a mapping", "array": "a list", "null": "nothing (null)", "boolean": "true or false",
-            "integer": "an integer", "string": "a string", "number": "a number"}.get(kind, repr(kind))
+    return {
+        "object": "a mapping",
+        "array": "a list",
+        "null": "nothing (null)",
+        "boolean": "true or false",
+        "integer": "an integer",
+        "string": "a string",
+        "number": "a number",
+    }.get(kind, repr(kind))
 
 
 def describe(value: Any, limit: int = 60) -> str:

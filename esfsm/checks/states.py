@@ -51,9 +51,11 @@ def final_state_exits(ctx: Context) -> Iterator[Finding]:
     for event in ctx.aggregate.events.values():
         for i, source in enumerate(event.sources):
             if source in states and states[source].final:
-                yield ctx.error(_item(ctx, f"{event.where}/from/{i}"),
-                                f"event {event.name!r} leaves the final state {source!r}; "
-                                "no event may occur in a final state", "final-state-exit")
+                yield ctx.error(
+                    _item(ctx, f"{event.where}/from/{i}"),
+                    f"event {event.name!r} leaves the final state {source!r}; no event may occur in a final state",
+                    "final-state-exit",
+                )
 
 
 def unreachable_states(ctx: Context) -> Iterator[Finding]:
@@ -71,9 +73,11 @@ def unreachable_states(ctx: Context) -> Iterator[Finding]:
                 todo.append(dest)
     for name in agg.states:
         if name not in reached:
-            yield ctx.warning(pointer("states", name),
-                              f"state {name!r} is unreachable from the initial state {agg.initial!r}",
-                              "unreachable-state")
+            yield ctx.warning(
+                pointer("states", name),
+                f"state {name!r} is unreachable from the initial state {agg.initial!r}",
+                "unreachable-state",
+            )
 
 
 def unused_events(ctx: Context) -> Iterator[Finding]:

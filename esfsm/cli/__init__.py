@@ -74,7 +74,8 @@ class _Group(click.Group):
             if ctx.params.get("debug"):
                 raise
             raise click.ClickException(
-                f"internal error: {type(err).__name__}: {err} (run with --debug for details)") from err
+                f"internal error: {type(err).__name__}: {err} (run with --debug for details)"
+            ) from err
 
 
 @click.group(cls=_Group, context_settings=CONTEXT)

@@ -30,8 +30,13 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-def ask(servers: tuple[str, ...], store_dir: Path, kwargs: dict[str, Any], call: Callable[[Client], Awaitable[T]],
-        timeout: float = 5.0) -> T:
+def ask(
+    servers: tuple[str, ...],
+    store_dir: Path,
+    kwargs: dict[str, Any],
+    call: Callable[[Client], Awaitable[T]],
+    timeout: float = 5.0,
+) -> T:
     """Connect a client with the connection options, make one call, close it: the call's answer."""
     from esfsm.client import Client
 
@@ -56,11 +61,13 @@ def _parse_headers(values: tuple[str, ...]) -> dict[str, str]:
         if not sep or not name:
             raise click.BadParameter(f"{value!r} is not NAME=VALUE", param_hint="'--header'")
         if not HEADER_NAME.fullmatch(name):
-            raise click.BadParameter(f"{name!r} is not a header name: printable ASCII without spaces or ':'",
-                                     param_hint="'--header'")
+            raise click.BadParameter(
+                f"{name!r} is not a header name: printable ASCII without spaces or ':'", param_hint="'--header'"
+            )
         if "\r" in text or "\n" in text:
-            raise click.BadParameter(f"the value of {name!r} holds a line break, which a NATS header cannot carry",
-                                     param_hint="'--header'")
+            raise click.BadParameter(
+                f"the value of {name!r} holds a line break, which a NATS header cannot carry", param_hint="'--header'"
+            )
         headers[name] = text
     return headers
 
@@ -86,8 +93,9 @@ def _parse_data(value: str | None) -> Any:
             try:
                 text = Path(value[1:]).read_text(encoding="utf-8")
             except UnicodeDecodeError as err:
-                raise click.BadParameter(f"{value[1:]!r} is not UTF-8 text (byte {err.start})",
-                                         param_hint="'--data'") from err
+                raise click.BadParameter(
+                    f"{value[1:]!r} is not UTF-8 text (byte {err.start})", param_hint="'--data'"
+                ) from err
             except OSError as err:
                 what = "give a file name after '@'" if not value[1:] else err.strerror
                 raise click.BadParameter(f"cannot read {value[1:]!r}: {what}", param_hint="'--data'") from err
@@ -101,18 +109,35 @@ def _parse_data(value: str | None) -> Any:
 @click.argument("aggregate")
 @click.argument("command")
 @click.option("--key", "-k", required=True, help=f"The entity key ({KEY_HEADER}).")
-@click.option("--data", "-d", help="The JSON payload, or @FILE to read it from a file (@- standard input). "
-              "Default: {}.")
+@click.option(
+    "--data", "-d", help="The JSON payload, or @FILE to read it from a file (@- standard input). Default: {}."
+)
 @click.option("--header", "-H", "header_values", multiple=True, metavar="NAME=VALUE", help="A header (repeatable).")
-@click.option("--command-id", callback=_no_line_break,
-              help=f"Idempotency id ({COMMAND_ID_HEADER}): a retry is applied once.")
+@click.option(
+    "--command-id", callback=_no_line_break, help=f"Idempotency id ({COMMAND_ID_HEADER}): a retry is applied once."
+)
 @click.option("--expected-version", type=Integer(min=0), help="Reject unless the entity is at this version.")
-@click.option("--timeout", type=Number(min=0, min_open=True), default=5.0, show_default=True,
-              help="Seconds to wait for the reply.")
+@click.option(
+    "--timeout",
+    type=Number(min=0, min_open=True),
+    default=5.0,
+    show_default=True,
+    help="Seconds to wait for the reply.",
+)
 @connection_options
-def send(aggregate: str, command: str, key: str, data: str | None, header_values: tuple[str, ...],
-         command_id: str | None, expected_version: int | None, timeout: float, servers: tuple[str, ...],
-         store_dir: Path, **kwargs: Any) -> None:
+def send(
+    aggregate: str,
+    command: str,
+    key: str,
+    data: str | None,
+    header_values: tuple[str, ...],
+    command_id: str | None,
+    expected_version: int | None,
+    timeout: float,
+    servers: tuple[str, ...],
+    store_dir: Path,
+    **kwargs: Any,
+) -> None:
     """Send COMMAND to an entity of AGGREGATE and print the reply (JSON).
 
     Exits 0 when the command is accepted, 1 when it is rejected.
@@ -123,8 +148,13 @@ def send(aggregate: str, command: str, key: str, data: str | None, header_values
     """
     payload = _parse_data(data)
     headers = _parse_headers(header_values)
-    reply = ask(servers, store_dir, kwargs, timeout=timeout, call=lambda client: client.send(
-        aggregate, command, key, payload, headers, command_id, expected_version))
+    reply = ask(
+        servers,
+        store_dir,
+        kwargs,
+        timeout=timeout,
+        call=lambda client: client.send(aggregate, command, key, payload, headers, command_id, expected_version),
+    )
     click.echo(json.dumps(reply, indent=2))
     sys.exit(0 if reply.get("accepted") else 1)
 
@@ -175,9 +205,18 @@ def history(aggregate: str, key: str, fmt: str, servers: tuple[str, ...], store_
     for column in ("seq", "version", "type", "time", "data"):
         table.add_column(column, no_wrap=column != "data")
     for event in events:  # Text: stored data is shown as it is, never read as Rich markup
-        table.add_row(*(Text(cell) for cell in (
-            str(event["seq"]), str(event.get(VERSION_EXTENSION, "")), str(event.get("type", "")),
-            str(event.get("time", "")), json.dumps(event.get("data"), sort_keys=True, ensure_ascii=False))))
+        table.add_row(
+            *(
+                Text(cell)
+                for cell in (
+                    str(event["seq"]),
+                    str(event.get(VERSION_EXTENSION, "")),
+                    str(event.get("type", "")),
+                    str(event.get("time", "")),
+                    json.dumps(event.get("data"), sort_keys=True, ensure_ascii=False),
+                )
+            )
+        )
     console = Console()
     if not console.is_terminal:  # piped: as wide as the table needs, not cut at 80 columns
         console = Console(width=100_000)

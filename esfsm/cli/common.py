@@ -101,8 +101,10 @@ def resolve_aggregate(argument: str, paths: tuple[Path, ...]) -> tuple[str, Proj
     if len(names) == 1:
         return names[0], project
     if names:
-        raise click.ClickException(f"{argument} defines {len(names)} aggregates ({one_of(names)}): give the name "
-                                   f"of one, and {argument} as PATHS")
+        raise click.ClickException(
+            f"{argument} defines {len(names)} aggregates ({one_of(names)}): give the name "
+            f"of one, and {argument} as PATHS"
+        )
     errors = [f for f in project.findings if f.severity == "error" and _lies_under(Path(f.file), given)]
     if errors:
         print_findings(errors, err=True)
@@ -150,8 +152,14 @@ def connection_options(function: F) -> F:
     """The usual NATS options, shared by every command that talks to a server."""
     a_file = click.Path(exists=True, dir_okay=False)
     options = [
-        click.option("--server", "-s", "servers", multiple=True, metavar="URL",
-                     help="NATS server URL (repeatable). Default: $NATS_URL, else the embedded server of `esfsm run`."),
+        click.option(
+            "--server",
+            "-s",
+            "servers",
+            multiple=True,
+            metavar="URL",
+            help="NATS server URL (repeatable). Default: $NATS_URL, else the embedded server of `esfsm run`.",
+        ),
         click.option("--user", envvar="NATS_USER", help="User name ($NATS_USER)."),
         click.option("--password", envvar="NATS_PASSWORD", help="Password ($NATS_PASSWORD)."),
         click.option("--token", envvar="NATS_TOKEN", help="Authentication token ($NATS_TOKEN)."),
@@ -161,8 +169,13 @@ def connection_options(function: F) -> F:
         click.option("--tls-cert", type=a_file, help="Client certificate (mutual TLS)."),
         click.option("--tls-key", type=a_file, help="Client certificate's private key."),
         click.option("--js-domain", help="JetStream domain."),
-        click.option("--store-dir", type=click.Path(path_type=Path), default=Path(".esfsm"), show_default=True,
-                     help="Where the embedded server keeps its data (and says where it listens)."),
+        click.option(
+            "--store-dir",
+            type=click.Path(path_type=Path),
+            default=Path(".esfsm"),
+            show_default=True,
+            help="Where the embedded server keeps its data (and says where it listens).",
+        ),
     ]
     for option in reversed(options):
         function = option(function)
@@ -174,9 +187,16 @@ def connect_options(kwargs: dict[str, Any], name: str) -> ConnectOptions:
     from esfsm.runtime.connection import ConnectOptions
 
     return ConnectOptions(
-        user=kwargs.pop("user"), password=kwargs.pop("password"), token=kwargs.pop("token"),
-        nkey_seed=kwargs.pop("nkey_seed"), creds=kwargs.pop("creds"), tls_ca=kwargs.pop("tls_ca"),
-        tls_cert=kwargs.pop("tls_cert"), tls_key=kwargs.pop("tls_key"), js_domain=kwargs.pop("js_domain"), name=name,
+        user=kwargs.pop("user"),
+        password=kwargs.pop("password"),
+        token=kwargs.pop("token"),
+        nkey_seed=kwargs.pop("nkey_seed"),
+        creds=kwargs.pop("creds"),
+        tls_ca=kwargs.pop("tls_ca"),
+        tls_cert=kwargs.pop("tls_cert"),
+        tls_key=kwargs.pop("tls_key"),
+        js_domain=kwargs.pop("js_domain"),
+        name=name,
     )
 
 

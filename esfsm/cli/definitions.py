@@ -15,8 +15,14 @@ from esfsm.findings import has_errors
 
 @click.command()
 @PATHS
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
-              help="Output format: one line per finding, or one JSON document.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Output format: one line per finding, or one JSON document.",
+)
 def validate(paths: tuple[Path, ...], fmt: str) -> None:
     """Check definitions: YAML, the DSL schema, states, events, CEL and NATS names (alias: check).
 
@@ -28,24 +34,33 @@ def validate(paths: tuple[Path, ...], fmt: str) -> None:
     """
     project = check_definitions(paths)
     if project.ok and not any(d.kind == "definition" for d in project.documents):
-        raise click.ClickException(f"no definitions under {described(default_paths(paths))} (definition files "
-                                   "are *.yaml or *.yml, other than *.scenarios.yaml)")
+        raise click.ClickException(
+            f"no definitions under {described(default_paths(paths))} (definition files "
+            "are *.yaml or *.yml, other than *.scenarios.yaml)"
+        )
     errors = sum(f.severity == "error" for f in project.findings)
     warnings = len(project.findings) - errors
     if fmt == "json":
-        click.echo(json.dumps({
-            "valid": project.ok,
-            "aggregates": sorted(project.aggregates),
-            "errors": errors,
-            "warnings": warnings,
-            "findings": [f.as_dict() for f in project.findings],
-        }, indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    "valid": project.ok,
+                    "aggregates": sorted(project.aggregates),
+                    "errors": errors,
+                    "warnings": warnings,
+                    "findings": [f.as_dict() for f in project.findings],
+                },
+                indent=2,
+            )
+        )
     else:
         print_findings(project.findings)
         definitions = sum(d.kind == "definition" for d in project.documents)
         if project.ok:
-            click.echo(f"{definitions} definition(s) valid: {', '.join(sorted(project.aggregates)) or '(none)'}"
-                       + (f" ({warnings} warning(s))" if warnings else ""))
+            click.echo(
+                f"{definitions} definition(s) valid: {', '.join(sorted(project.aggregates)) or '(none)'}"
+                + (f" ({warnings} warning(s))" if warnings else "")
+            )
         else:
             click.echo(f"{errors} error(s), {warnings} warning(s)", err=True)
     sys.exit(0 if project.ok else 1)
@@ -69,8 +84,12 @@ def definitions_beside(paths: list[Path]) -> list[Path]:
 @click.command()
 @PATHS
 @click.option("--verbose", "-v", is_flag=True, help="Print each scenario's steps.")
-@click.option("--nats", "on_nats", is_flag=True,
-              help="Also run every scenario against the real runtime on an embedded nats-server.")
+@click.option(
+    "--nats",
+    "on_nats",
+    is_flag=True,
+    help="Also run every scenario against the real runtime on an embedded nats-server.",
+)
 def test(paths: tuple[Path, ...], verbose: bool, on_nats: bool) -> None:
     """Run the scenario files (*.scenarios.yaml) under PATHS against the in-memory engine.
 

@@ -13,27 +13,67 @@ from esfsm.cli.common import PATHS, Integer, Number, connect_options, connection
 @click.command()
 @PATHS
 @connection_options
-@click.option("--port", type=Integer(0, 65535), default=0,
-              help="Port of the embedded server (default 4222 or the next free one); not with --server.")
-@click.option("--workers", "-w", type=Integer(1, 64), default=1, show_default=True,
-              help="Worker processes. Each serves every aggregate; entity keys are shared out among them, so "
-                   "every entity stays in one process. More than 1 uses more cores (a Python process uses one).")
-@click.option("--worker", "worker_spec", hidden=True, help="GROUP:INDEX/COUNT: set by `--workers` on the "
-              "worker processes it starts.")
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
-              show_default=True)
-@click.option("--log-format", type=click.Choice(["logfmt", "json"]), default="logfmt", show_default=True,
-              help="One log line per record: logfmt (key=value) or a JSON object.")
-@click.option("--cache-entities", type=Integer(1, 100_000_000), default=100_000, show_default=True,
-              help="Entities kept warm in memory per aggregate and process; past it the least recently used "
-                   "is dropped (and read again from its snapshot when next used).")
-@click.option("--command-window", type=Number(min=1), default=7 * 24 * 3600.0, show_default=True,
-              metavar="SECONDS",
-              help="How long the answer to an x-esfsm-command-id is kept: a retry within it gets the first "
-                   "answer from any runtime process, after restarts too (bucket <bucket>_ids).")
-def run(paths: tuple[Path, ...], servers: tuple[str, ...], store_dir: Path, port: int, workers: int,
-        worker_spec: str | None, log_level: str, log_format: str, cache_entities: int, command_window: float,
-        **kwargs: Any) -> None:
+@click.option(
+    "--port",
+    type=Integer(0, 65535),
+    default=0,
+    help="Port of the embedded server (default 4222 or the next free one); not with --server.",
+)
+@click.option(
+    "--workers",
+    "-w",
+    type=Integer(1, 64),
+    default=1,
+    show_default=True,
+    help="Worker processes. Each serves every aggregate; entity keys are shared out among them, so "
+    "every entity stays in one process. More than 1 uses more cores (a Python process uses one).",
+)
+@click.option(
+    "--worker",
+    "worker_spec",
+    hidden=True,
+    help="GROUP:INDEX/COUNT: set by `--workers` on the worker processes it starts.",
+)
+@click.option(
+    "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["logfmt", "json"]),
+    default="logfmt",
+    show_default=True,
+    help="One log line per record: logfmt (key=value) or a JSON object.",
+)
+@click.option(
+    "--cache-entities",
+    type=Integer(1, 100_000_000),
+    default=100_000,
+    show_default=True,
+    help="Entities kept warm in memory per aggregate and process; past it the least recently used "
+    "is dropped (and read again from its snapshot when next used).",
+)
+@click.option(
+    "--command-window",
+    type=Number(min=1),
+    default=7 * 24 * 3600.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long the answer to an x-esfsm-command-id is kept: a retry within it gets the first "
+    "answer from any runtime process, after restarts too (bucket <bucket>_ids).",
+)
+def run(
+    paths: tuple[Path, ...],
+    servers: tuple[str, ...],
+    store_dir: Path,
+    port: int,
+    workers: int,
+    worker_spec: str | None,
+    log_level: str,
+    log_format: str,
+    cache_entities: int,
+    command_window: float,
+    **kwargs: Any,
+) -> None:
     """Serve the aggregates defined under PATHS on NATS JetStream.
 
     Checks the definitions first and refuses to start on an error. With no
@@ -67,15 +107,39 @@ def run(paths: tuple[Path, ...], servers: tuple[str, ...], store_dir: Path, port
     chosen = servers or tuple(s.strip() for s in (env or "").split(",") if s.strip())
     check_server_urls(chosen)
     if port and chosen:
-        raise click.BadParameter(f"the embedded server's port; with {'--server' if servers else '$NATS_URL'} "
-                                 "no server is started", param_hint="'--port'")
+        raise click.BadParameter(
+            f"the embedded server's port; with {'--server' if servers else '$NATS_URL'} no server is started",
+            param_hint="'--port'",
+        )
     if partition is not None and not chosen:
         raise click.BadParameter("a worker needs --server", param_hint="'--worker'")
-    configure_logging(log_level, fmt=log_format,  # type: ignore[arg-type]  # click.Choice checked it
-                      worker=partition.index if partition else (0 if workers > 1 else None))
-    worker_args = (*map(str, paths), "--store-dir", str(store_dir), "--log-level", log_level,
-                   "--log-format", log_format, "--cache-entities", str(cache_entities),
-                   "--command-window", str(command_window))
-    settings = RunSettings(chosen, connect_options(kwargs, "esfsm-run"), store_dir, port, workers, worker_args,
-                           partition, cache_entities, command_window)
+    configure_logging(
+        log_level,
+        fmt=log_format,  # type: ignore[arg-type]  # click.Choice checked it
+        worker=partition.index if partition else (0 if workers > 1 else None),
+    )
+    worker_args = (
+        *map(str, paths),
+        "--store-dir",
+        str(store_dir),
+        "--log-level",
+        log_level,
+        "--log-format",
+        log_format,
+        "--cache-entities",
+        str(cache_entities),
+        "--command-window",
+        str(command_window),
+    )
+    settings = RunSettings(
+        chosen,
+        connect_options(kwargs, "esfsm-run"),
+        store_dir,
+        port,
+        workers,
+        worker_args,
+        partition,
+        cache_entities,
+        command_window,
+    )
     run_async(serve(project.aggregates.values(), settings))

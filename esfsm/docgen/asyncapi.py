@@ -88,13 +88,19 @@ def _localize(schema: Any, base: str) -> Any:
 
 
 def _entity_key(description: str) -> dict[str, Any]:
-    return {"type": "string", "pattern": "^[A-Za-z0-9_=-]{1,128}$",
-            "description": f"{description} One subject token and a valid KV key."}
+    return {
+        "type": "string",
+        "pattern": "^[A-Za-z0-9_=-]{1,128}$",
+        "description": f"{description} One subject token and a valid KV key.",
+    }
 
 
 def _command_id(description: str) -> dict[str, Any]:
-    return {"type": "string", "pattern": "^[ -~]{1,256}$",
-            "description": f"{description} 1 to 256 printable ASCII characters."}
+    return {
+        "type": "string",
+        "pattern": "^[ -~]{1,256}$",
+        "description": f"{description} 1 to 256 printable ASCII characters.",
+    }
 
 
 def _common_schemas() -> dict[str, Any]:
@@ -106,12 +112,13 @@ def _common_schemas() -> dict[str, Any]:
                 KEY_HEADER: _entity_key("The key of the entity the command is for (required)."),
                 COMMAND_ID_HEADER: _command_id(
                     "Idempotency: a retry with the same id on the same entity is applied once and answered as "
-                    "the first time. Written on the events as `commandid`."),
+                    "the first time. Written on the events as `commandid`."
+                ),
                 EXPECTED_VERSION_HEADER: {
                     "type": "string",
                     "pattern": "^[0-9]{1,18}$",
                     "description": "The version the entity must have before this command (0: no event yet); "
-                                   "otherwise the command is rejected with 409.",
+                    "otherwise the command is rejected with 409.",
                 },
             },
             "additionalProperties": {
@@ -130,9 +137,9 @@ def _common_schemas() -> dict[str, Any]:
                     "minimum": 400,
                     "maximum": 599,
                     "description": "400 bad request (key, headers, JSON, payload schema), 403 authorize rule, "
-                                   "404 unknown command, 409 not accepted in this state or version conflict, "
-                                   "422 business rule or invalid resulting data, 500 definition or storage "
-                                   "failure, 503 JetStream unavailable; a rule may set its own code (400-499).",
+                    "404 unknown command, 409 not accepted in this state or version conflict, "
+                    "422 business rule or invalid resulting data, 500 definition or storage "
+                    "failure, 503 JetStream unavailable; a rule may set its own code (400-499).",
                 },
                 "errors": {
                     "type": "array",
@@ -140,8 +147,11 @@ def _common_schemas() -> dict[str, Any]:
                         "type": "object",
                         "required": ["path", "message"],
                         "properties": {
-                            "path": {"type": "string", "description": "JSON pointer of the offending value; "
-                                                                      "empty when it concerns the whole command."},
+                            "path": {
+                                "type": "string",
+                                "description": "JSON pointer of the offending value; "
+                                "empty when it concerns the whole command.",
+                            },
                             "message": {"type": "string"},
                         },
                     },
@@ -171,22 +181,39 @@ def _cloudevent(compiled: CompiledAggregate, event: str) -> dict[str, Any]:
     return {
         "type": "object",
         "description": f"The CloudEvents 1.0 event `{event}`, JSON structured mode.",
-        "required": ["specversion", "id", "source", "type", "subject", "time", "datacontenttype",
-                     ENTITY_KEY_EXTENSION, VERSION_EXTENSION, "data"],
+        "required": [
+            "specversion",
+            "id",
+            "source",
+            "type",
+            "subject",
+            "time",
+            "datacontenttype",
+            ENTITY_KEY_EXTENSION,
+            VERSION_EXTENSION,
+            "data",
+        ],
         "properties": {
             "specversion": {"const": "1.0"},
             "id": {"type": "string", "description": "A new UUID, also the message's Nats-Msg-Id."},
             "source": {"const": f"esfsm/{compiled.name}"},
             "type": {"const": event},
             "subject": _entity_key("The entity key."),
-            "time": {"type": "string", "format": "date-time",
-                     "description": "When the command was decided (the `now` its expressions saw)."},
+            "time": {
+                "type": "string",
+                "format": "date-time",
+                "description": "When the command was decided (the `now` its expressions saw).",
+            },
             "datacontenttype": {"const": JSON},
             ENTITY_KEY_EXTENSION: _entity_key("Extension: the entity key (as in the ergonats seed)."),
-            VERSION_EXTENSION: {"type": "integer", "minimum": 1,
-                                "description": "Extension: the entity's version after this event (1 for the first)."},
+            VERSION_EXTENSION: {
+                "type": "integer",
+                "minimum": 1,
+                "description": "Extension: the entity's version after this event (1 for the first).",
+            },
             COMMAND_ID_EXTENSION: _command_id(
-                f"Extension, only when the command carried {COMMAND_ID_HEADER}: that id."),
+                f"Extension, only when the command carried {COMMAND_ID_HEADER}: that id."
+            ),
             "data": _ref("components", "schemas", f"event.{event}.data"),
         },
     }
@@ -201,14 +228,16 @@ def _accepted(compiled: CompiledAggregate, command: str) -> dict[str, Any]:
             "accepted": {"const": True},
             "message": {"type": "string"},
             "version": {"type": "integer", "minimum": 0, "description": "The entity's version after the command."},
-            "state": {"enum": resulting_states(compiled, command),
-                      "description": "The entity's state after the command."},
+            "state": {
+                "enum": resulting_states(compiled, command),
+                "description": "The entity's state after the command.",
+            },
             "events": {
                 "type": "array",
                 "maxItems": len(compiled.model.commands[command].emits),
                 "items": events[0] if len(events) == 1 else {"oneOf": events},
                 "description": "The events the command emitted, in order (empty when every conditional "
-                               "emit was skipped).",
+                "emit was skipped).",
             },
         },
     }
@@ -223,10 +252,16 @@ def _state_value(compiled: CompiledAggregate) -> dict[str, Any]:
             "key": _entity_key("The entity key."),
             "state": {"enum": list(compiled.model.states)},
             "data": _ref("components", "schemas", "aggregate.data"),
-            "seq": {"type": "integer", "minimum": 0,
-                    "description": "The stream sequence of the last event this value reflects."},
-            "commands": {"type": "object", "additionalProperties": {"type": "object"},
-                         "description": "The replies of the entity's recent command ids."},
+            "seq": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "The stream sequence of the last event this value reflects.",
+            },
+            "commands": {
+                "type": "object",
+                "additionalProperties": {"type": "object"},
+                "description": "The replies of the entity's recent command ids.",
+            },
         },
     }
 
@@ -247,8 +282,9 @@ def asyncapi_document(compiled: CompiledAggregate) -> dict[str, Any]:
     """The AsyncAPI 3.0 document of one aggregate, as plain data in a stable order."""
     model = compiled.model
     nats = model.nats
-    schemas: dict[str, Any] = {"aggregate.data": _localize(model.data_schema, _pointer("components", "schemas",
-                                                                                       "aggregate.data"))}
+    schemas: dict[str, Any] = {
+        "aggregate.data": _localize(model.data_schema, _pointer("components", "schemas", "aggregate.data"))
+    }
     schemas.update(_common_schemas())
     messages: dict[str, Any] = {}
     channels: dict[str, Any] = {}
@@ -267,8 +303,9 @@ def asyncapi_document(compiled: CompiledAggregate) -> dict[str, Any]:
         payload = f"command.{name}.payload"
         schemas[payload] = _localize(command.schema, _pointer("components", "schemas", payload))
         schemas[f"command.{name}.accepted"] = _accepted(compiled, name)
-        messages[f"command.{name}"] = _message(name, f"Command {name}", command.description, JSON,
-                                               "command_headers", payload)
+        messages[f"command.{name}"] = _message(
+            name, f"Command {name}", command.description, JSON, "command_headers", payload
+        )
         messages[f"command.{name}.accepted"] = {
             "name": f"{name}_accepted",
             "title": f"{name} accepted",
@@ -299,8 +336,10 @@ def asyncapi_document(compiled: CompiledAggregate) -> dict[str, Any]:
             "messages": [_ref("channels", channel, "messages", "request")],
             "reply": {
                 "channel": _ref("channels", reply),
-                "messages": [_ref("channels", reply, "messages", "accepted"),
-                             _ref("channels", reply, "messages", "rejected")],
+                "messages": [
+                    _ref("channels", reply, "messages", "accepted"),
+                    _ref("channels", reply, "messages", "rejected"),
+                ],
             },
             "bindings": {"nats": {"queue": model.name, "bindingVersion": NATS_BINDING}},
             "x-esfsm-accepted-in": accepted_in(compiled, name),
@@ -312,8 +351,9 @@ def asyncapi_document(compiled: CompiledAggregate) -> dict[str, Any]:
         data = f"event.{name}.data"
         schemas[data] = _localize(event.schema, _pointer("components", "schemas", data))
         schemas[f"event.{name}.cloudevent"] = _cloudevent(compiled, name)
-        messages[f"event.{name}"] = _message(name, f"Event {name}", event.description, CLOUDEVENTS_JSON,
-                                             "event_headers", f"event.{name}.cloudevent")
+        messages[f"event.{name}"] = _message(
+            name, f"Event {name}", event.description, CLOUDEVENTS_JSON, "event_headers", f"event.{name}.cloudevent"
+        )
         channels[f"event.{name}"] = {
             "address": event_subject(nats.events, "{key}", name),
             "title": f"Event {name}",
@@ -327,8 +367,11 @@ def asyncapi_document(compiled: CompiledAggregate) -> dict[str, Any]:
             "channel": _ref("channels", f"event.{name}"),
             "title": f"Publish {name}",
             **({"summary": event.description} if event.description else {}),
-            "description": "Emitted by " + ", ".join(f"`{c}`" for c in emitters(compiled, name)) + "; "
-                           + ", ".join(f"`{s}` → `{event.dest or s}`" for s in sources) + ".",
+            "description": "Emitted by "
+            + ", ".join(f"`{c}`" for c in emitters(compiled, name))
+            + "; "
+            + ", ".join(f"`{s}` → `{event.dest or s}`" for s in sources)
+            + ".",
             "messages": [_ref("channels", f"event.{name}", "messages", "event")],
             "x-esfsm-from": in_state_order(compiled, sources),
             "x-esfsm-to": event.dest,
@@ -346,7 +389,7 @@ def asyncapi_document(compiled: CompiledAggregate) -> dict[str, Any]:
         "address": kv_subject(nats.bucket, "{key}"),
         "title": "Entity state",
         "description": f"The KV bucket `{nats.bucket}`, key = entity key: read it with a KV get or watch. "
-                       f"Written by the durable consumer `{durable_name(model.name)}` after the events are stored.",
+        f"Written by the durable consumer `{durable_name(model.name)}` after the events are stored.",
         "messages": {"state": _ref("components", "messages", "state")},
         "parameters": copy.deepcopy(key_parameter),
     }

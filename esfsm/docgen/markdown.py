@@ -111,9 +111,16 @@ def _json_type(value: Any) -> str:
 
 
 _BOUNDS = [
-    ("minimum", "≥ {}"), ("exclusiveMinimum", "> {}"), ("maximum", "≤ {}"), ("exclusiveMaximum", "< {}"),
-    ("multipleOf", "multiple of {}"), ("minLength", "length ≥ {}"), ("maxLength", "length ≤ {}"),
-    ("minItems", "items ≥ {}"), ("maxItems", "items ≤ {}"), ("minProperties", "fields ≥ {}"),
+    ("minimum", "≥ {}"),
+    ("exclusiveMinimum", "> {}"),
+    ("maximum", "≤ {}"),
+    ("exclusiveMaximum", "< {}"),
+    ("multipleOf", "multiple of {}"),
+    ("minLength", "length ≥ {}"),
+    ("maxLength", "length ≤ {}"),
+    ("minItems", "items ≥ {}"),
+    ("maxItems", "items ≤ {}"),
+    ("minProperties", "fields ≥ {}"),
     ("maxProperties", "fields ≤ {}"),
 ]
 
@@ -153,16 +160,26 @@ def schema_section(schema: Any, empty: str) -> list[str]:
     properties = schema.get("properties") if isinstance(schema, Mapping) else None
     if isinstance(properties, Mapping) and properties:
         required = set(schema.get("required") or [])
-        lines += table(["field", "type", "required", "constraints", "description"], [
-            [code(name), describe_type(prop), "yes" if name in required else "",
-             describe_constraints(prop), str(prop.get("description", "")) if isinstance(prop, Mapping) else ""]
-            for name, prop in properties.items()
-        ])
+        lines += table(
+            ["field", "type", "required", "constraints", "description"],
+            [
+                [
+                    code(name),
+                    describe_type(prop),
+                    "yes" if name in required else "",
+                    describe_constraints(prop),
+                    str(prop.get("description", "")) if isinstance(prop, Mapping) else "",
+                ]
+                for name, prop in properties.items()
+            ],
+        )
         if schema.get("additionalProperties") is False:
             lines += ["No other field is allowed.", ""]
     else:
-        lines += [f"Type: {describe_type(schema)}" + (f"; {c}" if (c := describe_constraints(schema)) else "")
-                  + ".", ""]
+        lines += [
+            f"Type: {describe_type(schema)}" + (f"; {c}" if (c := describe_constraints(schema)) else "") + ".",
+            "",
+        ]
     return lines + details("JSON Schema", "json", _schema_json(schema))
 
 
@@ -190,11 +207,15 @@ def _header(compiled: CompiledAggregate) -> list[str]:
         f"# {model.name}",
         "",
         *([model.description, ""] if model.description else []),
-        (f"Definition: {code(source)} · AsyncAPI 3.0: [{model.name}.asyncapi.yaml]({model.name}.asyncapi.yaml)"
-        " · [all aggregates](index.md)"),
+        (
+            f"Definition: {code(source)} · AsyncAPI 3.0: [{model.name}.asyncapi.yaml]({model.name}.asyncapi.yaml)"
+            " · [all aggregates](index.md)"
+        ),
         "",
-        ("Contents: [state machine](#state-machine) · [NATS names](#nats-names) · [states](#states) · "
-        "[data](#data) · [authorize](#authorize) · [commands](#commands) · [events](#events)"),
+        (
+            "Contents: [state machine](#state-machine) · [NATS names](#nats-names) · [states](#states) · "
+            "[data](#data) · [authorize](#authorize) · [commands](#commands) · [events](#events)"
+        ),
         "",
     ]
 
@@ -203,8 +224,10 @@ def _machine(compiled: CompiledAggregate) -> list[str]:
     return [
         "## State machine",
         "",
-        ("Each event type is a transition, labelled with the commands that emit it; `[*]` marks the initial "
-        "state and the final ones."),
+        (
+            "Each event type is a transition, labelled with the commands that emit it; `[*]` marks the initial "
+            "state and the final ones."
+        ),
         "",
         "```mermaid",
         mermaid(compiled).rstrip("\n"),
@@ -216,15 +239,22 @@ def _machine(compiled: CompiledAggregate) -> list[str]:
 def _nats(compiled: CompiledAggregate) -> list[str]:
     model = compiled.model
     nats = model.nats
-    return ["## NATS names", "", *table(["what", "name"], [
-        ["micro service", f"{code(model.service_name)}, queue group {code(model.name)}"],
-        ["commands", f"requests to {code(command_subject(nats.commands, '<command>'))}"],
-        ["events", f"CloudEvents on {code(event_subject(nats.events, '<key>', '<event>'))}"],
-        ["stream", f"{code(nats.stream)}, subjects {code(stream_subjects(nats.events))}"],
-        ["KV bucket", f"{code(nats.bucket)}, key = entity key"],
-        ["durable consumer", code(durable_name(model.name))],
-        ["replicas", str(nats.replicas)],
-    ])]
+    return [
+        "## NATS names",
+        "",
+        *table(
+            ["what", "name"],
+            [
+                ["micro service", f"{code(model.service_name)}, queue group {code(model.name)}"],
+                ["commands", f"requests to {code(command_subject(nats.commands, '<command>'))}"],
+                ["events", f"CloudEvents on {code(event_subject(nats.events, '<key>', '<event>'))}"],
+                ["stream", f"{code(nats.stream)}, subjects {code(stream_subjects(nats.events))}"],
+                ["KV bucket", f"{code(nats.bucket)}, key = entity key"],
+                ["durable consumer", code(durable_name(model.name))],
+                ["replicas", str(nats.replicas)],
+            ],
+        ),
+    ]
 
 
 def _states(compiled: CompiledAggregate) -> list[str]:
@@ -233,8 +263,14 @@ def _states(compiled: CompiledAggregate) -> list[str]:
     for state in model.states.values():
         marks = [m for m, on in (("initial", state.name == model.initial), ("final", state.final)) if on]
         commands = [c for c in model.commands if state.name in compiled.commands[c].accepted_states]
-        rows.append([code(state.name), ", ".join(marks), state.description,
-                     ", ".join(f"[{code(c)}]({command_anchor(c)})" for c in commands) or "—"])
+        rows.append(
+            [
+                code(state.name),
+                ", ".join(marks),
+                state.description,
+                ", ".join(f"[{code(c)}]({command_anchor(c)})" for c in commands) or "—",
+            ]
+        )
     return ["## States", "", *table(["state", "", "description", "commands accepted"], rows)]
 
 
@@ -261,11 +297,18 @@ def _authorize(compiled: CompiledAggregate) -> list[str]:
 def _commands(compiled: CompiledAggregate) -> list[str]:
     model = compiled.model
     lines = ["## Commands", ""]
-    lines += table(["command", "accepted in", "emits", "description"], [
-        [f"[{code(name)}]({command_anchor(name)})", _codes(accepted_in(compiled, name)),
-         ", ".join(f"[{code(e)}]({event_anchor(e)})" for e in emitted_events(compiled, name)), command.description]
-        for name, command in model.commands.items()
-    ])
+    lines += table(
+        ["command", "accepted in", "emits", "description"],
+        [
+            [
+                f"[{code(name)}]({command_anchor(name)})",
+                _codes(accepted_in(compiled, name)),
+                ", ".join(f"[{code(e)}]({event_anchor(e)})" for e in emitted_events(compiled, name)),
+                command.description,
+            ]
+            for name, command in model.commands.items()
+        ],
+    )
     for name, command in model.commands.items():
         lines += [f"### Command `{name}`", ""]
         if command.description:
@@ -286,21 +329,43 @@ def _commands(compiled: CompiledAggregate) -> list[str]:
         ]
         accepted = ", ".join(f"'{s}'" for s in accepted_in(compiled, name))
         rows = _rule_rows(compiled.authorize, "authorize")
-        rows.append(["payload", "valid against the payload schema", f"invalid {name} payload: …", "400",
-                     "each error's pointer"])
-        rows.append(["state", f"the state is one of {accepted}",
-                     f"command '{name}' is not accepted in state '…'", "409", code('""')])
+        rows.append(
+            ["payload", "valid against the payload schema", f"invalid {name} payload: …", "400", "each error's pointer"]
+        )
+        rows.append(
+            [
+                "state",
+                f"the state is one of {accepted}",
+                f"command '{name}' is not accepted in state '…'",
+                "409",
+                code('""'),
+            ]
+        )
         rows += _rule_rows(compiled.commands[name].rules, "rule")
         if model.data_schema != DEFAULT_SCHEMA:
-            rows.append(["data", "the data the events lead to is valid against the [data schema](#data)",
-                         "the command would make the data invalid: …", "422", "each error's pointer into the data"])
+            rows.append(
+                [
+                    "data",
+                    "the data the events lead to is valid against the [data schema](#data)",
+                    "the command would make the data invalid: …",
+                    "422",
+                    "each error's pointer into the data",
+                ]
+            )
         lines += table(["check", "rule", "message", "code", "path"], rows)
         lines += ["#### Emits", "", "In order; each is a transition from the state the previous one led to.", ""]
-        lines += table(["#", "event", "if", "data"], [
-            [str(i), f"[{code(e.event)}]({event_anchor(e.event)})", code(e.condition) if e.condition else "always",
-             template_text(e.data)]
-            for i, e in enumerate(command.emits, start=1)
-        ])
+        lines += table(
+            ["#", "event", "if", "data"],
+            [
+                [
+                    str(i),
+                    f"[{code(e.event)}]({event_anchor(e.event)})",
+                    code(e.condition) if e.condition else "always",
+                    template_text(e.data),
+                ]
+                for i, e in enumerate(command.emits, start=1)
+            ],
+        )
     return lines
 
 
@@ -312,20 +377,29 @@ def _events(compiled: CompiledAggregate) -> list[str]:
         return ", ".join(f"{code(s)} → {code(event.dest or s)}" for s in model.source_states(event))
 
     lines = ["## Events", ""]
-    lines += table(["event", "transitions", "emitted by", "description"], [
-        [f"[{code(name)}]({event_anchor(name)})", moves(name),
-         ", ".join(f"[{code(c)}]({command_anchor(c)})" for c in emitters(compiled, name)) or "—", event.description]
-        for name, event in model.events.items()
-    ])
+    lines += table(
+        ["event", "transitions", "emitted by", "description"],
+        [
+            [
+                f"[{code(name)}]({event_anchor(name)})",
+                moves(name),
+                ", ".join(f"[{code(c)}]({command_anchor(c)})" for c in emitters(compiled, name)) or "—",
+                event.description,
+            ]
+            for name, event in model.events.items()
+        ],
+    )
     for name, event in model.events.items():
         lines += [f"### Event `{name}`", ""]
         if event.description:
             lines += [event.description, ""]
         lines += [
-            (f"- Subject: {code(event_subject(model.nats.events, '<key>', name))}, type {code(name)}, "
-            f"source {code(f'esfsm/{model.name}')}"),
-            f"- Transitions: {moves(name)}" + (" (`from` omitted: any non-final state)"
-                                               if "*" in event.sources else ""),
+            (
+                f"- Subject: {code(event_subject(model.nats.events, '<key>', name))}, type {code(name)}, "
+                f"source {code(f'esfsm/{model.name}')}"
+            ),
+            f"- Transitions: {moves(name)}"
+            + (" (`from` omitted: any non-final state)" if "*" in event.sources else ""),
             f"- Emitted by: {', '.join(f'[{code(c)}]({command_anchor(c)})' for c in emitters(compiled, name)) or '—'}",
             "",
             "#### Data",
@@ -337,21 +411,31 @@ def _events(compiled: CompiledAggregate) -> list[str]:
         if isinstance(event.apply, Mapping):
             if event.apply:
                 lines += ["Each field is evaluated on the data before the event, then merged into it.", ""]
-                lines += table(["field", "expression"], [
-                    [code(k), code(v) if isinstance(v, str) else code(_json(v))] for k, v in event.apply.items()
-                ])
+                lines += table(
+                    ["field", "expression"],
+                    [[code(k), code(v) if isinstance(v, str) else code(_json(v))] for k, v in event.apply.items()],
+                )
             else:
                 lines += ["No change to the data.", ""]
         else:
-            lines += ["One expression giving the map merged into the data:", "",
-                      *fenced("", str(event.apply).rstrip("\n"))]
+            lines += [
+                "One expression giving the map merged into the data:",
+                "",
+                *fenced("", str(event.apply).rstrip("\n")),
+            ]
     return lines
 
 
 def aggregate_page(compiled: CompiledAggregate) -> str:
     lines = [
-        *_header(compiled), *_machine(compiled), *_nats(compiled), *_states(compiled), *_data(compiled),
-        *_authorize(compiled), *_commands(compiled), *_events(compiled),
+        *_header(compiled),
+        *_machine(compiled),
+        *_nats(compiled),
+        *_states(compiled),
+        *_data(compiled),
+        *_authorize(compiled),
+        *_commands(compiled),
+        *_events(compiled),
     ]
     while lines and lines[-1] == "":
         lines.pop()
@@ -367,12 +451,20 @@ def index_page(aggregates: Iterable[CompiledAggregate]) -> str:
         "",
         f"One page and one AsyncAPI 3.0 document per aggregate, generated from {sources}.",
         "",
-        *table(["aggregate", "description", "service", "commands", "events", "AsyncAPI"], [
-            [f"[{c.name}]({c.name}.md)", c.model.description, code(c.model.service_name),
-             str(len(c.model.commands)), str(len(c.model.events)),
-             f"[{c.name}.asyncapi.yaml]({c.name}.asyncapi.yaml)"]
-            for c in ordered
-        ]),
+        *table(
+            ["aggregate", "description", "service", "commands", "events", "AsyncAPI"],
+            [
+                [
+                    f"[{c.name}]({c.name}.md)",
+                    c.model.description,
+                    code(c.model.service_name),
+                    str(len(c.model.commands)),
+                    str(len(c.model.events)),
+                    f"[{c.name}.asyncapi.yaml]({c.name}.asyncapi.yaml)",
+                ]
+                for c in ordered
+            ],
+        ),
     ]
     while lines and lines[-1] == "":
         lines.pop()

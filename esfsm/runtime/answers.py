@@ -43,8 +43,14 @@ def answer_key(key: str, command_id: str) -> str:
 class Answers:
     """The answers given to command ids of one aggregate."""
 
-    def __init__(self, js: JetStreamContext, bucket: str, replicas: int = 1, window: float = DEFAULT_WINDOW,
-                 description: str = "") -> None:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        bucket: str,
+        replicas: int = 1,
+        window: float = DEFAULT_WINDOW,
+        description: str = "",
+    ) -> None:
         if not window > 0:
             raise ValueError(f"the command id window must be a positive number of seconds, got {window!r}")
         self.js = js
@@ -60,10 +66,16 @@ class Answers:
         try:
             self.kv = await self.js.key_value(self.bucket)
         except (NotFoundError, BadRequestError):
-            self.kv = await self.js.create_key_value(KeyValueConfig(
-                bucket=self.bucket, history=1, ttl=self.window, replicas=self.replicas, direct=True,
-                description=self.description or "esfsm answers to command ids",
-            ))
+            self.kv = await self.js.create_key_value(
+                KeyValueConfig(
+                    bucket=self.bucket,
+                    history=1,
+                    ttl=self.window,
+                    replicas=self.replicas,
+                    direct=True,
+                    description=self.description or "esfsm answers to command ids",
+                )
+            )
             return
         info = await self.js.stream_info(contract.kv_stream(self.bucket))
         if info.config.max_age != self.window or info.config.num_replicas != self.replicas:
@@ -105,8 +117,9 @@ class Answers:
         try:
             await self.kv.put(answer_key(key, command_id), value)
         except (ServiceUnavailableError, nats.errors.TimeoutError, *NOT_SENT) as err:
-            raise UnavailableError(f"cannot record the answer to {contract.COMMAND_ID_HEADER} "
-                                   f"({type(err).__name__})") from err
+            raise UnavailableError(
+                f"cannot record the answer to {contract.COMMAND_ID_HEADER} ({type(err).__name__})"
+            ) from err
         except (nats.errors.Error, nats.js.errors.Error) as err:
             raise StoreError(f"cannot record the answer to {contract.COMMAND_ID_HEADER}: {err}") from err
 
@@ -118,5 +131,6 @@ class Answers:
     async def purge(self, key: str) -> None:
         """Remove every stored answer of key (the scenario engine's fresh start)."""
         self.forget(key)
-        await self.js.purge_stream(contract.kv_stream(self.bucket),
-                                   subject=contract.kv_subject(self.bucket, f"{key}.>"))
+        await self.js.purge_stream(
+            contract.kv_stream(self.bucket), subject=contract.kv_subject(self.bucket, f"{key}.>")
+        )

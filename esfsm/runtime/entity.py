@@ -31,8 +31,10 @@ class SnapshotTooLarge(EsfsmError):
     (the stream, and every load's catch-up from it, are not affected)."""
 
     def __init__(self, key: str, size: int, limit: int) -> None:
-        super().__init__(f"the state of {key!r} is {size} bytes as JSON, over the {limit} bytes a KV "
-                         f"snapshot can hold (the server's max_payload); its snapshot is not written")
+        super().__init__(
+            f"the state of {key!r} is {size} bytes as JSON, over the {limit} bytes a KV "
+            f"snapshot can hold (the server's max_payload); its snapshot is not written"
+        )
 
 
 @dataclass

@@ -73,8 +73,14 @@ class UnavailableError(StoreError):
 
 
 # Raised by nats-py when a request cannot be sent at all: nothing reached the server.
-NOT_SENT = (NoRespondersError, OutboundBufferLimitError, ConnectionClosedError, ConnectionReconnectingError,
-            ConnectionDrainingError, StaleConnectionError)
+NOT_SENT = (
+    NoRespondersError,
+    OutboundBufferLimitError,
+    ConnectionClosedError,
+    ConnectionReconnectingError,
+    ConnectionDrainingError,
+    StaleConnectionError,
+)
 
 
 @dataclass(frozen=True)
@@ -122,7 +128,7 @@ class Requester:
         self._sweeper: asyncio.TimerHandle | None = None
 
     def _deliver(self, subject: str, reply: str, data: bytes, headers: dict[str, str] | None) -> None:
-        waiter = self._pending.pop(subject[len(self.prefix):], None)
+        waiter = self._pending.pop(subject[len(self.prefix) :], None)
         if waiter is None:
             return
         if isinstance(waiter, asyncio.Future):
@@ -162,8 +168,7 @@ class Requester:
             if self._sub is None:
                 self._sub = await self.wire.subscribe(self.prefix + "*", self._deliver, parse_headers=False)
 
-    def send(self, subject: str, payload: bytes, timeout: float,
-             headers: bytes = b"") -> asyncio.Future[Reply]:
+    def send(self, subject: str, payload: bytes, timeout: float, headers: bytes = b"") -> asyncio.Future[Reply]:
         """Publish a request now; the future gets the reply's (data, headers), or TimeoutError.
         Several can be in flight without a task each (after `await ready()`)."""
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
@@ -175,8 +180,9 @@ class Requester:
         the reply arrives, or then(None, TimeoutError()) when it does not in time."""
         self._send(subject, payload, timeout, headers, then)
 
-    def _send(self, subject: str, payload: bytes, timeout: float, headers: bytes,
-              waiter: asyncio.Future[Reply] | Answer) -> None:
+    def _send(
+        self, subject: str, payload: bytes, timeout: float, headers: bytes, waiter: asyncio.Future[Reply] | Answer
+    ) -> None:
         self._count += 1
         token = str(self._count)
         self.wire.publish(subject, payload, self.prefix + token, headers)  # raises if it cannot go out
@@ -189,8 +195,7 @@ class Requester:
         if self._sweeper is None:
             self._sweeper = loop.call_later(SWEEP, self._sweep)
 
-    async def request(self, subject: str, payload: bytes, timeout: float,
-                      headers: bytes = b"") -> Reply:
+    async def request(self, subject: str, payload: bytes, timeout: float, headers: bytes = b"") -> Reply:
         """The reply's (data, headers); headers is None unless it is a status message."""
         if self._sub is None:
             await self.ready()
@@ -219,8 +224,10 @@ def _publish_ack(data: bytes, what: str, conflict: Callable[[str], Exception]) -
     if error:
         if error.get("err_code") in (WRONG_LAST_SEQUENCE, WRONG_LAST_SEQUENCE_CONSTANT):
             raise conflict(error.get("description", ""))
-        raise StoreError(f"JetStream refused {what}: {error.get('description')} "
-                         f"(code {error.get('code')}, err_code {error.get('err_code')})")
+        raise StoreError(
+            f"JetStream refused {what}: {error.get('description')} "
+            f"(code {error.get('code')}, err_code {error.get('err_code')})"
+        )
     return int(ack["seq"])
 
 
@@ -275,8 +282,9 @@ def kv_update_headers(last: int) -> bytes:
 
 def kv_update_result(subject: str, data: bytes) -> int:
     """The new revision from a KV write's ack; KeyWrongLastSequenceError when the entry moved on."""
-    return _publish_ack(data, f"the write to {subject}", lambda description: KeyWrongLastSequenceError(
-        description=description))
+    return _publish_ack(
+        data, f"the write to {subject}", lambda description: KeyWrongLastSequenceError(description=description)
+    )
 
 
 async def kv_update(nc: Client, subject: str, value: bytes, last: int, timeout: float = 5.0) -> int:
@@ -291,18 +299,28 @@ async def kv_update(nc: Client, subject: str, value: bytes, last: int, timeout: 
 
 
 @overload
-def append_one(nc: Client, entity_subjects: str, expected_seq: int, event: Outgoing,
-               timeout: float = 5.0, then: None = None) -> asyncio.Future[Reply]: ...
+def append_one(
+    nc: Client, entity_subjects: str, expected_seq: int, event: Outgoing, timeout: float = 5.0, then: None = None
+) -> asyncio.Future[Reply]: ...
 @overload
-def append_one(nc: Client, entity_subjects: str, expected_seq: int, event: Outgoing,
-               timeout: float, then: Answer) -> None: ...
-def append_one(nc: Client, entity_subjects: str, expected_seq: int, event: Outgoing,
-               timeout: float = 5.0, then: Answer | None = None) -> asyncio.Future[Reply] | None:
+def append_one(
+    nc: Client, entity_subjects: str, expected_seq: int, event: Outgoing, timeout: float, then: Answer
+) -> None: ...
+def append_one(
+    nc: Client,
+    entity_subjects: str,
+    expected_seq: int,
+    event: Outgoing,
+    timeout: float = 5.0,
+    then: Answer | None = None,
+) -> asyncio.Future[Reply] | None:
     """Start the append of a single event (the request mux must be ready). Without then, a
     future gets the ack for append_result, or TimeoutError; with then, it is called with
     them instead (see Requester.send_then). Raises NOT_SENT errors when it cannot go out."""
-    headers = (f"NATS/1.0\r\n{EXPECTED_SEQ}: {expected_seq}\r\n{EXPECTED_SEQ_SUBJECT}: {entity_subjects}\r\n"
-               f"{CONTENT_TYPE}: {EVENT_CONTENT_TYPE}\r\n{MSG_ID}: {event.msg_id}\r\n\r\n").encode()  # header_block
+    headers = (
+        f"NATS/1.0\r\n{EXPECTED_SEQ}: {expected_seq}\r\n{EXPECTED_SEQ_SUBJECT}: {entity_subjects}\r\n"
+        f"{CONTENT_TYPE}: {EVENT_CONTENT_TYPE}\r\n{MSG_ID}: {event.msg_id}\r\n\r\n"
+    ).encode()  # header_block
     if then is None:
         return requester(nc).send(event.subject, event.body, timeout, headers)
     requester(nc).send_then(event.subject, event.body, timeout, headers, then)
@@ -330,8 +348,9 @@ async def read_subject(
         inbox = nc.new_inbox()
         try:
             sub = await nc.subscribe(inbox)
-            await nc.publish(api, orjson.dumps({"seq": seq, "next_by_subj": subjects, "batch": DIRECT_GET_BATCH}),
-                             reply=inbox)
+            await nc.publish(
+                api, orjson.dumps({"seq": seq, "next_by_subj": subjects, "batch": DIRECT_GET_BATCH}), reply=inbox
+            )
         except NOT_SENT as err:
             raise UnavailableError(f"cannot reach JetStream ({type(err).__name__})") from err
         try:
@@ -361,8 +380,10 @@ async def read_subject(
 
 def _direct_get_failed(subjects: str, status: str, headers: Mapping[str, str], api: str) -> StoreError:
     if status == "503":  # no responders: no JetStream behind this API prefix
-        return UnavailableError(f"JetStream does not answer on {api.split('.DIRECT.', 1)[0]}: is JetStream enabled on "
-                                "the server, and the JetStream domain (--js-domain) right?")
+        return UnavailableError(
+            f"JetStream does not answer on {api.split('.DIRECT.', 1)[0]}: is JetStream enabled on "
+            "the server, and the JetStream domain (--js-domain) right?"
+        )
     description = " ".join(str(headers.get("Description", "")).split())
     return StoreError(f"direct get of {subjects} failed: {status} {description}".rstrip())
 
@@ -372,8 +393,9 @@ async def last_message(
 ) -> Stored | None:
     """The last message on subjects (wildcards allowed), or None if there is none."""
     try:
-        data, headers = await requester(nc).request(f"{api}.DIRECT.GET.{stream}",
-                                                    orjson.dumps({"last_by_subj": subjects}), timeout)
+        data, headers = await requester(nc).request(
+            f"{api}.DIRECT.GET.{stream}", orjson.dumps({"last_by_subj": subjects}), timeout
+        )
     except (TimeoutError, *NOT_SENT) as err:
         raise UnavailableError(f"JetStream did not answer a read of {subjects} ({type(err).__name__})") from err
     headers = headers or {}

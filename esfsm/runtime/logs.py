@@ -69,8 +69,9 @@ class _Record:
 
 def render_logfmt(_: WrappedLogger, __: str, event: EventDict) -> str:
     """key=value pairs; a value is quoted unless it is one plain word (booleans in lower case)."""
-    return " ".join(f"{key}={_quote(str(value).lower() if isinstance(value, bool) else str(value))}"
-                    for key, value in event.items())
+    return " ".join(
+        f"{key}={_quote(str(value).lower() if isinstance(value, bool) else str(value))}" for key, value in event.items()
+    )
 
 
 def render_json(_: WrappedLogger, __: str, event: EventDict) -> str:
@@ -92,8 +93,9 @@ def formatter(fmt: LogFormat = "logfmt", worker: int | None = None) -> logging.F
     return ProcessorFormatter(processors=[_Record(worker), renderer])
 
 
-def configure_logging(level: str = "info", fmt: LogFormat = "logfmt", worker: int | None = None,
-                      stream: TextIO | None = None) -> None:
+def configure_logging(
+    level: str = "info", fmt: LogFormat = "logfmt", worker: int | None = None, stream: TextIO | None = None
+) -> None:
     """Log the `esfsm` loggers at level and above to stream (stderr), one line a record in fmt
     ("logfmt" or "json"); worker: this process's number among `esfsm run --workers N`'s."""
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
@@ -103,8 +105,12 @@ def configure_logging(level: str = "info", fmt: LogFormat = "logfmt", worker: in
     root.setLevel(level.upper())
     root.propagate = False
     processors: list[Processor] = [structlog.stdlib.filter_by_level, ProcessorFormatter.wrap_for_formatter]
-    structlog.configure(processors=processors, logger_factory=structlog.stdlib.LoggerFactory(),
-                        wrapper_class=structlog.stdlib.BoundLogger, cache_logger_on_first_use=True)
+    structlog.configure(
+        processors=processors,
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
 
 
 def setup_logging(level: str = "info", worker: int | None = None) -> None:
@@ -112,5 +118,13 @@ def setup_logging(level: str = "info", worker: int | None = None) -> None:
     configure_logging(level, "logfmt", worker)
 
 
-__all__ = ["LOG_FORMATS", "LogFormat", "configure_logging", "formatter", "info", "render_json", "render_logfmt",
-           "setup_logging"]
+__all__ = [
+    "LOG_FORMATS",
+    "LogFormat",
+    "configure_logging",
+    "formatter",
+    "info",
+    "render_json",
+    "render_logfmt",
+    "setup_logging",
+]

@@ -101,8 +101,9 @@ class Partition:
                 await nc.request(f"{PREFIX}.{self.group}.{waiting[0]}.ping", b"", timeout=1.0)
             except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
                 if loop.time() > deadline:
-                    raise PeersMissing(f"workers {', '.join(map(str, waiting))} of {self.count} did not start "
-                                       f"within {timeout:.0f} s") from None
+                    raise PeersMissing(
+                        f"workers {', '.join(map(str, waiting))} of {self.count} did not start within {timeout:.0f} s"
+                    ) from None
                 await asyncio.sleep(0.05)
                 continue
             waiting.pop(0)

@@ -70,8 +70,16 @@ def internal_error(err: BaseException) -> Reply:
 class Pipeline:
     """Decides and stores the commands of one aggregate on one NATS connection."""
 
-    def __init__(self, nc: Client, compiled: CompiledAggregate, store: AggregateStore, slots: Slots,
-                 respond: Respond, spawn: Spawn, test_clock: bool = False) -> None:
+    def __init__(
+        self,
+        nc: Client,
+        compiled: CompiledAggregate,
+        store: AggregateStore,
+        slots: Slots,
+        respond: Respond,
+        spawn: Spawn,
+        test_clock: bool = False,
+    ) -> None:
         self.nc = nc
         self.compiled = compiled
         self.store = store
@@ -95,7 +103,8 @@ class Pipeline:
         """What JetStream could not take: events over max_payload (400), a state over what one
         snapshot holds (413)."""
         too_large = self._too_big(key, decision.state.state, outgoing) or state_too_large(
-            decision, self.store.snapshot_limit - SNAPSHOT_FIELDS)
+            decision, self.store.snapshot_limit - SNAPSHOT_FIELDS
+        )
         return too_large.as_dict() if isinstance(too_large, Rejected) else too_large
 
     def _now(self, prepared: Prepared) -> dt.datetime | None:
@@ -127,8 +136,11 @@ class Pipeline:
         except UnavailableError as err:
             slot.entity = None  # whatever happened, reload next time
             if err.maybe_stored:
-                return rejection(UNAVAILABLE, f"{err}; the command may have been stored: retry it with the same "
-                                              f"{COMMAND_ID_HEADER} to learn its outcome")
+                return rejection(
+                    UNAVAILABLE,
+                    f"{err}; the command may have been stored: retry it with the same "
+                    f"{COMMAND_ID_HEADER} to learn its outcome",
+                )
             return rejection(UNAVAILABLE, f"JetStream is unavailable, nothing was stored: {err}")
         except StoreError as err:
             slot.entity = None
@@ -162,8 +174,9 @@ class Pipeline:
             decision = outcome.decision
             assert isinstance(decision, Accepted)
             documents = [event_to_dict(event) for event in decision.events]  # once, for stream and reply
-            outgoing = [Outgoing(self.store.subject(key, doc["type"]), orjson.dumps(doc), doc["id"])
-                        for doc in documents]
+            outgoing = [
+                Outgoing(self.store.subject(key, doc["type"]), orjson.dumps(doc), doc["id"]) for doc in documents
+            ]
             too_big = self._oversize(key, decision, outgoing)
             if too_big:
                 return too_big
@@ -180,11 +193,14 @@ class Pipeline:
                     raise
                 seq = found
             return await self._accepted(entity, prepared, decision.state, seq, documents)
-        return rejection(CONFLICT, f"entity {key!r} is being changed concurrently; "
-                                   f"gave up after {MAX_ATTEMPTS} attempts, nothing was stored")
+        return rejection(
+            CONFLICT,
+            f"entity {key!r} is being changed concurrently; gave up after {MAX_ATTEMPTS} attempts, nothing was stored",
+        )
 
-    async def _accepted(self, entity: Entity, prepared: Prepared, state: EntityState, seq: int,
-                        documents: list[Reply]) -> Reply:
+    async def _accepted(
+        self, entity: Entity, prepared: Prepared, state: EntityState, seq: int, documents: list[Reply]
+    ) -> Reply:
         """The events are stored: the entity moves on, the answer is remembered."""
         entity.state, entity.seq = state, seq
         reply = accepted_reply(state.version, state.state, documents)
@@ -225,9 +241,12 @@ class Pipeline:
         limit = self.nc.max_payload
         if size + HEADROOM + len(self.store.entity_subjects(key)) + len(state) <= limit:
             return None
-        return rejection(BAD_REQUEST, f"the events of this command would be {size} bytes; with their headers "
-                                      f"and the reply that quotes them that is over the NATS server's "
-                                      f"max_payload of {limit} bytes; nothing was stored")
+        return rejection(
+            BAD_REQUEST,
+            f"the events of this command would be {size} bytes; with their headers "
+            f"and the reply that quotes them that is over the NATS server's "
+            f"max_payload of {limit} bytes; nothing was stored",
+        )
 
     # -- the fast path: a warm entity, no task ----------------------------------------
 
@@ -266,18 +285,30 @@ class Pipeline:
         if not outcome.stores or not isinstance(decision, Accepted) or len(decision.events) != 1:
             return False  # an answer to confirm first, or a batch: the task path takes steps
         document = event_to_dict(decision.events[0])
-        outgoing = Outgoing(self.store.subject(prepared.key, document["type"]), orjson.dumps(document),
-                            document["id"])
+        outgoing = Outgoing(self.store.subject(prepared.key, document["type"]), orjson.dumps(document), document["id"])
         if self._oversize(prepared.key, decision, [outgoing]):
             return False  # the task path rejects it
         expected_seq = entity.seq
-        self.store.append_one(prepared.key, expected_seq, outgoing, functools.partial(
-            self._acked, slot, prepared, decision.state, document, outgoing, expected_seq, reply_to))
+        self.store.append_one(
+            prepared.key,
+            expected_seq,
+            outgoing,
+            functools.partial(self._acked, slot, prepared, decision.state, document, outgoing, expected_seq, reply_to),
+        )
         return True
 
-    def _acked(self, slot: Slot, prepared: Prepared, state: EntityState, document: Reply, outgoing: Outgoing,
-               expected_seq: int, reply_to: str, answer: tuple[bytes, dict[str, str] | None] | None,
-               error: BaseException | None) -> None:
+    def _acked(
+        self,
+        slot: Slot,
+        prepared: Prepared,
+        state: EntityState,
+        document: Reply,
+        outgoing: Outgoing,
+        expected_seq: int,
+        reply_to: str,
+        answer: tuple[bytes, dict[str, str] | None] | None,
+        error: BaseException | None,
+    ) -> None:
         """The append's ack arrived (or its wait ran out): finish the command."""
         try:
             if error is not None:
@@ -288,13 +319,14 @@ class Pipeline:
             self.finish(slot, prepared, reply_to, self.held(slot, prepared, stale=True))
             return
         except NatsTimeoutError:  # no ack: it may be stored; find out as the task path does
-            self.finish(slot, prepared, reply_to, self._resume(slot, outgoing, expected_seq, state, document,
-                                                              prepared))
+            self.finish(slot, prepared, reply_to, self._resume(slot, outgoing, expected_seq, state, document, prepared))
             return
         except NOT_SENT as err:
             slot.entity = None
-            reply = rejection(UNAVAILABLE, f"JetStream is unavailable, nothing was stored: "
-                                           f"cannot reach JetStream ({type(err).__name__})")
+            reply = rejection(
+                UNAVAILABLE,
+                f"JetStream is unavailable, nothing was stored: cannot reach JetStream ({type(err).__name__})",
+            )
         except StoreError as err:
             slot.entity = None
             reply = rejection(INTERNAL, f"storage failure, nothing was stored: {err}")
@@ -310,20 +342,25 @@ class Pipeline:
         self._done(slot)
         self.respond(prepared.request.name, reply, reply_to, prepared.key)
 
-    async def _resume(self, slot: Slot, outgoing: Outgoing, expected_seq: int, state: EntityState,
-                      document: Reply, prepared: Prepared) -> Reply:
+    async def _resume(
+        self, slot: Slot, outgoing: Outgoing, expected_seq: int, state: EntityState, document: Reply, prepared: Prepared
+    ) -> Reply:
         """After a fast append got no ack: stored or not, as the task path finds out."""
         seq = await self._stored_after_all(prepared.key, expected_seq, [outgoing])
         if seq is None:
             slot.entity = None
-            return rejection(UNAVAILABLE, "JetStream did not acknowledge the append in time; the command may have "
-                                          f"been stored: retry it with the same {COMMAND_ID_HEADER} to learn its "
-                                          "outcome")
+            return rejection(
+                UNAVAILABLE,
+                "JetStream did not acknowledge the append in time; the command may have "
+                f"been stored: retry it with the same {COMMAND_ID_HEADER} to learn its "
+                "outcome",
+            )
         assert slot.entity is not None
         return await self._accepted(slot.entity, prepared, state, seq, [document])
 
     def finish(self, slot: Slot, prepared: Prepared, reply_to: str, step: Awaitable[Reply]) -> None:
         """Finish a command on the task path, in a task, its entity's turn still held."""
+
         async def finish() -> None:
             try:
                 reply = await step

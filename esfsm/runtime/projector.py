@@ -67,8 +67,12 @@ def stream_sequence(ack_subject: str) -> int | None:
 
 
 class Projector:
-    def __init__(self, store: AggregateStore, cached: Callable[[str], Entity | None] = lambda key: None,
-                 partition: Partition | None = None) -> None:
+    def __init__(
+        self,
+        store: AggregateStore,
+        cached: Callable[[str], Entity | None] = lambda key: None,
+        partition: Partition | None = None,
+    ) -> None:
         self.store = store
         self.cached = cached
         self.partition = partition
@@ -89,7 +93,7 @@ class Projector:
     def key_of(self, subject: str) -> str | None:
         if not subject.startswith(self.prefix):
             return None
-        return subject[len(self.prefix):].split(".", 1)[0] or None
+        return subject[len(self.prefix) :].split(".", 1)[0] or None
 
     # -- pull requests --------------------------------------------------------
 
@@ -118,8 +122,9 @@ class Projector:
             if status == "100":  # heartbeat
                 return
             if status not in ("404", "408"):  # no responders, 409 consumer deleted or push based, ...
-                log.debug("pull from %s ended: %s %s", self.store.durable, status,
-                          (headers or {}).get("Description", ""))
+                log.debug(
+                    "pull from %s ended: %s %s", self.store.durable, status, (headers or {}).get("Description", "")
+                )
                 self._trouble = True
             self._ended.set()
             return
@@ -133,9 +138,13 @@ class Projector:
     async def run(self) -> None:
         subs = [await self.wire.subscribe(self._inbox, self._deliver, parse_headers=False)]
         if self.partition is not None:
-            subs.append(await self.wire.subscribe(
-                self.partition.snapshots(self.partition.index, self.store.compiled.name), self._taken,
-                parse_headers=False))
+            subs.append(
+                await self.wire.subscribe(
+                    self.partition.snapshots(self.partition.index, self.store.compiled.name),
+                    self._taken,
+                    parse_headers=False,
+                )
+            )
         try:
             await self._loop()
         finally:
@@ -171,11 +180,11 @@ class Projector:
             subject = partition.snapshots(owner, self.store.compiled.name)
             for start in range(0, len(items), HAND_OVER):
                 try:
-                    self.wire.publish(subject, orjson.dumps(items[start:start + HAND_OVER]))
+                    self.wire.publish(subject, orjson.dumps(items[start : start + HAND_OVER]))
                 except Exception as err:  # noqa: BLE001 - disconnected: not acknowledged, so redelivered later
                     log.debug("hand-over to worker %d failed: %s", owner, type(err).__name__)
                     break
-                self.handed_over += len(items[start:start + HAND_OVER])
+                self.handed_over += len(items[start : start + HAND_OVER])
         return mine
 
     async def _loop(self) -> None:

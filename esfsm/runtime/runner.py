@@ -44,8 +44,19 @@ from esfsm.runtime.store import AggregateStore
 from esfsm.runtime.turns import DEFAULT_CAPACITY
 from esfsm.runtime.workers import STOP_SIGNALS, WORKER_STOP_WAIT, Workers, watch_parent
 
-__all__ = ["GC_THRESHOLDS", "STOP_SIGNALS", "WORKER_STOP_WAIT", "ConnectionLost", "RunSettings", "Runtime",
-           "Workers", "configure_logging", "serve", "setup_logging", "tune_gc"]
+__all__ = [
+    "GC_THRESHOLDS",
+    "STOP_SIGNALS",
+    "WORKER_STOP_WAIT",
+    "ConnectionLost",
+    "RunSettings",
+    "Runtime",
+    "Workers",
+    "configure_logging",
+    "serve",
+    "setup_logging",
+    "tune_gc",
+]
 
 log = logging.getLogger("esfsm.run")
 
@@ -87,8 +98,7 @@ class Runtime:
         for compiled in self.aggregates:
             store = AggregateStore(self.nc, compiled, domain=self.domain, command_window=self.command_window)
             await store.ensure()
-            service = AggregateService(self.nc, compiled, store, self.test_clock, self.partition,
-                                       self.cache_entities)
+            service = AggregateService(self.nc, compiled, store, self.test_clock, self.partition, self.cache_entities)
             await service.listen_passed()
             self.services[compiled.name] = service
         if self.partition is not None:
@@ -106,8 +116,14 @@ class Runtime:
             await service.start()
             self.projectors.append(Projector(service.store, service.cached, self.partition))
             names = compiled.model.nats
-            info("serving aggregate", aggregate=compiled.name, service=compiled.model.service_name,
-                 commands=all_commands(names.commands), stream=names.stream, bucket=names.bucket)
+            info(
+                "serving aggregate",
+                aggregate=compiled.name,
+                service=compiled.model.service_name,
+                commands=all_commands(names.commands),
+                stream=names.stream,
+                bucket=names.bucket,
+            )
         self._tasks = asyncio.create_task(self._supervise(), name="runtime")
         self._tasks.add_done_callback(self._ended)  # retrieves its outcome, whoever awaits it
         return True
@@ -153,10 +169,15 @@ class Runtime:
                 continue
             if name in ours and theirs and theirs != ours[name] and name not in warned:
                 warned.add(name)
-                log.warning("another runtime serves aggregate %r from a different definition (its fingerprint "
-                            "%s, ours %s): commands will be decided by whichever of the two gets them; expected "
-                            "only during a rolling upgrade", name, theirs, ours[name],
-                            extra={"fields": {"aggregate": name, "other": info_.get("id", "?")}})
+                log.warning(
+                    "another runtime serves aggregate %r from a different definition (its fingerprint "
+                    "%s, ours %s): commands will be decided by whichever of the two gets them; expected "
+                    "only during a rolling upgrade",
+                    name,
+                    theirs,
+                    ours[name],
+                    extra={"fields": {"aggregate": name, "other": info_.get("id", "?")}},
+                )
 
     async def stop(self, wait: float = STOP_WAIT) -> None:
         """Stop taking commands, finish those in flight, then stop the snapshot writers (cancelled
@@ -202,8 +223,9 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-async def serve(aggregates: Iterable[CompiledAggregate], settings: RunSettings,
-                stop: asyncio.Event | None = None) -> None:
+async def serve(
+    aggregates: Iterable[CompiledAggregate], settings: RunSettings, stop: asyncio.Event | None = None
+) -> None:
     """Run until SIGINT/SIGTERM/SIGHUP (or stop is set), then drain and return."""
     aggregates = list(aggregates)
     stop = stop or asyncio.Event()
@@ -233,14 +255,27 @@ async def serve(aggregates: Iterable[CompiledAggregate], settings: RunSettings,
         raise ConnectionLost("; ".join(lost))
 
 
-async def _serve(aggregates: list[CompiledAggregate], settings: RunSettings, servers: list[str],
-                 stop: asyncio.Event, lost: list[str], tasks: asyncio.TaskGroup) -> None:
+async def _serve(
+    aggregates: list[CompiledAggregate],
+    settings: RunSettings,
+    servers: list[str],
+    stop: asyncio.Event,
+    lost: list[str],
+    tasks: asyncio.TaskGroup,
+) -> None:
     """Connect, serve until stop is set, drain; what ended the run unasked goes in lost."""
     watcher = _ConnectionWatcher(servers, stop, lost)
-    nc = await _until_stopped(connect(servers, settings.options, error_cb=watcher.trouble,
-                                      disconnected_cb=_log_async("disconnected from NATS", unless=stop),
-                                      reconnected_cb=_log_async("reconnected to NATS"),
-                                      closed_cb=watcher.closed), stop)
+    nc = await _until_stopped(
+        connect(
+            servers,
+            settings.options,
+            error_cb=watcher.trouble,
+            disconnected_cb=_log_async("disconnected from NATS", unless=stop),
+            reconnected_cb=_log_async("reconnected to NATS"),
+            closed_cb=watcher.closed,
+        ),
+        stop,
+    )
     if nc is None:
         info("stopped before connecting")
         return
@@ -254,8 +289,15 @@ async def _serve(aggregates: list[CompiledAggregate], settings: RunSettings, ser
     partition = settings.partition
     if settings.workers > 1:
         partition = Partition(secrets.token_hex(4), 0, settings.workers)
-    runtime = Runtime(nc, aggregates, settings.options.js_domain, partition=partition, on_failure=failed,
-                      cache_entities=settings.cache_entities, command_window=settings.command_window)
+    runtime = Runtime(
+        nc,
+        aggregates,
+        settings.options.js_domain,
+        partition=partition,
+        on_failure=failed,
+        cache_entities=settings.cache_entities,
+        command_window=settings.command_window,
+    )
     workers: Workers | None = None
     try:
         await runtime.prepare()
@@ -263,16 +305,23 @@ async def _serve(aggregates: list[CompiledAggregate], settings: RunSettings, ser
             assert partition is not None
             cores = os.cpu_count() or 1
             if settings.workers > cores:
-                log.warning("%d workers on %d cores: more workers than cores costs CPU (a passed-on command "
-                            "is one more message) and gains nothing", settings.workers, cores)
+                log.warning(
+                    "%d workers on %d cores: more workers than cores costs CPU (a passed-on command "
+                    "is one more message) and gains nothing",
+                    settings.workers,
+                    cores,
+                )
             workers = Workers(partition, settings.options, settings.worker_args, servers, stop, lost)
             await workers.start(tasks)
         elif settings.partition is not None:
             tasks.create_task(watch_parent(stop, lost), name="watch-parent")
         if await runtime.open(stop):
             tune_gc()
-            info("ready", aggregates=",".join(a.name for a in aggregates),
-                 **({"workers": settings.workers} if workers else {}))
+            info(
+                "ready",
+                aggregates=",".join(a.name for a in aggregates),
+                **({"workers": settings.workers} if workers else {}),
+            )
         await stop.wait()
         info("draining")
     finally:
@@ -304,14 +353,20 @@ class _ConnectionWatcher:
     async def trouble(self, err: Exception) -> None:  # nats-py's error callback: while connecting, and later
         text = f"{type(err).__name__}: {err}"
         if "permissions violation" in text and f"{PREFIX.lower()}." in text.lower() and not self.stop.is_set():
-            log.error("the NATS user may not use %s.>, which the workers of --workers pass commands on "
-                      "(see docs/security.md): %s; stopping", PREFIX, err)
+            log.error(
+                "the NATS user may not use %s.>, which the workers of --workers pass commands on "
+                "(see docs/security.md): %s; stopping",
+                PREFIX,
+                err,
+            )
             self.lost.append(f"no permission on {PREFIX}.> for the workers")
             self.stop.set()
             return
         if "permissions violation" in text and info_subject("").lower() in text.lower():
-            info(f"no permission to ask the other runtimes for their definitions (publish "
-                 f"{info_subject('<name>')}, docs/security.md); not comparing them")
+            info(
+                f"no permission to ask the other runtimes for their definitions (publish "
+                f"{info_subject('<name>')}, docs/security.md); not comparing them"
+            )
             return
         if text in self.noted:
             return
@@ -360,6 +415,7 @@ async def _close(nc: Client) -> None:
 def _log_async(message: str, unless: asyncio.Event | None = None):  # type: ignore[no-untyped-def]
     """A nats-py callback that logs a warning; only at debug level once unless is set (the
     connection closing at the end of a drain is no news)."""
+
     async def callback() -> None:
         if unless is not None and unless.is_set():
             log.debug(message)

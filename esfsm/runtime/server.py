@@ -108,31 +108,54 @@ class EmbeddedServer:
             self.store_dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             why = "it is a file" if self.store_dir.is_file() else err.strerror or type(err).__name__
-            raise ServerError(f"cannot use {str(self.store_dir)!r} as the store folder: {why}; give another "
-                              "--store-dir") from err
+            raise ServerError(
+                f"cannot use {str(self.store_dir)!r} as the store folder: {why}; give another --store-dir"
+            ) from err
         running = embedded_url(self.store_dir)
         if running is not None and _answers_at(running):  # two servers on one store would corrupt it
-            raise ServerError(f"a nats-server started by esfsm already runs with the store {self.store_dir} "
-                              f"({running}): to add a runtime process to it, give `--server {running}`; for a "
-                              f"server of its own, give another --store-dir")
+            raise ServerError(
+                f"a nats-server started by esfsm already runs with the store {self.store_dir} "
+                f"({running}): to add a runtime process to it, give `--server {running}`; for a "
+                f"server of its own, give another --store-dir"
+            )
         if not self.port:
             self.port = free_port(DEFAULT_PORT, self.host)
         elif not port_is_free(self.port, self.host):
-            raise ServerError(f"port {self.port} on {self.host} is in use: give another --port, or none "
-                              f"({DEFAULT_PORT} or the next free one)")
+            raise ServerError(
+                f"port {self.port} on {self.host} is in use: give another --port, or none "
+                f"({DEFAULT_PORT} or the next free one)"
+            )
         log_path = self.store_dir / "nats-server.log"
         with _open_log(log_path) as log:
-            args = [server_binary(), "-js", "-a", self.host, "-p", str(self.port),
-                    "-sd", str(self.store_dir / "jetstream"), "--server_name", f"esfsm-{self.port}", *self.extra_args]
+            args = [
+                server_binary(),
+                "-js",
+                "-a",
+                self.host,
+                "-p",
+                str(self.port),
+                "-sd",
+                str(self.store_dir / "jetstream"),
+                "--server_name",
+                f"esfsm-{self.port}",
+                *self.extra_args,
+            ]
             # A session of its own: Ctrl-C in the terminal reaches esfsm, which drains first and
             # then stops it. And should esfsm die without stopping it, it gets SIGTERM (Linux).
-            self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            start_new_session=True, preexec_fn=die_with_parent)  # noqa: PLW1509 - it only calls prctl
+            self.process = subprocess.Popen(
+                args,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=die_with_parent,
+            )  # noqa: PLW1509 - it only calls prctl
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise ServerError(f"nats-server exited with code {self.process.returncode}{_last_line(log_path)}; "
-                                  f"see {log_path}")
+                raise ServerError(
+                    f"nats-server exited with code {self.process.returncode}{_last_line(log_path)}; see {log_path}"
+                )
             if not port_is_free(self.port, self.host) and self._answers():
                 self._write_state()
                 return self
@@ -144,7 +167,9 @@ class EmbeddedServer:
         return _answers_at(self.url)
 
     def _write_state(self) -> None:
-        (self.store_dir / STATE_FILE).write_text(json.dumps({"url": self.url, "pid": self.process.pid if self.process else None}))
+        (self.store_dir / STATE_FILE).write_text(
+            json.dumps({"url": self.url, "pid": self.process.pid if self.process else None})
+        )
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.process is None:

@@ -54,8 +54,14 @@ WRITTEN = 100_000  # keys whose last snapshot write this process remembers
 class AggregateStore:
     """Events in stream `<stream>` on `<events>.<key>.<type>`; snapshots in bucket `<bucket>`."""
 
-    def __init__(self, nc: Client, compiled: CompiledAggregate, timeout: float = 5.0, domain: str | None = None,
-                 command_window: float = DEFAULT_WINDOW) -> None:
+    def __init__(
+        self,
+        nc: Client,
+        compiled: CompiledAggregate,
+        timeout: float = 5.0,
+        domain: str | None = None,
+        command_window: float = DEFAULT_WINDOW,
+    ) -> None:
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream(timeout=timeout, domain=domain)
         self.api = api_prefix(domain)
@@ -63,8 +69,13 @@ class AggregateStore:
         self.names = compiled.model.nats
         self.timeout = timeout
         self.kv: KeyValue | None = None
-        self.answers = Answers(self.js, self.names.bucket, self.names.replicas, command_window,
-                               f"esfsm answers to command ids of aggregate {compiled.name}")
+        self.answers = Answers(
+            self.js,
+            self.names.bucket,
+            self.names.replicas,
+            command_window,
+            f"esfsm answers to command ids of aggregate {compiled.name}",
+        )
         # key → (KV revision, stream seq) this process wrote last; only guards the fast path of
         # write_snapshot, so a key forgotten costs one read
         self._written: LRUCache[str, tuple[int, int]] = LRUCache(maxsize=WRITTEN)
@@ -89,9 +100,11 @@ class AggregateStore:
             await self._ensure()
         except (ServiceUnavailableError, nats.errors.NoRespondersError, nats.errors.TimeoutError) as err:
             domain = f" in domain {self.api.split('.')[1]!r}" if self.api != "$JS.API" else ""
-            raise StoreError(f"JetStream{domain} does not answer on this NATS server ({type(err).__name__}): "
-                             "start nats-server with -js (or a `jetstream {}` block in its configuration), "
-                             "or check --js-domain") from None
+            raise StoreError(
+                f"JetStream{domain} does not answer on this NATS server ({type(err).__name__}): "
+                "start nats-server with -js (or a `jetstream {}` block in its configuration), "
+                "or check --js-domain"
+            ) from None
 
     async def _ensure(self) -> None:
         config = StreamConfig(
@@ -111,19 +124,30 @@ class AggregateStore:
         try:
             self.kv = await self.js.key_value(self.names.bucket)
         except (NotFoundError, BadRequestError):
-            self.kv = await self.js.create_key_value(KeyValueConfig(
-                bucket=self.names.bucket, history=1, replicas=self.names.replicas, direct=True,
-                description=f"esfsm state of aggregate {self.compiled.name}",
-            ))
+            self.kv = await self.js.create_key_value(
+                KeyValueConfig(
+                    bucket=self.names.bucket,
+                    history=1,
+                    replicas=self.names.replicas,
+                    direct=True,
+                    description=f"esfsm state of aggregate {self.compiled.name}",
+                )
+            )
         bucket = await self.js.stream_info(contract.kv_stream(self.names.bucket))
         if bucket.config.num_replicas != self.names.replicas:  # `replicas` changed (say, moved to a cluster)
             bucket.config.num_replicas = self.names.replicas
             await self.js.update_stream(bucket.config)
-        await self.js.add_consumer(self.names.stream, ConsumerConfig(
-            durable_name=self.durable, filter_subject=contract.stream_subjects(self.names.events), ack_wait=10,
-            max_ack_pending=20_000, description=f"esfsm snapshots of aggregate {self.compiled.name}",
-            headers_only=True,  # the snapshot writer reads subjects and sequences, never the events themselves
-        ))
+        await self.js.add_consumer(
+            self.names.stream,
+            ConsumerConfig(
+                durable_name=self.durable,
+                filter_subject=contract.stream_subjects(self.names.events),
+                ack_wait=10,
+                max_ack_pending=20_000,
+                description=f"esfsm snapshots of aggregate {self.compiled.name}",
+                headers_only=True,  # the snapshot writer reads subjects and sequences, never the events themselves
+            ),
+        )
         await self.answers.ensure()
 
     # -- events --------------------------------------------------------------
@@ -141,15 +165,15 @@ class AggregateStore:
         latest append yet would let a command be rejected on a stale state."""
         if self.names.replicas > 1:
             return await self._last_seq_from_leader(key)
-        last = await last_message(self.nc, self.names.stream, self.entity_subjects(key), self.timeout,
-                                  self.api)
+        last = await last_message(self.nc, self.names.stream, self.entity_subjects(key), self.timeout, self.api)
         return last.seq if last else 0
 
     async def _last_seq_from_leader(self, key: str) -> int:
         subjects = self.entity_subjects(key)
         try:
-            msg = await self.nc.request(f"{self.api}.STREAM.MSG.GET.{self.names.stream}",
-                                        orjson.dumps({"last_by_subj": subjects}), self.timeout)
+            msg = await self.nc.request(
+                f"{self.api}.STREAM.MSG.GET.{self.names.stream}", orjson.dumps({"last_by_subj": subjects}), self.timeout
+            )
         except (nats.errors.TimeoutError, *NOT_SENT) as err:
             raise UnavailableError(f"JetStream did not answer a read of {subjects} ({type(err).__name__})") from err
         try:
@@ -236,8 +260,13 @@ class AggregateStore:
         """Whether cached may overwrite revision_hint without reading the snapshot first: this
         process wrote that revision, and cached is at least as recent as it and newer_than."""
         written = self._written.get(key)
-        return bool(revision_hint and cached is not None and written is not None and written[0] == revision_hint
-                    and cached.seq >= max(newer_than, written[1]))
+        return bool(
+            revision_hint
+            and cached is not None
+            and written is not None
+            and written[0] == revision_hint
+            and cached.seq >= max(newer_than, written[1])
+        )
 
     async def write_over(self, writes: list[tuple[Entity, int]]) -> list[int | BaseException]:
         """Compare-and-set writes of several entities over the revisions given, all in flight
@@ -250,8 +279,16 @@ class AggregateStore:
             key, seq = entity.state.key, entity.seq
             subject = self.kv_subject(key)
             try:
-                sent.append((key, subject, seq, mux.send(subject, entity.to_json(self.snapshot_limit), self.timeout,
-                                                         kv_update_headers(revision))))
+                sent.append(
+                    (
+                        key,
+                        subject,
+                        seq,
+                        mux.send(
+                            subject, entity.to_json(self.snapshot_limit), self.timeout, kv_update_headers(revision)
+                        ),
+                    )
+                )
             except Exception as err:  # noqa: BLE001 - disconnected, say: nothing went out; reported per entity
                 sent.append((key, subject, seq, err))
         results: list[int | BaseException] = []
@@ -268,8 +305,9 @@ class AggregateStore:
             results.append(written)
         return results
 
-    async def write_snapshot(self, key: str, newer_than: int, cached: Entity | None = None, tries: int = 5,
-                             revision_hint: int = 0) -> int:
+    async def write_snapshot(
+        self, key: str, newer_than: int, cached: Entity | None = None, tries: int = 5, revision_hint: int = 0
+    ) -> int:
         """Bring key's snapshot to at least stream sequence newer_than; returns the revision
         written (0 if it already was). Safe to run anywhere, any number of times; never
         moves a snapshot backwards. Raises StoreError when it could not (the caller retries).

@@ -107,8 +107,9 @@ class NatsScenarioEngine:
         await self.store.answers.purge(key)
         self.service.forget(key)
 
-    def handle(self, aggregate: str, command: str, key: str, payload: Any = None,
-               headers: dict[str, str] | None = None) -> Decision:
+    def handle(
+        self, aggregate: str, command: str, key: str, payload: Any = None, headers: dict[str, str] | None = None
+    ) -> Decision:
         async def go() -> dict[str, Any]:
             if self._valid(key):
                 await self._purge(key)
@@ -171,8 +172,10 @@ class NatsScenarioEngine:
             entity = await self.store.load(key)
             given = list(events)
             state = reading.fold(self.aggregate, entity.state, given)  # refuses an invalid transition
-            outgoing = [Outgoing(self.store.subject(key, event.get_type()), reading.encode(event), event.get_id())
-                        for event in given]
+            outgoing = [
+                Outgoing(self.store.subject(key, event.get_type()), reading.encode(event), event.get_id())
+                for event in given
+            ]
             await self.store.append(key, entity.seq, outgoing)
             return state
 

@@ -34,8 +34,15 @@ class Workers:
     each on its own connection to the same servers. One that exits while serving stops the
     whole run (exit status 1), as a lost connection does: a supervisor restarts it whole."""
 
-    def __init__(self, partition: Partition, options: ConnectOptions, worker_args: tuple[str, ...],
-                 servers: list[str], stop: asyncio.Event, lost: list[str]) -> None:
+    def __init__(
+        self,
+        partition: Partition,
+        options: ConnectOptions,
+        worker_args: tuple[str, ...],
+        servers: list[str],
+        stop: asyncio.Event,
+        lost: list[str],
+    ) -> None:
         self.partition, self.options, self.worker_args = partition, options, worker_args
         self.servers, self.stop, self.lost = servers, stop, lost
         self.processes: dict[int, asyncio.subprocess.Process] = {}
@@ -44,8 +51,16 @@ class Workers:
     def command(self, index: int) -> list[str]:
         """The command line of worker index."""
         args, _ = self.options.for_worker()
-        command = [sys.executable, "-m", "esfsm", "run", *self.worker_args, *args,
-                   "--worker", str(dataclasses.replace(self.partition, index=index))]
+        command = [
+            sys.executable,
+            "-m",
+            "esfsm",
+            "run",
+            *self.worker_args,
+            *args,
+            "--worker",
+            str(dataclasses.replace(self.partition, index=index)),
+        ]
         for server in self.servers:
             command += ["--server", server]
         return command
@@ -56,9 +71,13 @@ class Workers:
         for index in range(1, self.partition.count):
             # A session of its own: a terminal's Ctrl-C or hang-up reaches only this process, which
             # drains and then stops the workers with SIGTERM (a worker still starting would die of it).
-            process = await asyncio.create_subprocess_exec(*self.command(index), env={**os.environ, **env},
-                                                           stdin=asyncio.subprocess.DEVNULL,
-                                                           start_new_session=True, preexec_fn=die_with_parent)
+            process = await asyncio.create_subprocess_exec(
+                *self.command(index),
+                env={**os.environ, **env},
+                stdin=asyncio.subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=die_with_parent,
+            )
             self.processes[index] = process
             info("started worker process", number=index, pid=process.pid)
             tasks.create_task(self._watch(index, process), name=f"worker-{index}")
