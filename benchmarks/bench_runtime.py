@@ -715,8 +715,9 @@ def probe_summary(probe: dict[str, Any], rt: dict[str, Any]) -> str:
     gc2 = [took for gen, took in gcs if gen == 2]
     gc1 = [took for gen, took in gcs if gen == 1]
     return (f"loop stalls >20 ms: {len(stalls)}, {sum(stalls) * 1000:,.0f} ms in all, longest "
-            f"{max(stalls, default=0) * 1000:.0f} ms, the loop busy {stall_cpu * 1000:,.0f} ms of them; gc gen2 {len(gc2)}× {sum(gc2) * 1000:.0f} ms "
-            f"(longest {max(gc2, default=0) * 1000:.0f}), gen1 {len(gc1)}× {sum(gc1) * 1000:.0f} ms; "
+            f"{max(stalls, default=0) * 1000:.0f} ms, the loop busy {stall_cpu * 1000:,.0f} ms of them; "
+            f"gc gen2 {len(gc2)} taking {sum(gc2) * 1000:.0f} ms (longest {max(gc2, default=0) * 1000:.0f}), "
+            f"gen1 {len(gc1)} taking {sum(gc1) * 1000:.0f} ms; "
             f"snapshot cycles {len(cycles)}: {sum(c[1] for c in cycles):,} events over "
             f"{sum(c[2] for c in cycles):,} keys, longest {max((c[0] for c in cycles), default=0) * 1000:.0f} ms; "
             f"commands over {SLOW * 1000:.0f} ms: {len(slow)}")
