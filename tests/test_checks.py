@@ -89,8 +89,8 @@ def test_a_clash_with_a_defaulted_name_quotes_the_contract_s_names() -> None:
     assert [str(f) for f in check_documents(docs).findings] == [
         (
             f"b.yaml:2:16: error: events subject '{contract.default_events('ticket')}.issues' lies inside "
-            f"{contract.stream_subjects(contract.default_events('ticket'))!r}, the events of aggregate 'ticket' in a.yaml; "
-            "that stream would also capture these events [/nats/events]"
+            f"{contract.stream_subjects(contract.default_events('ticket'))!r}, the events of aggregate 'ticket' "
+            "in a.yaml; that stream would also capture these events [/nats/events]"
         ),
     ]
     written = BASE.replace("initial: open", f"nats: {{bucket: {contract.default_bucket('issue')}}}\ninitial: open")

@@ -259,11 +259,11 @@ def test_node_killed_under_load_on_a_3_node_cluster(tmp_path: Path) -> None:
         run(prepare(), timeout=60)
         servers = [arg for url in cluster.urls[1:] for arg in ("--server", url)]
         for i in range(2):  # one at a time, so that the finally below stops each one that started
-            runtimes.append(
+            runtimes.append(  # noqa: PERF401
                 RuntimeProcess(
                     cluster.urls[0],
                     paths=[str(FIXTURE)],
-                    log=tmp_path / f"runtime{i + 1}.log",  # noqa: PERF401
+                    log=tmp_path / f"runtime{i + 1}.log",
                     extra_args=servers,
                 ).start()
             )

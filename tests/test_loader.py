@@ -179,9 +179,9 @@ def test_a_syntax_error_says_where_and_what_was_open() -> None:
 def test_the_yaml_traps_of_the_docs_get_a_hint() -> None:
     assert problems("a: {b: x.filter(i, i > 1)[0]}\n") == [
         (
-            "t.yaml:1:26: error: invalid YAML: expected ',' or '}', but got '[' (while parsing a flow mapping at line 1, "
-            "column 4); inside {…} or […], a comma or a bracket ends the value: quote an expression that holds one, "
-            "or write the mapping in block style"
+            "t.yaml:1:26: error: invalid YAML: expected ',' or '}', but got '[' (while parsing a flow mapping at "
+            "line 1, column 4); inside {…} or […], a comma or a bracket ends the value: quote an expression that "
+            "holds one, or write the mapping in block style"
         )
     ]
     assert problems("a: {from: *, to: b}\n") == [

@@ -176,8 +176,8 @@ def _start(url: str, log: Path, session: bool, ready: str) -> subprocess.Popen[b
             stdin=subprocess.DEVNULL,
             env={k: v for k, v in os.environ.items() if k != "NATS_URL"},
             start_new_session=session,
-            preexec_fn=die_with_parent,
-        )  # noqa: PLW1509 - it only calls prctl
+            preexec_fn=die_with_parent,  # noqa: PLW1509 - it only calls prctl
+        )
     deadline = time.monotonic() + 30
     while ready not in log.read_text():
         assert process.poll() is None, log.read_text()

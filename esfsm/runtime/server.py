@@ -148,8 +148,8 @@ class EmbeddedServer:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
-                preexec_fn=die_with_parent,
-            )  # noqa: PLW1509 - it only calls prctl
+                preexec_fn=die_with_parent,  # noqa: PLW1509 - it only calls prctl
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
