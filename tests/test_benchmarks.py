@@ -89,5 +89,6 @@ def test_the_runtime_benchmark_has_a_scale_mode_timing_first_commands_and_deposi
 def test_the_subjects_benchmark_appends_with_the_runtimes_concurrency_check() -> None:
     done = bench("bench_subjects.py", "--subjects", "70", "--appends", "128", "--repeat", "1")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert re.fullmatch(r"subjects +70: +[\d,]+ appends/s p50 [\d.]+ ms p99 [\d.]+ ms, server \d+ µs/append",
-                        done.stdout.strip()), done.stdout
+    assert re.fullmatch(
+        r"subjects +70: +[\d,]+ appends/s p50 [\d.]+ ms p99 [\d.]+ ms, server \d+ µs/append", done.stdout.strip()
+    ), done.stdout
