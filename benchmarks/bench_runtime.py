@@ -893,6 +893,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--cache-entities and --past must not be negative")
     if args.client_mode:
         return client_main(args)
+    if args.runtime_script:  # the runtime runs in a temporary directory
+        args.runtime_script = str(Path(args.runtime_script).resolve())
     if args.esfsm_path:  # the server helpers too come from that checkout
         sys.path.insert(0, str(Path(args.esfsm_path).resolve()))
     if args.scale:
