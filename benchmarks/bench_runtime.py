@@ -49,6 +49,13 @@ Usage (from anywhere; paths are resolved from this file)::
         [--concurrency 64] [--repeat 3] [--workers 1] [--seed 42] [--settle 10]
         [--drain 180] [--py-spy OUT.svg] [--keep]
 
+Scale mode, ``--scale 1000,100000,past [--cache-entities 20000] [--past N]``: per point (a
+number of entities, or more than the runtime's cache holds) and run, a server and runtime of
+their own; the ceiling at that many keys, the first commands (an open per entity, timed;
+past the cap, the opens below and past it separately) and the warm deposits, each as
+per second, p50/p99 and ÷ the ceiling, then ``first commands past the cap / below it = X``.
+See benchmarks/README.md.
+
 ``--workers N`` runs the runtime as ``esfsm run --workers N`` (N processes
 sharing out the keys); the runtime CPU column then adds up all of them.
 
