@@ -37,7 +37,8 @@ class UntestedDependencyError(EsfsmError):
         series = f"{tested[0]}.{tested[1]}.x"
         super().__init__(
             f"{package} {installed} is installed, but esfsm uses internals of {package} (esfsm/seam.py) "
-            f"tested with {series} only: install {package}=={tested[0]}.{tested[1]}.*")
+            f"tested with {series} only: install {package}=={tested[0]}.{tested[1]}.*"
+        )
 
 
 def check_version(package: str, installed: str) -> None:
@@ -81,6 +82,7 @@ def unchecked_event(cls: type[_E], attributes: dict[str, Any], data: Any) -> _E:
 
 # -- nats-py 2.16: nats.aio.client.Client, incoming ----------------------------------------------
 
+
 def install_parser(nc: Any, parser: Any) -> None:
     """Make parser read nc's connection: nats-py 2.16's Client feeds every read to
     `self._ps.parse(data)` and calls `self._ps.reset()` on each (re)connect."""
@@ -92,8 +94,7 @@ def parser_of(nc: Any) -> Any:
     return nc._ps
 
 
-def process_msg(nc: Any, sid: int, subject: bytes, reply: bytes, data: bytes,
-                headers: bytes | None) -> Awaitable[None]:
+def process_msg(nc: Any, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> Awaitable[None]:
     """nats-py 2.16's handling of one MSG/HMSG (`Client._process_msg`): header parsing,
     the subscription's `Msg`, JetStream flow control."""
     return nc._process_msg(sid, subject, reply, data, headers)  # type: ignore[no-any-return]
@@ -164,6 +165,7 @@ def check_server_info(nc: Any, check: Callable[[dict[str, Any]], None]) -> None:
 
 # -- nats-py 2.16: nats.aio.client.Client, outgoing ----------------------------------------------
 
+
 def enqueue(nc: Any, command: bytes) -> None:
     """Queue a protocol line for nc's flusher, as nats-py 2.16's `_send_command` and publish do
     (`Client._pending` list and `_pending_data_size`, then a future on `_flush_queue` when it
@@ -193,6 +195,7 @@ def abort_socket(nc: Any) -> None:
 
 
 # -- nats-py 2.16: nats.micro ----------------------------------------------------------------------
+
 
 class MicroEndpoint:
     """One endpoint of a nats.micro `Service`, as the runtime serves it (nats-py 2.16's

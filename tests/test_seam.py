@@ -32,8 +32,10 @@ def run(coroutine: Any) -> Any:
 def needs(target: Any, name: str, library: str) -> Any:
     """target's attribute name, or a failure saying that library no longer has it."""
     owner = target if isinstance(target, type) else type(target)
-    assert hasattr(target, name), (f"{library} no longer has {owner.__module__}.{owner.__qualname__}.{name}, "
-                                   "which esfsm/seam.py relies on: see its docstring there")
+    assert hasattr(target, name), (
+        f"{library} no longer has {owner.__module__}.{owner.__qualname__}.{name}, "
+        "which esfsm/seam.py relies on: see its docstring there"
+    )
     return getattr(target, name)
 
 
@@ -41,30 +43,41 @@ def needs_call(target: Any, name: str, library: str, parameters: list[str], coro
     """target.name exists, is (or not) a coroutine function, and takes parameters (after self)."""
     method = needs(target, name, library)
     found = [p for p in inspect.signature(method).parameters if p != "self"]
-    assert found == parameters, (f"{library}: {target.__qualname__}.{name} now takes {found}, esfsm/seam.py "
-                                 f"calls it with {parameters}")
+    assert found == parameters, (
+        f"{library}: {target.__qualname__}.{name} now takes {found}, esfsm/seam.py calls it with {parameters}"
+    )
     assert inspect.iscoroutinefunction(method) == coroutine, (
         f"{library}: {target.__qualname__}.{name} has changed between a coroutine function and a plain one; "
-        "esfsm/seam.py relies on which it is")
+        "esfsm/seam.py relies on which it is"
+    )
 
 
 def source_says(target: Any, fragment: str, library: str, why: str) -> None:
     assert fragment in inspect.getsource(target), (
-        f"{library}: {target.__qualname__} no longer contains {fragment!r}; esfsm/seam.py relies on it: {why}")
+        f"{library}: {target.__qualname__} no longer contains {fragment!r}; esfsm/seam.py relies on it: {why}"
+    )
 
 
 # -- versions -------------------------------------------------------------------------------------
+
 
 def test_the_installed_dependencies_are_the_tested_series() -> None:
     seam.check_installed()  # it ran at import too, or nothing here would have imported
     assert set(seam.TESTED) == {"nats-py", "cloudevents"}
 
 
-@pytest.mark.parametrize(("package", "installed"), [
-    ("nats-py", "2.17.0"), ("nats-py", "2.15.3"), ("nats-py", "3.16.0"), ("nats-py", "2.160.1"),
-    ("cloudevents", "2.3.0"), ("cloudevents", "1.11.0")])
-def test_an_untested_version_fails_naming_the_package_the_version_and_the_range(package: str,
-                                                                                installed: str) -> None:
+@pytest.mark.parametrize(
+    ("package", "installed"),
+    [
+        ("nats-py", "2.17.0"),
+        ("nats-py", "2.15.3"),
+        ("nats-py", "3.16.0"),
+        ("nats-py", "2.160.1"),
+        ("cloudevents", "2.3.0"),
+        ("cloudevents", "1.11.0"),
+    ],
+)
+def test_an_untested_version_fails_naming_the_package_the_version_and_the_range(package: str, installed: str) -> None:
     with pytest.raises(seam.UntestedDependencyError) as caught:
         seam.check_version(package, installed)
     series = "{}.{}.x".format(*seam.TESTED[package])
@@ -80,6 +93,7 @@ def test_a_release_of_the_tested_series_passes(installed: str) -> None:
 
 
 # -- nats-py: Client, incoming ----------------------------------------------------------------------
+
 
 def test_nats_py_client__process_msg() -> None:
     from nats.aio.client import Client
@@ -101,8 +115,12 @@ def test_nats_py_client__process_info() -> None:
     from nats.aio.client import Client
 
     needs_call(Client, "_process_info", NATS, ["info", "initial_connection"])
-    source_says(Client._process_connect_init, "_process_info(srv_info, initial_connection=True)", NATS,
-                "check_server_info sees the INFO of each (re)connect before CONNECT")
+    source_says(
+        Client._process_connect_init,
+        "_process_info(srv_info, initial_connection=True)",
+        NATS,
+        "check_server_info sees the INFO of each (re)connect before CONNECT",
+    )
 
 
 def test_nats_py_client__process_ping_and__process_pong() -> None:
@@ -141,6 +159,7 @@ def test_nats_py_parser_state_the_lean_parser_keeps() -> None:
 
 # -- nats-py: Client, outgoing ----------------------------------------------------------------------
 
+
 def test_nats_py_client__pending_and__pending_data_size() -> None:
     from nats.aio.client import Client
 
@@ -176,6 +195,7 @@ def test_nats_py_subscription__id() -> None:
 
 
 # -- nats-py: nats.micro ---------------------------------------------------------------------------
+
 
 def test_nats_micro_service__endpoints() -> None:
     from nats.micro.service import Service
@@ -227,18 +247,26 @@ def test_micro_endpoints_route_and_count_on_a_real_service(nats_server: Any) -> 
 
 # -- cloudevents -------------------------------------------------------------------------------------
 
+
 def test_cloudevents_cloud_event__attributes_and__data() -> None:
     import datetime as dt
 
     from cloudevents.core.formats.json import JSONFormat
     from cloudevents.core.v1.event import CloudEvent
 
-    attributes = {"id": "1", "source": "esfsm/x", "type": "t", "specversion": "1.0",
-                  "time": dt.datetime(2026, 1, 2, tzinfo=dt.UTC), "entitykey": "k"}
+    attributes = {
+        "id": "1",
+        "source": "esfsm/x",
+        "type": "t",
+        "specversion": "1.0",
+        "time": dt.datetime(2026, 1, 2, tzinfo=dt.UTC),
+        "entitykey": "k",
+    }
     checked = CloudEvent(dict(attributes), {"a": 1})
     assert set(vars(checked)) == {"_attributes", "_data"}, (
         f"{CLOUDEVENTS}: CloudEvent now holds {sorted(vars(checked))}, esfsm/seam.py's unchecked_event sets "
-        "_attributes and _data only")
+        "_attributes and _data only"
+    )
     unchecked = seam.unchecked_event(CloudEvent, dict(attributes), {"a": 1})
     assert (unchecked.get_attributes(), unchecked.get_data()) == (checked.get_attributes(), checked.get_data())
     assert JSONFormat().write(unchecked) == JSONFormat().write(checked)
@@ -247,8 +275,10 @@ def test_cloudevents_cloud_event__attributes_and__data() -> None:
 # -- nobody else touches them ------------------------------------------------------------------------
 
 PRIVATE = [
-    (r"\b(?!self\b|cls\b)\w+\)?\._(pending\w*|endpoints|subscription|num_requests|attributes|pre|process_\w+|"
-     r"transport|max_payload|flush_queue|ps|io_writer|closed_cb|disconnected_cb|esfsm_\w+)\b"),
+    (
+        r"\b(?!self\b|cls\b)\w+\)?\._(pending\w*|endpoints|subscription|num_requests|attributes|pre|process_\w+|"
+        r"transport|max_payload|flush_queue|ps|io_writer|closed_cb|disconnected_cb|esfsm_\w+)\b"
+    ),
     r"\b(nc|client|sub|subscription|msg|kv|js|service|endpoint|event|transport|parser)\._\w+",
     r"\bsuper\(\)\._process_\w+",
 ]
@@ -256,22 +286,43 @@ PRIVATE = [
 
 def private_accesses(text: str) -> list[tuple[int, str]]:
     patterns = [re.compile(p) for p in PRIVATE]
-    return [(number, line.strip()) for number, line in enumerate(text.splitlines(), 1)
-            if any(p.search(line) for p in patterns)]
+    return [
+        (number, line.strip())
+        for number, line in enumerate(text.splitlines(), 1)
+        if any(p.search(line) for p in patterns)
+    ]
 
 
 def test_the_access_pattern_catches_what_it_should() -> None:
-    caught = ["nc._pending.append(x)", "for e in self.service._endpoints:", "e._subscription", "kv._pre",
-              "event._attributes = a", "await super()._process_info(i)", "transport._io_writer = None",
-              "nc._process_msg = f", "endpoint._num_requests += 1", "self.nc._max_payload", "sub._id"]
-    missed = ["self._pending = []", "self._endpoints", "cls._failed(node)", "type(err).__name__",
-              "Client._parse_header_lines in a docstring"]
+    caught = [
+        "nc._pending.append(x)",
+        "for e in self.service._endpoints:",
+        "e._subscription",
+        "kv._pre",
+        "event._attributes = a",
+        "await super()._process_info(i)",
+        "transport._io_writer = None",
+        "nc._process_msg = f",
+        "endpoint._num_requests += 1",
+        "self.nc._max_payload",
+        "sub._id",
+    ]
+    missed = [
+        "self._pending = []",
+        "self._endpoints",
+        "cls._failed(node)",
+        "type(err).__name__",
+        "Client._parse_header_lines in a docstring",
+    ]
     assert [line for line in caught if not private_accesses(line)] == []
     assert [line for line in missed if private_accesses(line)] == []
 
 
 def test_only_the_seam_touches_private_names_of_nats_py_nats_micro_and_cloudevents() -> None:
-    found = [f"{path.relative_to(ROOT)}:{number}: {line}"
-             for path in sorted((ROOT / "esfsm").rglob("*.py")) if path.name != "seam.py"
-             for number, line in private_accesses(path.read_text())]
+    found = [
+        f"{path.relative_to(ROOT)}:{number}: {line}"
+        for path in sorted((ROOT / "esfsm").rglob("*.py"))
+        if path.name != "seam.py"
+        for number, line in private_accesses(path.read_text())
+    ]
     assert not found, "go through esfsm/seam.py instead:\n" + "\n".join(found)

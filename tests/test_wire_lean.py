@@ -73,6 +73,7 @@ def test_direct_subscription_gets_subject_reply_data_and_headers(nats_server: An
 
 def test_status_messages_reach_a_raw_subscription_parsed(nats_server: Any) -> None:
     """A request nobody serves gets a 503 status (no reply subject): parsed even without parse_headers."""
+
     async def scenario() -> None:
         nc = await nats.connect(nats_server.url)
         got: list[Any] = []
@@ -102,7 +103,12 @@ def test_publish_sends_headers_and_keeps_order(nats_server: Any) -> None:
         lean.publish_many([("order.3", b"c"), ("order.4", b""), ("order.5", b"e")])
         received = [await sub.next_msg(timeout=2) for _ in range(5)]
         assert [(m.subject, m.data) for m in received] == [
-            ("order.1", b"a"), ("order.2", b"b"), ("order.3", b"c"), ("order.4", b""), ("order.5", b"e")]
+            ("order.1", b"a"),
+            ("order.2", b"b"),
+            ("order.3", b"c"),
+            ("order.4", b""),
+            ("order.5", b"e"),
+        ]
         assert received[0].headers == {"Nats-Msg-Id": "m1", "x-v": "padded"}
         with pytest.raises(MaxPayloadError):
             lean.publish("order.6", b"x" * (nc.max_payload + 1))
@@ -157,8 +163,12 @@ def test_lean_requests_still_count_in_the_service_statistics(nats_server: Any, r
 
         before = await deposits()
         for _ in range(20):
-            await nc.request("bank.cmds.deposit", b'{"amount": 1}', timeout=5,
-                             headers={"x-ergonats-entity-key": "wire-lean-stats", "x-username": "ann"})
+            await nc.request(
+                "bank.cmds.deposit",
+                b'{"amount": 1}',
+                timeout=5,
+                headers={"x-ergonats-entity-key": "wire-lean-stats", "x-username": "ann"},
+            )
         # the catch-all in the same queue group takes its share; each request is counted once at most
         counted = await deposits() - before
         assert 0 < counted <= 20
@@ -196,13 +206,25 @@ class _Recorder:
         self.calls.append(("err", err))
 
 
-_protocol = st.lists(st.one_of(
-    st.tuples(st.just("MSG"), st.from_regex(r"[a-z]{1,8}(\.[a-z0-9]{1,5}){0,3}", fullmatch=True),
-              st.integers(1, 999), st.sampled_from(["", "_INBOX.x.1", "r"]), st.binary(max_size=300),
-              st.one_of(st.none(), st.dictionaries(st.sampled_from(["a", "Nats-Msg-Id", "x-k"]),
-                                                   st.text("abc xyz-", max_size=8), min_size=1))),
-    st.sampled_from([("PING",), ("PONG",), ("+OK",), ("INFO",), ("ERR",)]),
-), max_size=25)
+_protocol = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("MSG"),
+            st.from_regex(r"[a-z]{1,8}(\.[a-z0-9]{1,5}){0,3}", fullmatch=True),
+            st.integers(1, 999),
+            st.sampled_from(["", "_INBOX.x.1", "r"]),
+            st.binary(max_size=300),
+            st.one_of(
+                st.none(),
+                st.dictionaries(
+                    st.sampled_from(["a", "Nats-Msg-Id", "x-k"]), st.text("abc xyz-", max_size=8), min_size=1
+                ),
+            ),
+        ),
+        st.sampled_from([("PING",), ("PONG",), ("+OK",), ("INFO",), ("ERR",)]),
+    ),
+    max_size=25,
+)
 
 
 def _encode(items: list[tuple[Any, ...]]) -> bytes:
@@ -215,8 +237,12 @@ def _encode(items: list[tuple[Any, ...]]) -> bytes:
                 out += f"MSG {subject} {sid}{reply_part} {len(payload)}\r\n".encode() + payload + b"\r\n"
             else:
                 block = b"NATS/1.0\r\n" + b"".join(f"{k}: {v}\r\n".encode() for k, v in headers.items()) + b"\r\n"
-                out += (f"HMSG {subject} {sid}{reply_part} {len(block)} {len(block) + len(payload)}\r\n".encode()
-                        + block + payload + b"\r\n")
+                out += (
+                    f"HMSG {subject} {sid}{reply_part} {len(block)} {len(block) + len(payload)}\r\n".encode()
+                    + block
+                    + payload
+                    + b"\r\n"
+                )
         elif item[0] == "INFO":
             out += b'INFO {"server_id":"x","max_payload":1048576}\r\n'
         elif item[0] == "ERR":
@@ -301,9 +327,28 @@ def test_serving_tunes_the_garbage_collector() -> None:
 
 
 @settings(max_examples=400, deadline=None)
-@given(lines=st.lists(st.binary(max_size=20) | st.sampled_from(
-    [b"a: b", b"x-username: ann", b"K:V", b"bad line", b": empty", b"\xff: x", b"k: \xff\xfe", b"a b: c",
-     b"a\x0bb: c", b"dup: 1", b"dup: 2", b"  spaced  :  value  "]), max_size=6))
+@given(
+    lines=st.lists(
+        st.binary(max_size=20)
+        | st.sampled_from(
+            [
+                b"a: b",
+                b"x-username: ann",
+                b"K:V",
+                b"bad line",
+                b": empty",
+                b"\xff: x",
+                b"k: \xff\xfe",
+                b"a b: c",
+                b"a\x0bb: c",
+                b"dup: 1",
+                b"dup: 2",
+                b"  spaced  :  value  ",
+            ]
+        ),
+        max_size=6,
+    )
+)
 def test_lean_header_parsing_matches_nats_py(lines: list[bytes]) -> None:
     from nats.aio.client import Client
 
@@ -327,11 +372,13 @@ def test_a_request_nobody_answers_times_out_on_time(nats_server: Any) -> None:
         await nc.flush()
         mux = requester(nc)
         started = time.monotonic()
-        results = await asyncio.gather(mux.request("silent.service", b"1", 0.3),
-                                       mux.request("silent.service", b"2", 0.6), return_exceptions=True)
+        results = await asyncio.gather(
+            mux.request("silent.service", b"1", 0.3), mux.request("silent.service", b"2", 0.6), return_exceptions=True
+        )
         elapsed = time.monotonic() - started
         assert all(isinstance(r, NatsTimeout) for r in results)
         assert 0.6 <= elapsed < 0.6 + SWEEP + 0.5
+
         # answered requests are unaffected by the overdue ones around them
         async def answer(msg: Any) -> None:
             await nc.publish(msg.reply, msg.data)
@@ -365,10 +412,14 @@ def test_the_snapshot_writer_waits_after_a_pull_ends_in_trouble(nats_server: Any
         nc = await nats.connect(nats_server.url)
         projector = Projector(AggregateStore(nc, compiled))
         for status, description, ends, trouble in [
-                ("404", "No Messages", True, False), ("408", "Request Timeout", True, False),
-                ("503", "", True, True), ("409", "Consumer Deleted", True, True),
-                ("409", "Consumer is push based", True, True), ("409", "Exceeded MaxWaiting", True, True),
-                ("100", "Idle Heartbeat", False, False)]:
+            ("404", "No Messages", True, False),
+            ("408", "Request Timeout", True, False),
+            ("503", "", True, True),
+            ("409", "Consumer Deleted", True, True),
+            ("409", "Consumer is push based", True, True),
+            ("409", "Exceeded MaxWaiting", True, True),
+            ("100", "Idle Heartbeat", False, False),
+        ]:
             projector._ended.clear()
             projector._trouble = False
             projector._deliver("_INBOX.x", "", b"", {"Status": status, "Description": description})
@@ -449,14 +500,35 @@ def test_a_raw_hmsg_with_two_entity_key_lines_reaches_the_handler_marked(nats_se
 
 # -- subjects NATS delivers --------------------------------------------------------------------------
 
+
 def test_sendable_subjects() -> None:
     from esfsm.runtime.wire import sendable_subject
 
-    for subject in ("a", "_INBOX.x.1", "$JS.ACK.a.b", "ünïcödé.日本", "emoji.\U0001f600", "nbsp.\u00a0",
-                    "raw.\udcff\udce9"):  # bytes that were not UTF-8, kept as surrogate escapes
+    for subject in (
+        "a",
+        "_INBOX.x.1",
+        "$JS.ACK.a.b",
+        "ünïcödé.日本",
+        "emoji.\U0001f600",
+        "nbsp.\u00a0",
+        "raw.\udcff\udce9",
+    ):  # bytes that were not UTF-8, kept as surrogate escapes
         assert sendable_subject(subject), repr(subject)
-    for subject in ("", "a b", "a\tb", "a\r\nPUB x 1", "a\nb", "a\x0bb", "a\x0cb", "a\x00b", "a\x7fb",
-                    "ü b", "ü\tb", "ü\x0b", "lone.\ud800"):
+    for subject in (
+        "",
+        "a b",
+        "a\tb",
+        "a\r\nPUB x 1",
+        "a\nb",
+        "a\x0bb",
+        "a\x0cb",
+        "a\x00b",
+        "a\x7fb",
+        "ü b",
+        "ü\tb",
+        "ü\x0b",
+        "lone.\ud800",
+    ):
         assert not sendable_subject(subject), repr(subject)
 
 
@@ -544,5 +616,7 @@ def test_runtime_connections_take_subjects_with_a_vertical_tab_without_patching_
         await parser_.parse(b"MSG a\x0bb 1 _R.\x0c 2\r\nhi\r\nHMSG a\x0bb 2 12 12\r\nNATS/1.0\r\n\r\n\r\n")
         return recorder.calls
 
-    assert run(feed()) == [("msg", 1, b"a\x0bb", b"_R.\x0c", b"hi", None),
-                           ("msg", 2, b"a\x0bb", b"", b"", b"NATS/1.0\r\n\r\n")]
+    assert run(feed()) == [
+        ("msg", 1, b"a\x0bb", b"_R.\x0c", b"hi", None),
+        ("msg", 2, b"a\x0bb", b"", b"", b"NATS/1.0\r\n\r\n"),
+    ]

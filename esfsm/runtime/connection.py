@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import ssl
 from collections.abc import Iterable
@@ -19,6 +20,7 @@ from esfsm.errors import EsfsmError
 from esfsm.runtime.server import embedded_url
 from esfsm.runtime.wire import LeanParser
 
+log = logging.getLogger("esfsm.connection")
 DEFAULT_STORE = Path(".esfsm")
 
 
@@ -54,20 +56,32 @@ class ConnectOptions:
         """The `esfsm run` arguments and environment that give a worker process these options
         (secrets go in the environment, never on a command line that `ps` shows)."""
         args: list[str] = []
-        for flag, value in (("--nkey", self.nkey_seed), ("--creds", self.creds), ("--tls-ca", self.tls_ca),
-                            ("--tls-cert", self.tls_cert), ("--tls-key", self.tls_key),
-                            ("--js-domain", self.js_domain)):
+        for flag, value in (
+            ("--nkey", self.nkey_seed),
+            ("--creds", self.creds),
+            ("--tls-ca", self.tls_ca),
+            ("--tls-cert", self.tls_cert),
+            ("--tls-key", self.tls_key),
+            ("--js-domain", self.js_domain),
+        ):
             if value is not None:
                 args += [flag, str(value)]
-        env = {name: value for name, value in (("NATS_USER", self.user), ("NATS_PASSWORD", self.password),
-                                               ("NATS_TOKEN", self.token)) if value is not None}
+        env = {
+            name: value
+            for name, value in (("NATS_USER", self.user), ("NATS_PASSWORD", self.password), ("NATS_TOKEN", self.token))
+            if value is not None
+        }
         return args, env
 
     def connect_kwargs(self) -> dict[str, Any]:
         # pending_size=0: while disconnected a publish fails at once instead of being
         # buffered and sent after the reconnect, when its command may have been answered 503.
-        kwargs: dict[str, Any] = {"name": self.name, "max_reconnect_attempts": -1, "reconnect_time_wait": 0.5,
-                                  "pending_size": 0}
+        kwargs: dict[str, Any] = {
+            "name": self.name,
+            "max_reconnect_attempts": -1,
+            "reconnect_time_wait": 0.5,
+            "pending_size": 0,
+        }
         if self.user is not None:
             kwargs["user"], kwargs["password"] = self.user, self.password
         if self.token is not None:
@@ -109,8 +123,7 @@ def check_server_urls(urls: list[str] | tuple[str, ...]) -> list[str]:
     for url in urls:
         scheme, sep, rest = url.partition("://")
         if (sep and scheme.lower() not in SCHEMES) or not (rest if sep else url) or any(c.isspace() for c in url):
-            raise ConnectError(f"{url!r} is not a NATS server URL: write nats://host:4222 (or tls://, ws://, "
-                               "wss://)")
+            raise ConnectError(f"{url!r} is not a NATS server URL: write nats://host:4222 (or tls://, ws://, wss://)")
     return list(urls)
 
 
@@ -142,8 +155,10 @@ class PlaintextRefused(nats.errors.Error):
     """TLS was asked for, and the server does not require it."""
 
     def __str__(self) -> str:
-        return ("TLS options were given but the server does not require TLS; refusing a plaintext "
-                "connection (configure `tls {...}` on the server)")
+        return (
+            "TLS options were given but the server does not require TLS; refusing a plaintext "
+            "connection (configure `tls {...}` on the server)"
+        )
 
 
 # What nats-py raises inside its read loop on some header blocks from any publisher (a bare
@@ -176,12 +191,15 @@ def _refusal(err: BaseException) -> str | None:
     if isinstance(err, PlaintextRefused):
         return str(err)
     if isinstance(err, nats.errors.AuthorizationError) or (
-            isinstance(err, nats.errors.Error) and any(m in str(err).lower() for m in _AUTH_MARKERS)):
-        return (f"the server refused the credentials ({err}); check --user/--password, --token, "
-                "--nkey or --creds")
+        isinstance(err, nats.errors.Error) and any(m in str(err).lower() for m in _AUTH_MARKERS)
+    ):
+        return f"the server refused the credentials ({err}); check --user/--password, --token, --nkey or --creds"
     if isinstance(err, ssl.SSLError):
-        hint = "check --tls-ca" if isinstance(err, ssl.SSLCertVerificationError) else \
-            "check --tls-ca, --tls-cert and --tls-key"
+        hint = (
+            "check --tls-ca"
+            if isinstance(err, ssl.SSLCertVerificationError)
+            else "check --tls-ca, --tls-cert and --tls-key"
+        )
         return f"TLS handshake failed ({type(err).__name__}: {err}); {hint}"
     return None
 
@@ -213,15 +231,20 @@ async def connect(servers: list[str], options: ConnectOptions, **extra: Any) -> 
             await user_error_cb(err)
 
     where = ", ".join(servers)
-    if (options.nkey_seed or options.creds):
+    if options.nkey_seed or options.creds:
         try:
             import nkeys  # noqa: F401  (nats-py signs the server's nonce with it)
         except ImportError as err:
             raise ConnectError("--nkey and --creds need the `nkeys` package: pip install nkeys") from err
     nc = _client(tls_only=_wants_tls(servers, options))
     try:
-        await nc.connect(servers=servers, error_cb=on_error, allow_reconnect=True,
-                         connect_timeout=extra.pop("connect_timeout", 5), **{**options.connect_kwargs(), **extra})
+        await nc.connect(
+            servers=servers,
+            error_cb=on_error,
+            allow_reconnect=True,
+            connect_timeout=extra.pop("connect_timeout", 5),
+            **{**options.connect_kwargs(), **extra},
+        )
     except _Refused as err:
         await _abandon(nc)
         raise ConnectError(f"cannot connect to {where}: {err.reason}") from None
@@ -245,5 +268,5 @@ async def _abandon(nc: Client) -> None:
     seam.abort_socket(nc)
     try:
         await asyncio.wait_for(nc.close(), 2)
-    except Exception:  # half-open or timed out: the socket is closed already
-        pass
+    except Exception as err:  # noqa: BLE001 - half-open or timed out: the socket is closed already
+        log.debug("closing an abandoned connection: %s", type(err).__name__)

@@ -59,9 +59,15 @@ def _printable(text: str) -> str:
 class AggregateService:
     """The micro service `aggregate-<name>`: an endpoint per command, queue group `<name>`."""
 
-    def __init__(self, nc: Client, compiled: CompiledAggregate, store: AggregateStore,
-                 test_clock: bool = False, partition: Partition | None = None,
-                 cache_entities: int = DEFAULT_CAPACITY) -> None:
+    def __init__(
+        self,
+        nc: Client,
+        compiled: CompiledAggregate,
+        store: AggregateStore,
+        test_clock: bool = False,
+        partition: Partition | None = None,
+        cache_entities: int = DEFAULT_CAPACITY,
+    ) -> None:
         self.nc = nc
         self.partition = partition
         self._passed: Subscription | None = None  # commands other workers pass to this one (partition.py)
@@ -95,33 +101,38 @@ class AggregateService:
     async def start(self) -> None:
         await self.listen_passed()
         model = self.compiled.model
-        self.service = await add_service(self.nc, ServiceConfig(
-            name=model.service_name,
-            version=__version__,
-            description=model.description or f"esfsm aggregate {model.name}",
-            queue_group=model.name,
-            metadata={
-                "aggregate": model.name,
-                "commands": model.nats.commands,
-                "events": model.nats.events,
-                "stream": model.nats.stream,
-                "bucket": model.nats.bucket,
-                "definition": fingerprint(model),
-            },
-        ))
+        self.service = await add_service(
+            self.nc,
+            ServiceConfig(
+                name=model.service_name,
+                version=__version__,
+                description=model.description or f"esfsm aggregate {model.name}",
+                queue_group=model.name,
+                metadata={
+                    "aggregate": model.name,
+                    "commands": model.nats.commands,
+                    "events": model.nats.events,
+                    "stream": model.nats.stream,
+                    "bucket": model.nats.bucket,
+                    "definition": fingerprint(model),
+                },
+            ),
+        )
         await requester(self.nc).ready()  # the fast path sends appends without awaiting
         for name, command in self.compiled.commands.items():
-            await self.service.add_endpoint(EndpointConfig(
-                name=name,
-                subject=contract.command_subject(model.nats.commands, name),
-                queue_group=model.name,
-                handler=self._unrouted,
-                metadata={
-                    "schema": orjson.dumps(command.model.schema).decode(),
-                    "description": command.model.description,
-                    "accepted_in": ",".join(sorted(command.accepted_states)),
-                },
-            ))
+            await self.service.add_endpoint(
+                EndpointConfig(
+                    name=name,
+                    subject=contract.command_subject(model.nats.commands, name),
+                    queue_group=model.name,
+                    handler=self._unrouted,
+                    metadata={
+                        "schema": orjson.dumps(command.model.schema).decode(),
+                        "description": command.model.description,
+                        "accepted_in": ",".join(sorted(command.accepted_states)),
+                    },
+                )
+            )
 
         # Unknown commands get a 404 reply rather than "no responders". This
         # subscription covers every command subject in the SAME queue group as
@@ -146,11 +157,17 @@ class AggregateService:
             if not sendable_subject(reply):  # a space or control character: would break the protocol line
                 log.warning("dropped a request whose reply subject cannot be sent to")
                 return
-            command, headers = subject[len(prefix):], headers or {}
+            command, headers = subject[len(prefix) :], headers or {}
             twice = duplicate_header(headers)
             if twice is not None:  # which one would it be for? neither
-                self._respond(command, rejection(BAD_REQUEST, f"the request carries more than one {twice} "
-                                                              "header: a command is for one entity"), reply, None)
+                self._respond(
+                    command,
+                    rejection(
+                        BAD_REQUEST, f"the request carries more than one {twice} header: a command is for one entity"
+                    ),
+                    reply,
+                    None,
+                )
                 return
             if partition is not None and self._pass_on(partition, subject, reply, data, headers):
                 return
@@ -160,8 +177,7 @@ class AggregateService:
 
         return receive
 
-    def _pass_on(self, partition: Partition, subject: str, reply: str, data: bytes,
-                 headers: dict[str, str]) -> bool:
+    def _pass_on(self, partition: Partition, subject: str, reply: str, data: bytes, headers: dict[str, str]) -> bool:
         """Send a command for a key another worker owns to that worker (it answers the client)."""
         key = headers.get(KEY_HEADER)
         if key is None:
@@ -244,8 +260,7 @@ class AggregateService:
         """Decide and store one command on the task path; the reply as a dict."""
         return await self.pipeline.process(command, body, headers, headers.get(KEY_HEADER))
 
-    async def _serve(self, command: str, body: bytes, headers: dict[str, str], key: str | None,
-                     reply_to: str) -> None:
+    async def _serve(self, command: str, body: bytes, headers: dict[str, str], key: str | None, reply_to: str) -> None:
         try:
             reply = await self.pipeline.process(command, body, headers, key)
         except Exception as err:  # the reply must still go out; the log keeps the cause
@@ -259,17 +274,24 @@ class AggregateService:
             self._log_outcome(command, reply, key)
         if not reply["accepted"]:  # rejections quote input, which can be huge; the header repeats it
             reply["message"] = _printable(clip(reply["message"], 500))
-            reply["errors"] = [{"path": clip(e["path"]), "message": clip(e["message"], 500)}
-                               for e in reply.get("errors", [])[:50]]
+            reply["errors"] = [
+                {"path": clip(e["path"]), "message": clip(e["message"], 500)} for e in reply.get("errors", [])[:50]
+            ]
         try:
             error_headers = _error_headers(reply)
-            self.wire.publish(reply_to, orjson.dumps(reply), headers=header_block(error_headers) if error_headers else b"")
+            self.wire.publish(
+                reply_to, orjson.dumps(reply), headers=header_block(error_headers) if error_headers else b""
+            )
         except Exception:  # connection lost: the client sees a timeout, nothing else to do
             log.warning("could not send the reply to %s", command, exc_info=True)
 
     def _log_outcome(self, command: str, reply: Reply, key: str | None) -> None:
-        fields: dict[str, Any] = {"aggregate": self.compiled.name, "command": command,
-                                  "key": _printable(clip(key or "-", 130)), "accepted": reply["accepted"]}
+        fields: dict[str, Any] = {
+            "aggregate": self.compiled.name,
+            "command": command,
+            "key": _printable(clip(key or "-", 130)),
+            "accepted": reply["accepted"],
+        }
         if reply["accepted"]:
             fields["version"] = reply["version"]
             fields["state"] = reply["state"]

@@ -157,8 +157,7 @@ class Wire:
         direct = self._direct
 
         def make(original: seam.MsgProcessor) -> seam.MsgProcessor:
-            async def process_msg(sid: int, subject: bytes, reply: bytes, data: bytes,
-                                  headers: bytes | None) -> None:
+            async def process_msg(sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
                 if self.dispatch(sid, subject, reply, data, headers):
                     return
                 target = direct.get(sid)
@@ -189,8 +188,7 @@ class Wire:
         self._call(target, subject, reply, data, parsed)
         return True
 
-    def _call(self, target: _Direct, subject: bytes, reply: bytes, data: bytes,
-              parsed: dict[str, str] | None) -> None:
+    def _call(self, target: _Direct, subject: bytes, reply: bytes, data: bytes, parsed: dict[str, str] | None) -> None:
         stats = self.nc.stats
         stats["in_msgs"] += 1
         stats["in_bytes"] += len(data)
@@ -199,8 +197,9 @@ class Wire:
         except Exception:  # a handler bug must not stop the connection's read loop
             log.exception("handling a message on %r failed", subject[:200])
 
-    async def subscribe(self, subject: str, handler: Handler, queue: str = "",
-                        parse_headers: bool = True) -> Subscription:
+    async def subscribe(
+        self, subject: str, handler: Handler, queue: str = "", parse_headers: bool = True
+    ) -> Subscription:
         """Subscribe with handler called straight from the read loop (it must not block)."""
         sub = await self.nc.subscribe(subject, queue=queue, cb=_unused)
         self._direct[seam.subscription_id(sub)] = _Direct(handler, parse_headers)
@@ -233,7 +232,13 @@ class Wire:
             raise MaxPayloadError
         if headers:
             command = b"HPUB %s %s %d %d\r\n%s%s\r\n" % (
-                to, back, len(headers), len(headers) + len(payload), headers, payload)
+                to,
+                back,
+                len(headers),
+                len(headers) + len(payload),
+                headers,
+                payload,
+            )
         else:
             command = b"PUB %s %s %d\r\n%s\r\n" % (to, back, len(payload), payload)
         self.write(command, len(payload))
@@ -243,8 +248,9 @@ class Wire:
         is sent if one of the subjects cannot be."""
         if not messages:
             return
-        rest = [b"PUB %s %d\r\n%s\r\n" % (_encoded(subject), len(payload), payload)
-                for subject, payload in messages[1:]]
+        rest = [
+            b"PUB %s %d\r\n%s\r\n" % (_encoded(subject), len(payload), payload) for subject, payload in messages[1:]
+        ]
         self.publish(messages[0][0], messages[0][1])  # the connection's checks, once
         if rest:
             self.write(b"".join(rest), sum(len(payload) for _, payload in messages[1:]), len(rest))
@@ -261,6 +267,9 @@ async def _unused(msg: Any) -> None:  # pragma: no cover - direct subscriptions 
 
 
 _GAP = re.compile(rb"[ \t]+")  # how the server separates protocol arguments (not \v or \f)
+
+
+_MESSAGE_OPS = frozenset((b"MSG ", b"MSG\t", b"HMSG"))  # the first 4 bytes of a message line, upper-cased
 
 
 class LeanParser(Parser):
@@ -301,7 +310,7 @@ class LeanParser(Parser):
                 line = view[pos:eol]
                 pos = eol + 2
                 op = line[:4].upper()
-                if op == b"MSG " or op == b"MSG\t" or op == b"HMSG":
+                if op in _MESSAGE_OPS:
                     self._message_line(line)
                     continue
                 if line.startswith((b"+OK", b"+ok")):
@@ -331,12 +340,12 @@ class LeanParser(Parser):
         count = len(args)
         try:
             if headered:
-                if count != 5 and count != 6:
+                if count not in (5, 6):
                     raise ValueError(count)
                 header_size, total = int(args[-2]), int(args[-1])
                 reply = args[3] if count == 6 else b""
             else:
-                if count != 4 and count != 5:
+                if count not in (4, 5):
                     raise ValueError(count)
                 header_size, total = 0, int(args[-1])
                 reply = args[3] if count == 5 else b""
