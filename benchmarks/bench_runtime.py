@@ -141,8 +141,7 @@ def tree_cpu_seconds(pid: int) -> float | None:
     if total is None:
         return None
     try:
-        children = [int(c) for t in Path(f"/proc/{pid}/task").iterdir()
-                    for c in (t / "children").read_text().split()]
+        children = [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
     except (OSError, ValueError):
         children = []
     return total + sum(tree_cpu_seconds(child) or 0.0 for child in children)
@@ -189,8 +188,9 @@ def summary(latencies: list[float], elapsed: float) -> dict[str, float]:
     }
 
 
-async def drive(count: int, concurrency: int, one: Any, deadline: float,
-                slow: list[tuple[float, float]] | None = None) -> tuple[list[float], float]:
+async def drive(
+    count: int, concurrency: int, one: Any, deadline: float, slow: list[tuple[float, float]] | None = None
+) -> tuple[list[float], float]:
     """Run one(i) for i in range(count) with `concurrency` workers; latencies and elapsed seconds.
     slow, if given, gets (monotonic start, latency) of every operation over SLOW seconds."""
     latencies: list[float] = []
@@ -244,7 +244,7 @@ async def client_runtime(args: argparse.Namespace) -> dict[str, Any]:
         keys = [f"b{args.run}-{i:06d}" for i in range(args.keys)]
         # the timed commands go to the last --warm keys opened (all of them by default): in scale
         # mode, past the runtime's cache cap, those are the entities it still holds
-        work = workload(args.commands, keys[-args.warm:] if args.warm else keys, args.seed + args.run)
+        work = workload(args.commands, keys[-args.warm :] if args.warm else keys, args.seed + args.run)
         base = {USER_HEADER: "bench"}
         versions = dict.fromkeys(keys, 0)
         balances = dict.fromkeys(keys, 0)
@@ -255,8 +255,9 @@ async def client_runtime(args: argparse.Namespace) -> dict[str, Any]:
 
         async def open_one(i: int) -> None:
             key = keys[i]
-            msg = await nc.request(f"{COMMANDS_PREFIX}.open_account", open_body[i], REQUEST_TIMEOUT,
-                                   headers={**base, KEY_HEADER: key})
+            msg = await nc.request(
+                f"{COMMANDS_PREFIX}.open_account", open_body[i], REQUEST_TIMEOUT, headers={**base, KEY_HEADER: key}
+            )
             reply = orjson.loads(msg.data)
             if not reply.get("accepted"):
                 problems.append(f"open {key} rejected: {reply.get('message')}")
@@ -270,8 +271,9 @@ async def client_runtime(args: argparse.Namespace) -> dict[str, Any]:
         phases: list[dict[str, Any]] = []
         for start, end in spans:
             with CpuMeter(args) as open_cpu:
-                lat, took = await drive(end - start, args.concurrency,
-                                        lambda i, start=start: open_one(start + i), deadline)
+                lat, took = await drive(
+                    end - start, args.concurrency, lambda i, start=start: open_one(start + i), deadline
+                )
             phases.append({**summary(lat, took), **open_cpu.per_op_us(len(lat)), "entities": end - start})
         open_elapsed = sum(phase["elapsed_s"] for phase in phases)
         opens_drained = float("nan")
@@ -288,18 +290,20 @@ async def client_runtime(args: argparse.Namespace) -> dict[str, Any]:
         async def command_one(i: int) -> None:
             nonlocal accepted, rejected, unexpected
             key, command, body = work[i]
-            msg = await nc.request(f"{COMMANDS_PREFIX}.{command}", body, REQUEST_TIMEOUT,
-                                   headers={**base, KEY_HEADER: key})
+            msg = await nc.request(
+                f"{COMMANDS_PREFIX}.{command}", body, REQUEST_TIMEOUT, headers={**base, KEY_HEADER: key}
+            )
             reply = orjson.loads(msg.data)
             amount = orjson.loads(body)["amount"]
             if reply.get("accepted"):
                 accepted += 1
                 versions[key] += 1
                 balances[key] += amount if command == "deposit" else -amount
-                if reply.get("version") != versions[key]:
-                    # per-key order: replies of one key may interleave, so only check bounds
-                    if not isinstance(reply.get("version"), int) or reply["version"] < 2:
-                        problems.append(f"{key}: odd version in reply {reply.get('version')!r}")
+                # per-key order: replies of one key may interleave, so only check bounds
+                if reply.get("version") != versions[key] and (
+                    not isinstance(reply.get("version"), int) or reply["version"] < 2
+                ):
+                    problems.append(f"{key}: odd version in reply {reply.get('version')!r}")
             else:
                 rejected += 1
                 if amount != HUGE:
@@ -323,8 +327,9 @@ async def client_runtime(args: argparse.Namespace) -> dict[str, Any]:
         grew = info.state.messages - before
         expected_events = sum(1 for v in versions.values() if v) + accepted
         if grew != expected_events:
-            problems.append(f"stream {EVENTS_STREAM} grew by {grew} events, expected {expected_events} "
-                            f"(opens + accepted)")
+            problems.append(
+                f"stream {EVENTS_STREAM} grew by {grew} events, expected {expected_events} (opens + accepted)"
+            )
         avg_event = info.state.bytes / info.state.messages if info.state.messages else 0
         kv = await js.key_value(BUCKET)
         sample = random.Random(args.seed).sample(keys, min(KV_SAMPLE, len(keys)))
@@ -340,8 +345,10 @@ async def client_runtime(args: argparse.Namespace) -> dict[str, Any]:
                     value = {"error": type(err).__name__}
                 data = value.get("data") or {}
                 if value.get("version") != versions[key] or data.get("balance") != balances[key]:
-                    wrong.append(f"{key}: kv version {value.get('version')!r} balance {data.get('balance')!r}, "
-                                 f"expected {versions[key]} / {balances[key]}")
+                    wrong.append(
+                        f"{key}: kv version {value.get('version')!r} balance {data.get('balance')!r}, "
+                        f"expected {versions[key]} / {balances[key]}"
+                    )
             return wrong
 
         while True:
@@ -355,13 +362,20 @@ async def client_runtime(args: argparse.Namespace) -> dict[str, Any]:
         drained_at = await wait_drained(js, args.drain)
         caught_up = drained_at - loop_end if drained_at is not None else None
         if mismatched:
-            problems.append(f"{len(mismatched)}/{len(sample)} KV snapshots wrong {settle:.1f}s after the loop "
-                            f"(limit --settle {args.settle:g}s), e.g. {mismatched[0]}")
+            problems.append(
+                f"{len(mismatched)}/{len(sample)} KV snapshots wrong {settle:.1f}s after the loop "
+                f"(limit --settle {args.settle:g}s), e.g. {mismatched[0]}"
+            )
             if caught_up is not None:
                 still = await check_sample()
-                problems.append(f"the snapshot writer caught up {caught_up:.1f}s after the loop; then "
-                                + (f"{len(still)} KV snapshots still wrong, e.g. {still[0]}" if still
-                                   else "every sampled KV snapshot was right (lag, not loss)"))
+                problems.append(
+                    f"the snapshot writer caught up {caught_up:.1f}s after the loop; then "
+                    + (
+                        f"{len(still)} KV snapshots still wrong, e.g. {still[0]}"
+                        if still
+                        else "every sampled KV snapshot was right (lag, not loss)"
+                    )
+                )
         if caught_up is None:
             problems.append(f"the snapshot writer still had a backlog {args.drain:g}s after the loop")
         return {
@@ -391,17 +405,19 @@ async def client_runtime(args: argparse.Namespace) -> dict[str, Any]:
 
 def ceiling_body(key: str, amount: int) -> bytes:
     """A CloudEvent-shaped body of about the size of the runtime's stored events."""
-    return orjson.dumps({
-        "specversion": "1.0",
-        "id": str(uuid.uuid4()),
-        "source": "esfsm/bankaccount",
-        "type": "funds_deposited",
-        "subject": key,
-        "time": "2026-01-01T00:00:00.000000+00:00",
-        "datacontenttype": "application/json",
-        "entitykey": key,
-        "data": {"amount": amount},
-    })
+    return orjson.dumps(
+        {
+            "specversion": "1.0",
+            "id": str(uuid.uuid4()),
+            "source": "esfsm/bankaccount",
+            "type": "funds_deposited",
+            "subject": key,
+            "time": "2026-01-01T00:00:00.000000+00:00",
+            "datacontenttype": "application/json",
+            "entitykey": key,
+            "data": {"amount": amount},
+        }
+    )
 
 
 async def client_ceiling(args: argparse.Namespace) -> dict[str, Any]:
@@ -415,13 +431,25 @@ async def client_ceiling(args: argparse.Namespace) -> dict[str, Any]:
         try:
             before = (await js.stream_info(CEIL_STREAM)).state.messages
         except NotFoundError:
-            await js.add_stream(StreamConfig(name=CEIL_STREAM, subjects=["ceil.>"], storage=StorageType.FILE,
-                                             duplicate_window=120.0, allow_direct=True))
+            await js.add_stream(
+                StreamConfig(
+                    name=CEIL_STREAM,
+                    subjects=["ceil.>"],
+                    storage=StorageType.FILE,
+                    duplicate_window=120.0,
+                    allow_direct=True,
+                )
+            )
             before = 0
         keys = [f"c{args.run}-{i:06d}" for i in range(args.keys)]
         work = workload(args.commands, keys, args.seed + args.run)
-        bodies = [(f"ceil.{key}.{'funds_deposited' if c == 'deposit' else 'funds_withdrawn'}",
-                   ceiling_body(key, orjson.loads(b)["amount"])) for key, c, b in work]
+        bodies = [
+            (
+                f"ceil.{key}.{'funds_deposited' if c == 'deposit' else 'funds_withdrawn'}",
+                ceiling_body(key, orjson.loads(b)["amount"]),
+            )
+            for key, c, b in work
+        ]
         deadline = time.monotonic() + args.time_bound
         seqs = 0
 
@@ -436,8 +464,9 @@ async def client_ceiling(args: argparse.Namespace) -> dict[str, Any]:
         info = await js.stream_info(CEIL_STREAM)
         problems = []
         if info.state.messages - before != len(bodies) or seqs != len(bodies):
-            problems.append(f"{CEIL_STREAM} grew by {info.state.messages - before}, acks {seqs}, "
-                            f"expected {len(bodies)}")
+            problems.append(
+                f"{CEIL_STREAM} grew by {info.state.messages - before}, acks {seqs}, expected {len(bodies)}"
+            )
         return {
             "kind": "ceiling",
             **summary(latencies, elapsed),
@@ -473,26 +502,45 @@ def runtime_env(esfsm_path: str | None) -> dict[str, str]:
     """The runtime process's environment: no NATS_URL; with --esfsm-path, that checkout's code."""
     env = {k: v for k, v in os.environ.items() if k != "NATS_URL"}
     if esfsm_path:
-        env["PYTHONPATH"] = os.pathsep.join([str(Path(esfsm_path).resolve()),
-                                             *filter(None, [env.get("PYTHONPATH")])])
+        env["PYTHONPATH"] = os.pathsep.join([str(Path(esfsm_path).resolve()), *filter(None, [env.get("PYTHONPATH")])])
     return env
 
 
 def probe_runtime(env: dict[str, str], script: str | None) -> tuple[str, bool]:
     """Which esfsm the runtime process imports, and whether its `run` takes --cache-entities."""
-    where = subprocess.run([sys.executable, "-c", "import esfsm; print(esfsm.__file__)"], capture_output=True,
-                           text=True, env=env, cwd=tempfile.gettempdir(), timeout=60, check=False)
-    helped = subprocess.run([sys.executable, *([script] if script else ["-m", "esfsm"]), "run", "--help"],
-                            capture_output=True, text=True, env=env, cwd=tempfile.gettempdir(), timeout=60,
-                            check=False)
+    where = subprocess.run(
+        [sys.executable, "-c", "import esfsm; print(esfsm.__file__)"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tempfile.gettempdir(),
+        timeout=60,
+        check=False,
+    )
+    helped = subprocess.run(
+        [sys.executable, *([script] if script else ["-m", "esfsm"]), "run", "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tempfile.gettempdir(),
+        timeout=60,
+        check=False,
+    )
     return where.stdout.strip() or where.stderr.strip()[-300:], "--cache-entities" in helped.stdout
 
 
 class Runtime:
     """`python -m esfsm run bankaccount.yaml --server URL` in a child process."""
 
-    def __init__(self, url: str, workdir: Path, script: str | None = None, workers: int = 1,
-                 extra: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        workdir: Path,
+        script: str | None = None,
+        workers: int = 1,
+        extra: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.url = url
         self.workers = workers
         self.extra = extra or []
@@ -503,13 +551,28 @@ class Runtime:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30.0) -> None:
-        log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(
-            [sys.executable, *self.entry, "run", str(DEFINITION), "--server", self.url,
-             "--store-dir", str(self.workdir / "esfsm-store"), "--log-level", "info",
-             *(["--workers", str(self.workers)] if self.workers > 1 else []), *self.extra],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.workdir, env=self.env)
-        log.close()
+        with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    *self.entry,
+                    "run",
+                    str(DEFINITION),
+                    "--server",
+                    self.url,
+                    "--store-dir",
+                    str(self.workdir / "esfsm-store"),
+                    "--log-level",
+                    "info",
+                    *(["--workers", str(self.workers)] if self.workers > 1 else []),
+                    *self.extra,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.workdir,
+                env=self.env,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -537,25 +600,58 @@ class Runtime:
         return code
 
 
-def run_client(mode: str, url: str, run: int, args: argparse.Namespace, pids: dict[str, int],
-               keys: int | None = None, extra: list[str] | None = None, slow_opens: int = 0) -> dict[str, Any]:
+def run_client(
+    mode: str,
+    url: str,
+    run: int,
+    args: argparse.Namespace,
+    pids: dict[str, int],
+    keys: int | None = None,
+    extra: list[str] | None = None,
+    slow_opens: int = 0,
+) -> dict[str, Any]:
     keys = keys or args.keys
     # slow_opens: opens that may crawl (the baseline past its cache cap: ~20 a second)
     bound = max(60.0, args.commands / 200.0 + keys / 100.0 + slow_opens / 5.0 + (args.drain if extra else 0.0))
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--client-mode", mode, "--url", url,
-           "--run", str(run), "--commands", str(args.commands), "--keys", str(keys), *(extra or []),
-           "--concurrency", str(args.concurrency), "--seed", str(args.seed), "--settle", str(args.settle), "--drain", str(args.drain),
-           "--time-bound", str(bound), "--runtime-pid", str(pids.get("runtime", 0)),
-           "--server-pid", str(pids.get("server", 0))]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--client-mode",
+        mode,
+        "--url",
+        url,
+        "--run",
+        str(run),
+        "--commands",
+        str(args.commands),
+        "--keys",
+        str(keys),
+        *(extra or []),
+        "--concurrency",
+        str(args.concurrency),
+        "--seed",
+        str(args.seed),
+        "--settle",
+        str(args.settle),
+        "--drain",
+        str(args.drain),
+        "--time-bound",
+        str(bound),
+        "--runtime-pid",
+        str(pids.get("runtime", 0)),
+        "--server-pid",
+        str(pids.get("server", 0)),
+    ]
     env = {k: v for k, v in os.environ.items() if k != "NATS_URL"}
     try:
-        done = subprocess.run(cmd, capture_output=True, timeout=bound + args.settle + args.drain + 60, env=env)
+        done = subprocess.run(
+            cmd, capture_output=True, timeout=bound + args.settle + args.drain + 60, env=env, check=False
+        )
     except subprocess.TimeoutExpired:
         return {"kind": mode, "problems": [f"{mode} client did not finish within its time bound"]}
     lines = [line for line in done.stdout.decode().splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
-        return {"kind": mode, "problems": [f"{mode} client exited {done.returncode}: "
-                                           f"{done.stderr.decode()[-2000:]}"]}
+        return {"kind": mode, "problems": [f"{mode} client exited {done.returncode}: {done.stderr.decode()[-2000:]}"]}
     return orjson.loads(lines[-1])
 
 
@@ -565,9 +661,25 @@ def start_py_spy(pid: int, out: str, seconds: float) -> subprocess.Popen[bytes] 
         print("py-spy not found; --py-spy ignored", file=sys.stderr)
         return None
     fmt = "speedscope" if out.endswith(".json") else "raw" if out.endswith(".txt") else "flamegraph"
-    return subprocess.Popen([exe, "record", "--pid", str(pid), "--output", out, "--format", fmt,
-                             "--duration", str(max(1, int(seconds))), "--rate", "200", "--nonblocking"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [
+            exe,
+            "record",
+            "--pid",
+            str(pid),
+            "--output",
+            out,
+            "--format",
+            fmt,
+            "--duration",
+            str(max(1, int(seconds))),
+            "--rate",
+            "200",
+            "--nonblocking",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 def orchestrate(args: argparse.Namespace) -> int:
@@ -586,10 +698,16 @@ def orchestrate(args: argparse.Namespace) -> int:
             print(f"runtime code: {probe_runtime(runtime.env, args.runtime_script)[0]}", flush=True)
         runtime.start()
         assert runtime.process is not None
-        print(f"nats-server {server.url} (pid {server.process.pid if server.process else '?'}), "
-              f"runtime pid {runtime.process.pid}, workdir {workdir}", flush=True)
-        print(f"N={args.commands} commands over K={args.keys} keys, C={args.concurrency} in flight, "
-              f"repeat {args.repeat}, runtime workers {args.workers}", flush=True)
+        print(
+            f"nats-server {server.url} (pid {server.process.pid if server.process else '?'}), "
+            f"runtime pid {runtime.process.pid}, workdir {workdir}",
+            flush=True,
+        )
+        print(
+            f"N={args.commands} commands over K={args.keys} keys, C={args.concurrency} in flight, "
+            f"repeat {args.repeat}, runtime workers {args.workers}",
+            flush=True,
+        )
         pids = {"runtime": runtime.process.pid, "server": server.process.pid if server.process else 0}
         fatal = False
         for run in range(args.repeat):
@@ -597,25 +715,30 @@ def orchestrate(args: argparse.Namespace) -> int:
             for mode in order:
                 if mode == "runtime" and args.py_spy and profiler is None:
                     # starts while the client opens the accounts; covers the timed loop
-                    profiler = start_py_spy(runtime.process.pid, args.py_spy,
-                                            args.commands / 1500.0 + args.keys / 1000.0 + 2)
+                    profiler = start_py_spy(
+                        runtime.process.pid, args.py_spy, args.commands / 1500.0 + args.keys / 1000.0 + 2
+                    )
                     if profiler is None:
                         args.py_spy = None
                 result = run_client(mode, server.url, run, args, pids)
                 results[mode].append(result)
-                for problem in result.get("problems", []):
-                    problems.append(f"run {run + 1} {mode}: {problem}")
+                problems.extend(f"run {run + 1} {mode}: {problem}" for problem in result.get("problems", []))
                 if "per_s" in result:
                     extra = ""
                     if mode == "runtime":
-                        extra = (f" accepted={result['accepted']} rejected={result['rejected']}"
-                                 f" opens/s={result['open_per_s']:,.0f}"
-                                 f" snapshot_backlog={result['snapshot_backlog']}"
-                                 f" caught_up={_seconds(result['snapshot_caught_up_s'])}")
+                        extra = (
+                            f" accepted={result['accepted']} rejected={result['rejected']}"
+                            f" opens/s={result['open_per_s']:,.0f}"
+                            f" snapshot_backlog={result['snapshot_backlog']}"
+                            f" caught_up={_seconds(result['snapshot_caught_up_s'])}"
+                        )
                     cpu = " ".join(f"{k[4:-3]}={result[k]:.0f}" for k in CPU_KEYS if k in result)
-                    print(f"run {run + 1} {mode:<8} {result['per_s']:>9,.0f}/s "
-                          f"p50 {result['p50_ms']:6.2f} ms p99 {result['p99_ms']:6.2f} ms"
-                          f" cpu µs/op: {cpu or 'n/a'}{extra}", flush=True)
+                    print(
+                        f"run {run + 1} {mode:<8} {result['per_s']:>9,.0f}/s "
+                        f"p50 {result['p50_ms']:6.2f} ms p99 {result['p99_ms']:6.2f} ms"
+                        f" cpu µs/op: {cpu or 'n/a'}{extra}",
+                        flush=True,
+                    )
                 if "per_s" not in result:
                     fatal = True
                 if runtime.process.poll() is not None:
@@ -660,26 +783,36 @@ def orchestrate(args: argparse.Namespace) -> int:
         }
         last = ok_runtime[-1]
         print()
-        print(f"medians of {len(ok_runtime)} run(s); N={args.commands}, K={args.keys}, C={args.concurrency}; "
-              f"CPU in µs per command / message, during the timed loop")
-        print(f"| {'loop':<27} | {'per second':>10} | {'p50 ms':>7} | {'p99 ms':>7} "
-              f"| {'runtime CPU':>11} | {'server CPU':>10} | {'client CPU':>10} |")
+        print(
+            f"medians of {len(ok_runtime)} run(s); N={args.commands}, K={args.keys}, C={args.concurrency}; "
+            f"CPU in µs per command / message, during the timed loop"
+        )
+        print(
+            f"| {'loop':<27} | {'per second':>10} | {'p50 ms':>7} | {'p99 ms':>7} "
+            f"| {'runtime CPU':>11} | {'server CPU':>10} | {'client CPU':>10} |"
+        )
         print(f"| {'-' * 27} | {'-' * 9}: | {'-' * 6}: | {'-' * 6}: | {'-' * 10}: | {'-' * 9}: | {'-' * 9}: |")
         for name, kind in (("runtime: command → reply", "runtime"), ("ceiling: js.publish + ack", "ceiling")):
             m = med[kind]
-            cpu = [f"{m[k]:>{w},.0f}" if k in m else f"{'-':>{w}}"
-                   for k, w in (("cpu_runtime_us", 11), ("cpu_server_us", 10), ("cpu_client_us", 10))]
+            cpu = [
+                f"{m[k]:>{w},.0f}" if k in m else f"{'-':>{w}}"
+                for k, w in (("cpu_runtime_us", 11), ("cpu_server_us", 10), ("cpu_client_us", 10))
+            ]
             if kind == "ceiling":
                 cpu[0] = f"{'-':>11}"
-            print(f"| {name:<27} | {m['per_s']:>10,.0f} | {m['p50_ms']:>7.2f} | {m['p99_ms']:>7.2f} "
-                  f"| {cpu[0]} | {cpu[1]} | {cpu[2]} |")
-        print(f"runtime: {last['accepted']} accepted, {last['rejected']} rejected (expected: every "
-              f"{REJECT_EVERY}th), opens {statistics.median(r['open_per_s'] for r in ok_runtime):,.0f}/s, "
-              f"events stored {last['events_stored']} ({last['avg_event_bytes']:.0f} B/msg stored, ceiling "
-              f"{ok_ceiling[-1]['avg_event_bytes']:.0f} B/msg); snapshot backlog at loop end "
-              f"{statistics.median(r['snapshot_backlog'] for r in ok_runtime):,.0f} events, "
-              f"snapshots caught up {statistics.median(r['snapshot_caught_up_s'] for r in ok_runtime):.1f}s "
-              f"after the loop; KV sample of {last['kv_checked']} checked")
+            print(
+                f"| {name:<27} | {m['per_s']:>10,.0f} | {m['p50_ms']:>7.2f} | {m['p99_ms']:>7.2f} "
+                f"| {cpu[0]} | {cpu[1]} | {cpu[2]} |"
+            )
+        print(
+            f"runtime: {last['accepted']} accepted, {last['rejected']} rejected (expected: every "
+            f"{REJECT_EVERY}th), opens {statistics.median(r['open_per_s'] for r in ok_runtime):,.0f}/s, "
+            f"events stored {last['events_stored']} ({last['avg_event_bytes']:.0f} B/msg stored, ceiling "
+            f"{ok_ceiling[-1]['avg_event_bytes']:.0f} B/msg); snapshot backlog at loop end "
+            f"{statistics.median(r['snapshot_backlog'] for r in ok_runtime):,.0f} events, "
+            f"snapshots caught up {statistics.median(r['snapshot_caught_up_s'] for r in ok_runtime):.1f}s "
+            f"after the loop; KV sample of {last['kv_checked']} checked"
+        )
     if not (ok_runtime and ok_ceiling) and not problems:
         problems.append("no complete run")
     for problem in problems:
@@ -721,13 +854,15 @@ def probe_summary(probe: dict[str, Any], rt: dict[str, Any]) -> str:
     slow = rt.get("slow_commands", [])
     gc2 = [took for gen, took in gcs if gen == 2]
     gc1 = [took for gen, took in gcs if gen == 1]
-    return (f"loop stalls >20 ms: {len(stalls)}, {sum(stalls) * 1000:,.0f} ms in all, longest "
-            f"{max(stalls, default=0) * 1000:.0f} ms, the loop busy {stall_cpu * 1000:,.0f} ms of them; "
-            f"gc gen2 {len(gc2)} taking {sum(gc2) * 1000:.0f} ms (longest {max(gc2, default=0) * 1000:.0f}), "
-            f"gen1 {len(gc1)} taking {sum(gc1) * 1000:.0f} ms; "
-            f"snapshot cycles {len(cycles)}: {sum(c[1] for c in cycles):,} events over "
-            f"{sum(c[2] for c in cycles):,} keys, longest {max((c[0] for c in cycles), default=0) * 1000:.0f} ms; "
-            f"commands over {SLOW * 1000:.0f} ms: {len(slow)}")
+    return (
+        f"loop stalls >20 ms: {len(stalls)}, {sum(stalls) * 1000:,.0f} ms in all, longest "
+        f"{max(stalls, default=0) * 1000:.0f} ms, the loop busy {stall_cpu * 1000:,.0f} ms of them; "
+        f"gc gen2 {len(gc2)} taking {sum(gc2) * 1000:.0f} ms (longest {max(gc2, default=0) * 1000:.0f}), "
+        f"gen1 {len(gc1)} taking {sum(gc1) * 1000:.0f} ms; "
+        f"snapshot cycles {len(cycles)}: {sum(c[1] for c in cycles):,} events over "
+        f"{sum(c[2] for c in cycles):,} keys, longest {max((c[0] for c in cycles), default=0) * 1000:.0f} ms; "
+        f"commands over {SLOW * 1000:.0f} ms: {len(slow)}"
+    )
 
 
 def _figures(m: dict[str, float]) -> str:
@@ -748,8 +883,11 @@ def orchestrate_scale(args: argparse.Namespace) -> int:
     print(f"runtime code: {code_at}; `esfsm run --cache-entities`: {'yes' if has_cache else 'no'}", flush=True)
     if args.cache_entities and not has_cache:
         print(f"this runtime has no --cache-entities: past the cap means past its {DEFAULT_CACHE:,}", flush=True)
-    print(f"scale points {points}; N={args.commands} timed commands, C={args.concurrency} in flight, "
-          f"repeat {args.repeat}; past the cap: {cap:,} entities cached, {past:,} more opened", flush=True)
+    print(
+        f"scale points {points}; N={args.commands} timed commands, C={args.concurrency} in flight, "
+        f"repeat {args.repeat}; past the cap: {cap:,} entities cached, {past:,} more opened",
+        flush=True,
+    )
     rows: dict[str, list[dict[str, Any]]] = {}
     problems: list[str] = []
     for point in points:
@@ -772,9 +910,16 @@ def orchestrate_scale(args: argparse.Namespace) -> int:
                 pids = {"runtime": runtime.process.pid, "server": server.process.pid if server.process else 0}
                 order = ["ceiling", "runtime"] if run % 2 == 0 else ["runtime", "ceiling"]
                 for mode in order:
-                    result = run_client(mode, server.url, run, args, pids, keys=entities,
-                                        extra=client_extra if mode == "runtime" else None,
-                                        slow_opens=past if is_past else 0)
+                    result = run_client(
+                        mode,
+                        server.url,
+                        run,
+                        args,
+                        pids,
+                        keys=entities,
+                        extra=client_extra if mode == "runtime" else None,
+                        slow_opens=past if is_past else 0,
+                    )
                     got[mode] = result
                     problems.extend(f"{label} run {run + 1} {mode}: {p}" for p in result.get("problems", []))
                     if "per_s" not in result or runtime.process.poll() is not None:
@@ -787,8 +932,9 @@ def orchestrate_scale(args: argparse.Namespace) -> int:
                     problems.append(f"{label} run {run + 1}: runtime exited with {code} on SIGTERM")
                 if runtime is not None and "level=error" in runtime.log():
                     errors = [line for line in runtime.log().splitlines() if "level=error" in line]
-                    problems.append(f"{label} run {run + 1}: runtime logged {len(errors)} errors, "
-                                    f"e.g. {errors[0][:300]}")
+                    problems.append(
+                        f"{label} run {run + 1}: runtime logged {len(errors)} errors, e.g. {errors[0][:300]}"
+                    )
                 server.stop()
                 probe = workdir / "probe.json"  # written by benchmarks/probe_runtime.py (--runtime-script)
                 probed = orjson.loads(probe.read_bytes()) if probe.exists() else None
@@ -804,38 +950,50 @@ def orchestrate_scale(args: argparse.Namespace) -> int:
                 row["probe"] = probed
             rows.setdefault(label, []).append(row)
             print(f"{label:>12} run {run + 1} {'ceiling':<20} {_figures(ceiling)}", flush=True)
-            names = ["first commands"] if len(rt["open_phases"]) == 1 else ["first, below the cap",
-                                                                             "first, past the cap"]
+            names = (
+                ["first commands"] if len(rt["open_phases"]) == 1 else ["first, below the cap", "first, past the cap"]
+            )
             for name, phase in zip(names, rt["open_phases"], strict=False):
-                print(f"{label:>12} run {run + 1} {name:<20} {_figures(phase)} = "
-                      f"{phase['per_s'] / ceiling['per_s']:.2f} of the ceiling ({phase['entities']:,} entities, "
-                      f"runtime {phase.get('cpu_runtime_us', 0):.0f} µs/cmd)", flush=True)
+                print(
+                    f"{label:>12} run {run + 1} {name:<20} {_figures(phase)} = "
+                    f"{phase['per_s'] / ceiling['per_s']:.2f} of the ceiling ({phase['entities']:,} entities, "
+                    f"runtime {phase.get('cpu_runtime_us', 0):.0f} µs/cmd)",
+                    flush=True,
+                )
             if probed is not None:
                 print(f"{label:>12} run {run + 1} {'probe (deposits)':<20} {probe_summary(probed, rt)}", flush=True)
-            print(f"{label:>12} run {run + 1} {'deposits':<20} {_figures(rt)} = {rt['per_s'] / ceiling['per_s']:.2f}"
-                  f" of the ceiling (runtime {rt.get('cpu_runtime_us', 0):.0f} µs/cmd; opens' snapshots written "
-                  f"{_seconds(rt['opens_drained_s'])} after them, deposits' {_seconds(rt['snapshot_caught_up_s'])})",
-                  flush=True)
+            print(
+                f"{label:>12} run {run + 1} {'deposits':<20} {_figures(rt)} = {rt['per_s'] / ceiling['per_s']:.2f}"
+                f" of the ceiling (runtime {rt.get('cpu_runtime_us', 0):.0f} µs/cmd; opens' snapshots written "
+                f"{_seconds(rt['opens_drained_s'])} after them, deposits' {_seconds(rt['snapshot_caught_up_s'])})",
+                flush=True,
+            )
 
     if rows:
         med = statistics.median
         print()
-        print(f"medians of {args.repeat} run(s) per point; N={args.commands} timed commands, C={args.concurrency}; "
-              "÷ ceiling: per second ÷ the JetStream publish ceiling at as many keys, same run")
+        print(
+            f"medians of {args.repeat} run(s) per point; N={args.commands} timed commands, C={args.concurrency}; "
+            "÷ ceiling: per second ÷ the JetStream publish ceiling at as many keys, same run"
+        )
         print("| entities | phase | per second | p50 ms | p99 ms | ÷ ceiling | ceiling msg/s |")
         print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
         for label, runs in rows.items():
             ceiling = med(r["ceiling"]["per_s"] for r in runs)
             phases = [("first commands", [r["opens"][0] for r in runs])]
             if all(len(r["opens"]) > 1 for r in runs):
-                phases = [("first, below the cap", [r["opens"][0] for r in runs]),
-                          ("first, past the cap", [r["opens"][1] for r in runs])]
+                phases = [
+                    ("first, below the cap", [r["opens"][0] for r in runs]),
+                    ("first, past the cap", [r["opens"][1] for r in runs]),
+                ]
             phases.append(("deposits (warm)", [r["deposits"] for r in runs]))
             for name, items in phases:
                 ratio = med(item["per_s"] / r["ceiling"]["per_s"] for item, r in zip(items, runs, strict=True))
-                print(f"| {label} | {name} | {med(i['per_s'] for i in items):,.0f} "
-                      f"| {med(i['p50_ms'] for i in items):.1f} | {med(i['p99_ms'] for i in items):.1f} "
-                      f"| {ratio:.2f} | {ceiling:,.0f} |")
+                print(
+                    f"| {label} | {name} | {med(i['per_s'] for i in items):,.0f} "
+                    f"| {med(i['p50_ms'] for i in items):.1f} | {med(i['p99_ms'] for i in items):.1f} "
+                    f"| {ratio:.2f} | {ceiling:,.0f} |"
+                )
         for runs in rows.values():
             if all(len(r["opens"]) > 1 for r in runs):
                 ratio = med(r["opens"][1]["per_s"] / r["opens"][0]["per_s"] for r in runs)
@@ -851,36 +1009,77 @@ def orchestrate_scale(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     epilog="The last line printed is `ratio: X.XX` (runtime commands/s ÷ ceiling "
-                                            "messages/s); the exit status is 1 when a check failed. "
-                                            "See docs/benchmarks.md.")
-    parser.add_argument("--commands", type=int, default=20_000,
-                        help="N: deposits and withdrawals in the timed runtime loop (and publishes in the ceiling's; default %(default)s)")
-    parser.add_argument("--keys", type=int, default=1_000, help="K: accounts the commands are spread over (default %(default)s)")
-    parser.add_argument("--concurrency", type=int, default=64, help="C: operations in flight in both loops (default %(default)s)")
-    parser.add_argument("--repeat", type=int, default=3,
-                        help="runs of both loops, alternating; the table shows medians (the machine is noisy; default %(default)s)")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="`esfsm run --workers`: runtime processes sharing out the keys (CPU counts them all; default %(default)s)")
-    parser.add_argument("--seed", type=int, default=42, help="seed of the workload (which key, which command; default %(default)s)")
-    parser.add_argument("--settle", type=float, default=10.0, help="seconds to wait for the KV snapshots (default %(default)s)")
-    parser.add_argument("--drain", type=float, default=180.0,
-                        help="seconds to wait for the snapshot writer's backlog before the next loop (default %(default)s)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="The last line printed is `ratio: X.XX` (runtime commands/s ÷ ceiling "
+        "messages/s); the exit status is 1 when a check failed. "
+        "See docs/benchmarks.md.",
+    )
+    parser.add_argument(
+        "--commands",
+        type=int,
+        default=20_000,
+        help="N: deposits and withdrawals in the timed runtime loop "
+        "(and publishes in the ceiling's; default %(default)s)",
+    )
+    parser.add_argument(
+        "--keys", type=int, default=1_000, help="K: accounts the commands are spread over (default %(default)s)"
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=64, help="C: operations in flight in both loops (default %(default)s)"
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="runs of both loops, alternating; the table shows medians (the machine is noisy; default %(default)s)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="`esfsm run --workers`: runtime processes sharing out the keys (CPU counts them all; default %(default)s)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=42, help="seed of the workload (which key, which command; default %(default)s)"
+    )
+    parser.add_argument(
+        "--settle", type=float, default=10.0, help="seconds to wait for the KV snapshots (default %(default)s)"
+    )
+    parser.add_argument(
+        "--drain",
+        type=float,
+        default=180.0,
+        help="seconds to wait for the snapshot writer's backlog before the next loop (default %(default)s)",
+    )
     parser.add_argument("--py-spy", metavar="OUT", help="record the runtime with py-spy (.svg, .json or .txt)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, stores)")
-    parser.add_argument("--scale", metavar="POINTS",
-                        help="scale mode: comma-separated numbers of entities, and `past` for more than the runtime's "
-                             "cache holds (e.g. 1000,100000,past); per point and run a fresh server and runtime, "
-                             "first commands and deposits timed separately (see docs/benchmarks.md)")
-    parser.add_argument("--cache-entities", type=int, default=0,
-                        help="scale mode, point `past`: the cache cap passed as `esfsm run --cache-entities` "
-                             f"(if the runtime has it; otherwise past its {DEFAULT_CACHE:,})")
-    parser.add_argument("--past", type=int, default=0,
-                        help="scale mode, point `past`: entities opened past the cap (default: half the cap)")
+    parser.add_argument(
+        "--scale",
+        metavar="POINTS",
+        help="scale mode: comma-separated numbers of entities, and `past` for more than the runtime's "
+        "cache holds (e.g. 1000,100000,past); per point and run a fresh server and runtime, "
+        "first commands and deposits timed separately (see docs/benchmarks.md)",
+    )
+    parser.add_argument(
+        "--cache-entities",
+        type=int,
+        default=0,
+        help="scale mode, point `past`: the cache cap passed as `esfsm run --cache-entities` "
+        f"(if the runtime has it; otherwise past its {DEFAULT_CACHE:,})",
+    )
+    parser.add_argument(
+        "--past",
+        type=int,
+        default=0,
+        help="scale mode, point `past`: entities opened past the cap (default: half the cap)",
+    )
     parser.add_argument("--json", metavar="OUT", help="scale mode: write every run's raw results to OUT")
-    parser.add_argument("--esfsm-path", metavar="DIR",
-                        help="run the runtime from this checkout (its PYTHONPATH), e.g. a baseline worktree")
+    parser.add_argument(
+        "--esfsm-path",
+        metavar="DIR",
+        help="run the runtime from this checkout (its PYTHONPATH), e.g. a baseline worktree",
+    )
     parser.add_argument("--runtime-script", help=argparse.SUPPRESS)  # experiments: a script standing in for `-m esfsm`
     parser.add_argument("--client-mode", choices=["runtime", "ceiling"], help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
