@@ -336,8 +336,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--ops", type=int, default=20_000, help="deposits/withdrawals after the opens (default 20000)")
     parser.add_argument("--repeat", type=int, default=3, help="timed runs per side; the median is reported (default 3)")
     parser.add_argument("--seed", type=int, default=42, help="seed of the operation sequence (default 42)")
-    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
-                        help="wall (perf_counter, default) or cpu (process_time, steadier under load)")
+    parser.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="wall",
+        help="wall (perf_counter, default) or cpu (process_time, steadier under load)",
+    )
     parser.add_argument("--profile", action="store_true", help="also cProfile one esfsm run and print the top 10")
     args = parser.parse_args(argv)
     if args.accounts < 1 or args.ops < 0 or args.repeat < 1:
@@ -369,8 +373,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     problems = verify(workload, expected, last, args.seed)
 
-    print(f"workload: {args.accounts} opens + {args.ops} deposits/withdrawals = {workload.commands} commands, "
-          f"seed {args.seed}, median of {args.repeat} run(s), {args.clock} clock")
+    print(
+        f"workload: {args.accounts} opens + {args.ops} deposits/withdrawals = {workload.commands} commands, "
+        f"seed {args.seed}, median of {args.repeat} run(s), {args.clock} clock"
+    )
     if args.profile:
         print(profile_esfsm(workload))
     rate = {side: workload.commands / statistics.median(times) for side, times in seconds.items()}

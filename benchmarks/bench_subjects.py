@@ -45,8 +45,15 @@ async def measure(url: str, server_pid: int, subjects: int, appends: int) -> str
     try:
         js = nc.jetstream(timeout=10)
         prefix = f"s{subjects}"
-        await js.add_stream(StreamConfig(name=prefix.upper(), subjects=[f"{prefix}.>"], storage=StorageType.FILE,
-                                         allow_direct=True, duplicate_window=120))
+        await js.add_stream(
+            StreamConfig(
+                name=prefix.upper(),
+                subjects=[f"{prefix}.>"],
+                storage=StorageType.FILE,
+                allow_direct=True,
+                duplicate_window=120,
+            )
+        )
         keys = [f"k{i:06d}" for i in range(subjects)]
         last: dict[str, int] = {}
         limit = asyncio.Semaphore(256)
@@ -63,9 +70,11 @@ async def measure(url: str, server_pid: int, subjects: int, appends: int) -> str
         async def worker(w: int) -> None:
             for _ in range(appends // CONCURRENCY):
                 key = rng.choice(owned[w])
-                headers = {"Nats-Expected-Last-Subject-Sequence": str(last[key]),
-                           "Nats-Expected-Last-Subject-Sequence-Subject": f"{prefix}.{key}.>",
-                           "Nats-Msg-Id": os.urandom(8).hex()}
+                headers = {
+                    "Nats-Expected-Last-Subject-Sequence": str(last[key]),
+                    "Nats-Expected-Last-Subject-Sequence-Subject": f"{prefix}.{key}.>",
+                    "Nats-Msg-Id": os.urandom(8).hex(),
+                }
                 started = time.perf_counter()
                 ack = await js.publish(f"{prefix}.{key}.deposited", b'{"amount":1}', headers=headers)
                 latencies.append(time.perf_counter() - started)
@@ -76,9 +85,11 @@ async def measure(url: str, server_pid: int, subjects: int, appends: int) -> str
         elapsed, used = time.perf_counter() - started, cpu_seconds(server_pid) - cpu
         latencies.sort()
         p50, p99 = latencies[len(latencies) // 2], latencies[int(len(latencies) * 0.99)]
-        return (f"subjects {subjects:>7,}: {len(latencies) / elapsed:8,.0f} appends/s "
-                f"p50 {p50 * 1000:.1f} ms p99 {p99 * 1000:.1f} ms, "
-                f"server {used / len(latencies) * 1e6:.0f} µs/append")
+        return (
+            f"subjects {subjects:>7,}: {len(latencies) / elapsed:8,.0f} appends/s "
+            f"p50 {p50 * 1000:.1f} ms p99 {p99 * 1000:.1f} ms, "
+            f"server {used / len(latencies) * 1e6:.0f} µs/append"
+        )
     finally:
         await nc.close()
 

@@ -35,7 +35,7 @@ def install() -> None:
             return await write_over(self, writes)
         results: list = []  # type: ignore[type-arg]
         for start in range(0, len(writes), WINDOW):
-            results.extend(await write_over(self, writes[start:start + WINDOW]))
+            results.extend(await write_over(self, writes[start : start + WINDOW]))
         return results
 
     AggregateStore.write_over = windowed  # type: ignore[method-assign]

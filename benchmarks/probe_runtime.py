@@ -71,8 +71,9 @@ def _watch(main_id: int) -> None:
             frame = sys._current_frames().get(main_id)
             if frame is None:
                 continue
-            lines = [f"{os.path.basename(f.filename)}:{f.name}:{f.lineno}"
-                     for f in traceback.extract_stack(frame)[-14:]]
+            lines = [
+                f"{os.path.basename(f.filename)}:{f.name}:{f.lineno}" for f in traceback.extract_stack(frame)[-14:]
+            ]
             stacks.append((now, " < ".join(reversed(lines))))
 
 
@@ -91,9 +92,18 @@ async def _heartbeat() -> None:
 def _report() -> None:
     out = os.environ.get("ESFSM_PROBE_OUT", "probe.json")
     with open(out, "w") as handle:
-        json.dump({"stalls": stalls, "gc": collections_seen, "cycles": cycles,
-                   "stacks": stacks, "gc_threshold": gc.get_threshold(),
-                   "gc_count": gc.get_count(), "objects": len(gc.get_objects())}, handle)
+        json.dump(
+            {
+                "stalls": stalls,
+                "gc": collections_seen,
+                "cycles": cycles,
+                "stacks": stacks,
+                "gc_threshold": gc.get_threshold(),
+                "gc_count": gc.get_count(),
+                "objects": len(gc.get_objects()),
+            },
+            handle,
+        )
 
 
 def install() -> None:
