@@ -106,3 +106,46 @@ def test_old_events_and_snapshot_in_a_stream_are_served_by_the_runtime(project: 
         loop.run(scenario())
     finally:
         loop.close()
+
+
+def test_rebuild_of_a_stream_it_cannot_replay_says_so_in_one_line(project: Project, tmp_path: Path) -> None:
+    """An event the definition no longer knows: `esfsm rebuild` exits 1 naming the entity and
+    the event, with no traceback and no 'Task exception was never retrieved' (the stream read
+    it had started was left open when the fold failed)."""
+    import subprocess
+    import sys
+
+    from nats_support import start_server
+
+    server = start_server(tmp_path / "nats")
+    compiled = project.aggregates["bankaccount"]
+    loop = LoopThread()
+
+    async def store_an_unknown_event() -> None:
+        nc = await connect([server.url], ConnectOptions(name="unreplayable"))
+        try:
+            store = AggregateStore(nc, compiled)
+            await store.ensure()
+            gone = json.loads(STORED["bankaccount/acc-1"]["events"][0])
+            gone.update(type="account_audited", subject="k-1", entitykey="k-1")
+            body = json.dumps(gone).encode()
+            await store.append("k-1", 0, [Outgoing(store.subject("k-1", "account_audited"), body, gone["id"])])
+        finally:
+            await nc.close()
+
+    try:
+        loop.run(store_an_unknown_event())
+        done = subprocess.run(
+            [sys.executable, "-m", "esfsm", "rebuild", "bankaccount", "definitions/", "--server", server.url],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            cwd=Path(__file__).parent.parent,
+        )
+    finally:
+        loop.close()
+        server.stop()
+    assert done.returncode == 1, done.stderr
+    assert "entity 'k-1'" in done.stderr and "account_audited" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and "never retrieved" not in done.stderr, done.stderr
