@@ -45,7 +45,7 @@ from esfsm.values import (
 
 MAX_DEPTH = 64  # nesting of a payload: deeper ones would exhaust the validators' recursion
 INT64 = (-(2**63), 2**63 - 1)  # CEL integers are 64-bit
-_LONG_NUMBER = re.compile(rb"\d{20}")  # orjson reads integers past 64 bits as floats: read those exactly
+_LONG_NUMBER = re.compile(rb"\d{19}")  # orjson reads integers past 64 bits as floats: read those exactly
 
 
 def clip(text: str, limit: int = 200) -> str:

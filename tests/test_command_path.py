@@ -94,6 +94,7 @@ TABLE: list[tuple[str, Callable[[Raw, str], dict[str, Any]], int | str, str]] = 
     ("2 before 3", lambda r, k: r.send("depost", k, BAD_JSON), 404, "unknown command"),
     ("3 no JSON", lambda r, k: r.send("deposit", k, BAD_JSON), 400, ""),
     ("3 beyond 64 bits", lambda r, k: r.send("deposit", k, {"amount": 2**64}), 400, "/amount"),
+    ("3 below 64 bits", lambda r, k: r.send("deposit", k, {"amount": -(2**63) - 1}), 400, "/amount"),
     (
         "4 expected version",
         lambda r, k: r.send("deposit", k, {"amount": 1}, **{EXPECTED_VERSION_HEADER: "7"}),

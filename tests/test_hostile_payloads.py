@@ -195,6 +195,7 @@ def test_payloads_that_are_no_valid_json_object_get_400_and_store_nothing(bank: 
 @example(command="open_account", payload={"owner": "a", "initial_balance": 99}, ascii_only=True)
 @example(command="open_account", payload={"owner": "\U0001f600\x00", "initial_balance": INT64_MAX}, ascii_only=False)
 @example(command="deposit", payload={"amount": 1e308}, ascii_only=True)
+@example(command="close", payload={"initial_balance": -(2**63) - 1}, ascii_only=False)  # 19 digits
 @example(command="freeze", payload=[], ascii_only=True)
 def test_json_payloads_get_the_code_the_definition_calls_for(
     bank: Wire, command: str, payload: Any, ascii_only: bool
