@@ -155,27 +155,7 @@ def _fine(value: Any, depth: int) -> bool:
     return False  # anything else: let the full walk decide
 
 
-def check_request(
-    commands: Mapping[str, Any],
-    unknown: Callable[[str], Rejected],
-    command: str,
-    key: object,
-    headers: Mapping[str, str],
-) -> Rejected | None:
-    """The key (400), the command id (400), the expected version's form (400), the command's
-    name (404): the checks of steps 1 and 2, in this order."""
-    problem = check_key(key) or check_command_id(headers)
-    if problem:
-        return problem
-    expected = expected_version(headers)
-    if isinstance(expected, Rejected):
-        return expected
-    if command not in commands:
-        return unknown(command)
-    return None
-
-
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: it is made per command, and a frozen __init__ costs twice as much
 class Prepared:
     """A request that passed every check that needs no entity."""
 
@@ -200,10 +180,17 @@ def prepare(
     payload: Any = None,
     body: bytes | None = None,
 ) -> Prepared | Rejected:
-    """Steps 1-3 for a command; the payload as a value, or as the request's body (bytes)."""
-    problem = check_request(commands, unknown, command, key, headers)
+    """Steps 1-3 for a command, in this order: the key (400), the command id (400), the
+    expected version's form (400), the command's name (404), the payload — as a value, or
+    as the request's body (bytes) — as JSON a definition can evaluate (400)."""
+    problem = check_key(key) or check_command_id(headers)
     if problem:
         return problem
+    expected = expected_version(headers)
+    if isinstance(expected, Rejected):
+        return expected
+    if command not in commands:
+        return unknown(command)
     if body is not None:
         payload = parse_json(body)  # a body of JSON null stays None: the schema answers it
         if isinstance(payload, Rejected):
@@ -213,8 +200,7 @@ def prepare(
     problem = check_payload(payload)
     if problem:
         return problem
-    expected = expected_version(headers)
-    assert isinstance(key, str) and not isinstance(expected, Rejected)  # checked above
+    assert isinstance(key, str)  # check_key looked at it
     return Prepared(CommandRequest(command, key, payload, headers), expected)
 
 
@@ -242,7 +228,7 @@ def state_too_large(decision: Accepted, limit: int | None) -> Rejected | None:
     return Rejected(TOO_LARGE, message, (ErrorDetail("/data", message),))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Outcome:
     """What step decided: an earlier answer to repeat, or a new decision."""
 
