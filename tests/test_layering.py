@@ -22,8 +22,24 @@ CORE = [
     "esfsm.checks.emits",
     "esfsm.checks.json_schemas",
     "esfsm.checks.names",
+    "esfsm.command_path",
+    "esfsm.reading",
+    "esfsm.contract",
+    "esfsm.paths",
+    "esfsm.seam",
+    "esfsm.cel_errors",
+    "esfsm.yaml_errors",
 ]
-RUNTIME = ["esfsm.runtime.runner", "esfsm.runtime.testing", "esfsm.client"]
+RUNTIME = [
+    "esfsm.runtime.runner",
+    "esfsm.runtime.testing",
+    "esfsm.client",
+    "esfsm.runtime.pipeline",
+    "esfsm.runtime.turns",
+    "esfsm.runtime.answers",
+    "esfsm.runtime.workers",
+    "esfsm.runtime.logs",
+]
 
 
 def loaded_after_importing(modules: list[str]) -> set[str]:
