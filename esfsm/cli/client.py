@@ -241,7 +241,7 @@ def rebuild(aggregate: str, paths: tuple[Path, ...], servers: tuple[str, ...], s
     from rich.progress import Progress
 
     from esfsm.runtime.connection import connect, resolve_servers
-    from esfsm.runtime.rebuild import entity_keys
+    from esfsm.runtime.rebuild import RebuildFailed, entity_keys
     from esfsm.runtime.rebuild import rebuild as replay
     from esfsm.runtime.store import AggregateStore
 
@@ -277,5 +277,8 @@ def rebuild(aggregate: str, paths: tuple[Path, ...], servers: tuple[str, ...], s
         finally:
             await nc.close()
 
-    count = run_async(go())
+    try:
+        count = run_async(go())
+    except RebuildFailed as err:  # an outcome, not a crash: one line per entity, never a traceback
+        raise click.ClickException(str(err)) from None
     click.echo(f"rebuilt {count} entit{'y' if count == 1 else 'ies'} of {name}")
