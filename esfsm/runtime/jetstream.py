@@ -338,6 +338,30 @@ def api_prefix(domain: str | None = None) -> str:
     return f"$JS.{domain}.API" if domain else "$JS.API"
 
 
+async def api_request(nc: Client, subject: str, body: Mapping[str, Any], timeout: float, what: str) -> dict[str, Any]:
+    """A JetStream API request nats-py has no helper for: its JSON reply, which may hold an
+    `error` (see api_failure). UnavailableError when nothing answered, StoreError when the
+    answer is no JSON; what names the request in those messages."""
+    try:
+        msg = await nc.request(subject, orjson.dumps(body), timeout)
+    except (TimeoutError, *NOT_SENT) as err:
+        raise UnavailableError(f"JetStream did not answer {what} ({type(err).__name__})") from err
+    try:
+        reply = orjson.loads(msg.data)
+    except orjson.JSONDecodeError as err:
+        raise StoreError(f"unexpected JetStream reply {msg.data[:200]!r}") from err
+    if not isinstance(reply, dict):
+        raise StoreError(f"unexpected JetStream reply {msg.data[:200]!r}")
+    return reply
+
+
+def api_failure(error: Mapping[str, Any], what: str) -> StoreError:
+    """The exception for a JetStream API reply's error: unavailable (503), or failed."""
+    if error.get("code") == 503:
+        return UnavailableError(f"JetStream is unavailable: {error.get('description')}")
+    return StoreError(f"{what} failed: {error.get('description')} (code {error.get('code')})")
+
+
 async def read_subject(
     nc: Client, stream: str, subjects: str, after_seq: int = 0, timeout: float = 5.0, api: str = "$JS.API"
 ) -> AsyncGenerator[Stored, None]:

@@ -5,14 +5,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-import nats.errors
-import orjson
 from nats.js.errors import BadRequestError, KeyWrongLastSequenceError
 
 from esfsm import contract
 from esfsm.errors import EsfsmError, ReplayError
 from esfsm.runtime.entity import Entity, SnapshotTooLarge
-from esfsm.runtime.jetstream import NOT_SENT, StoreError, UnavailableError
+from esfsm.runtime.jetstream import api_failure, api_request
 from esfsm.runtime.store import AggregateStore
 
 log = logging.getLogger("esfsm.rebuild")
@@ -39,17 +37,10 @@ async def _subjects_page(store: AggregateStore, offset: int) -> tuple[dict[str, 
     subject = f"{store.api}.STREAM.INFO.{store.names.stream}"
     body = {"subjects_filter": contract.stream_subjects(store.names.events), "offset": offset}
     timeout = max(store.timeout, 30.0)  # a page of 100,000 subjects takes the server a while
-    try:
-        msg = await store.nc.request(subject, orjson.dumps(body), timeout)
-    except (nats.errors.TimeoutError, *NOT_SENT) as err:
-        raise UnavailableError(f"JetStream did not answer {subject} ({type(err).__name__})") from err
-    try:
-        reply = orjson.loads(msg.data)
-    except orjson.JSONDecodeError as err:
-        raise StoreError(f"unexpected JetStream reply {msg.data[:200]!r}") from err
+    reply = await api_request(store.nc, subject, body, timeout, subject)
     error = reply.get("error")
     if error:
-        raise StoreError(f"{subject} failed: {error.get('description')} (code {error.get('code')})")
+        raise api_failure(error, subject)
     subjects = (reply.get("state") or {}).get("subjects") or {}
     return subjects, int(reply.get("total") or 0), int(reply.get("offset") or 0)
 

@@ -8,7 +8,6 @@ from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 
 import nats.errors
-import orjson
 from cachetools import LRUCache
 from nats.aio.client import Client
 from nats.js import JetStreamContext
@@ -28,13 +27,13 @@ from esfsm.runtime.answers import DEFAULT_WINDOW, Answers
 from esfsm.runtime.entity import Entity, fold
 from esfsm.runtime.jetstream import (
     MSG_ID,
-    NOT_SENT,
     Answer,
     Outgoing,
     Stored,
     StoreError,
-    UnavailableError,
+    api_failure,
     api_prefix,
+    api_request,
     append,
     append_one,
     kv_update,
@@ -171,23 +170,14 @@ class AggregateStore:
 
     async def _last_seq_from_leader(self, key: str) -> int:
         subjects = self.entity_subjects(key)
-        try:
-            msg = await self.nc.request(
-                f"{self.api}.STREAM.MSG.GET.{self.names.stream}", orjson.dumps({"last_by_subj": subjects}), self.timeout
-            )
-        except (nats.errors.TimeoutError, *NOT_SENT) as err:
-            raise UnavailableError(f"JetStream did not answer a read of {subjects} ({type(err).__name__})") from err
-        try:
-            reply = orjson.loads(msg.data)
-        except orjson.JSONDecodeError as err:
-            raise StoreError(f"unexpected JetStream reply {msg.data[:200]!r}") from err
+        what = f"a read of {subjects}"
+        subject = f"{self.api}.STREAM.MSG.GET.{self.names.stream}"
+        reply = await api_request(self.nc, subject, {"last_by_subj": subjects}, self.timeout, what)
         error = reply.get("error")
         if error:
             if error.get("code") == 404:
                 return 0
-            if error.get("code") == 503:
-                raise UnavailableError(f"JetStream is unavailable: {error.get('description')}")
-            raise StoreError(f"read of {subjects} failed: {error.get('description')} (code {error.get('code')})")
+            raise api_failure(error, what)
         return int(reply["message"]["seq"])
 
     async def find_msg_id(self, key: str, after_seq: int, msg_id: str) -> int | None:
