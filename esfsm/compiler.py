@@ -16,16 +16,18 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from cloudevents.core.base import BaseCloudEvent
 from transitions import Machine, MachineError
 
-from esfsm.errors import EvaluationError, ReplayError
-from esfsm.events import new_event
+from esfsm.contract import EVENT_VERSION_EXTENSION
+from esfsm.errors import EvaluationError, ReplayError, UnreadableEvent
+from esfsm.events import new_event, with_type_and_data
 from esfsm.expressions import Expression, Template, field_references
 from esfsm.findings import did_you_mean, one_of, pointer
-from esfsm.model import Aggregate, Command, Rule
+from esfsm.model import Aggregate, Command, Event, Rule, state_fingerprint
 from esfsm.paths import EmitPaths
 from esfsm.validation import SchemaCheck
 from esfsm.values import (
@@ -89,11 +91,33 @@ class CompiledCommand:
 
 
 @dataclass(frozen=True, eq=False)
+class CompiledUpcast:
+    """One step: the data of a stored event of `version` as the data of version + 1."""
+
+    version: int
+    data: Template
+    replace: bool  # data is one expression giving the whole data (a mapping is merged)
+    drop: tuple[str, ...]
+    where: str
+
+    def run(self, data: Any, variables: dict[str, Any]) -> Any:
+        result = self.data.evaluate(variables)
+        if not isinstance(result, Mapping):
+            raise EvaluationError(self.where, "data", f"gave {result!r}, not a mapping")
+        merged = dict(result) if self.replace else {**(data if isinstance(data, Mapping) else {}), **result}
+        for name in self.drop:
+            merged.pop(name, None)
+        return merged
+
+
+@dataclass(frozen=True, eq=False)
 class CompiledEvent:
     name: str
     validator: SchemaCheck
     apply: Template
     merge: bool  # apply is one expression giving a map to merge
+    version: int
+    upcasts: Mapping[int, CompiledUpcast]
 
 
 class CompiledAggregate:
@@ -116,12 +140,10 @@ class CompiledAggregate:
         self._next = self._transition_table()
         self.authorize = tuple(CompiledRule.of(r) for r in model.authorize)
         self.data_validator = SchemaCheck(model.data_schema)
-        self.events = {
-            e.name: CompiledEvent(
-                e.name, SchemaCheck(e.schema), Template(e.apply, f"{e.where}/apply"), isinstance(e.apply, str)
-            )
-            for e in model.events.values()
-        }
+        self.events = {e.name: _compile_event(e) for e in model.events.values()}
+        # every name an event may be stored under → the event it is read as (renames included)
+        self.readers = {name: self.events[e.name] for e in model.events.values() for name in e.stored_names}
+        self.state_fingerprint = state_fingerprint(model)
         self.commands = {c.name: self._compile_command(c) for c in model.commands.values()}
 
     def _compile_command(self, command: Command) -> CompiledCommand:
@@ -171,6 +193,39 @@ class CompiledAggregate:
 
     def initial_state(self, key: str) -> EntityState:
         return EntityState(key, self.model.initial, dict(self.model.initial_data), 0)
+
+    def upcast(self, state: EntityState, event: BaseCloudEvent) -> BaseCloudEvent:
+        """A stored event as this definition reads it: its current type and version, through the
+        event's upcasters (the event itself when it is current). UnreadableEvent when the type is
+        unknown under every name or its version is newer than this definition knows."""
+        stored_type = event.get_type()
+        compiled = self.readers.get(stored_type)
+        stored_version = event.get_extension(EVENT_VERSION_EXTENSION)
+        version = 1 if stored_version is None else stored_version
+        if compiled is not None and version == compiled.version and stored_type == compiled.name:
+            return event
+        if compiled is None:
+            raise UnreadableEvent(state.key, stored_type, version, state.state, "unknown event type")
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise UnreadableEvent(state.key, stored_type, 0, state.state, f"invalid event version {version!r}")
+        if version > compiled.version:
+            raise UnreadableEvent(
+                state.key,
+                stored_type,
+                version,
+                state.state,
+                f"its version {version} is newer than this definition knows ({compiled.name!r} is at version "
+                f"{compiled.version})",
+            )
+        data = event.get_data()
+        data = {} if data is None else data
+        for step in range(version, compiled.version):
+            variables = {"event": data, "type": stored_type, "key": state.key}
+            try:
+                data = compiled.upcasts[step].run(data, variables)
+            except EvaluationError as err:
+                raise ReplayError(state.key, stored_type, state.state, f"upcasting version {step}: {err}") from err
+        return with_type_and_data(event, compiled.name, compiled.version, data)
 
     def evolve(self, state: EntityState, event: BaseCloudEvent) -> EntityState:
         """Apply one event: the Machine moves the state, `apply` computes the data."""
@@ -285,6 +340,7 @@ class CompiledAggregate:
                 now,
                 new_id() if new_id else None,
                 variables["meta"].get(COMMAND_ID_HEADER),
+                compiled.version,
             )
             try:
                 current = self.evolve(current, event)
@@ -309,6 +365,23 @@ def _overflow(err: EvaluationError) -> Rejected | None:
         f"a 64-bit integer: {err.reason}"
     )
     return Rejected(UNPROCESSABLE, message, (ErrorDetail(err.where, message),))
+
+
+def _compile_event(event: Event) -> CompiledEvent:
+    upcasts = {
+        u.version: CompiledUpcast(
+            u.version, Template(u.data, f"{u.where}/data"), isinstance(u.data, str), u.drop, f"{u.where}/data"
+        )
+        for u in event.upcasts
+    }
+    return CompiledEvent(
+        event.name,
+        SchemaCheck(event.schema),
+        Template(event.apply, f"{event.where}/apply"),
+        isinstance(event.apply, str),
+        event.version,
+        MappingProxyType(upcasts),
+    )
 
 
 def compile_aggregate(model: Aggregate) -> CompiledAggregate:

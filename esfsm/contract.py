@@ -19,6 +19,7 @@ ERROR_CODE_HEADER = "Nats-Service-Error-Code"
 # -- CloudEvents extensions ---------------------------------------------------
 ENTITY_KEY_EXTENSION = "entitykey"  # the seed's extension
 VERSION_EXTENSION = "aggversion"  # the aggregate version the event produced
+EVENT_VERSION_EXTENSION = "eventversion"  # the version of the event type's data (absent: 1)
 COMMAND_ID_EXTENSION = "commandid"  # the command id of the command that caused the event
 
 # -- discovery ----------------------------------------------------------------

@@ -41,6 +41,17 @@ class ReplayError(EsfsmError):
         super().__init__(f"entity {key!r}: cannot apply event {event_type!r} in state {state!r}: {reason}")
 
 
+class UnreadableEvent(ReplayError):
+    """A stored event this definition cannot read: a type it does not know under any name, or a
+    version newer than it knows (written by a newer definition, during a rolling upgrade, or by a
+    definition that has since lost it). It is never applied; `reason` says which."""
+
+    def __init__(self, key: str, event_type: str, version: int, state: str, reason: str) -> None:
+        self.version = version
+        self.reason = reason
+        super().__init__(key, event_type, state, reason)
+
+
 class ScenarioError(EsfsmError):
     """A scenario file is malformed or refers to something that does not exist."""
 

@@ -27,9 +27,11 @@ def new_event(
     time: dt.datetime,
     event_id: str | None = None,
     command_id: str | None = None,
+    event_version: int = 1,
 ) -> CloudEvent:
     """A new event: `entitykey` names the entity, `aggversion` the version it produces,
-    `commandid` (when the command carried one) the command that caused it."""
+    `eventversion` the version of its type's data, `commandid` (when the command carried one)
+    the command that caused it."""
     attributes: dict[str, Any] = {
         "id": event_id or new_event_id(),
         "source": f"esfsm/{aggregate}",
@@ -40,6 +42,7 @@ def new_event(
         "datacontenttype": "application/json",
         "entitykey": key,
         "aggversion": version,
+        "eventversion": event_version,
     }
     if command_id:
         attributes["commandid"] = command_id
@@ -89,3 +92,12 @@ def event_to_dict(event: BaseCloudEvent) -> dict[str, Any]:
 
 def event_from_dict(raw: dict[str, Any]) -> BaseCloudEvent:
     return event_from_json(json.dumps(raw))
+
+
+def with_type_and_data(event: BaseCloudEvent, event_type: str, version: int, data: Any) -> BaseCloudEvent:
+    """event read as another type, version and data (what upcasting gives): every other
+    attribute, its id, time, key and command id included, is kept."""
+    attributes = dict(event.get_attributes())
+    attributes["type"] = event_type
+    attributes["eventversion"] = version
+    return unchecked_event(CloudEvent, attributes, data)

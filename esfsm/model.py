@@ -76,6 +76,17 @@ class Command:
 
 
 @dataclass(frozen=True)
+class Upcast:
+    """One step of an event's upcasting: a stored event of `version` becomes version + 1."""
+
+    version: int
+    schema: Any | None  # the data's schema at `version`, when the definition keeps it (checks only)
+    data: Any  # a mapping merged into the data, or one expression giving the whole data
+    drop: tuple[str, ...]
+    where: str
+
+
+@dataclass(frozen=True)
 class Event:
     name: str
     description: str
@@ -84,6 +95,15 @@ class Event:
     dest: str | None
     apply: Any
     where: str
+    version: int = 1
+    formerly: tuple[str, ...] = ()  # names this type was stored under before
+    upcasts: tuple[Upcast, ...] = ()
+    retired: bool = False  # no command emits it; stored ones still replay
+
+    @property
+    def stored_names(self) -> tuple[str, ...]:
+        """Every type name an event of this type may be stored under (subject filters match all)."""
+        return (self.name, *self.formerly)
 
 
 @dataclass(frozen=True)
@@ -115,16 +135,48 @@ def fingerprint(aggregate: Aggregate) -> str:
     """A short hash of what the definition means (not where it was read from, nor how its
     mappings were ordered): two runtimes serving one aggregate should show the same one."""
 
-    def canonical(value: Any) -> Any:
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            return {f.name: canonical(getattr(value, f.name)) for f in dataclasses.fields(value) if f.name != "file"}
-        if isinstance(value, Mapping):
-            return {str(k): canonical(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [canonical(v) for v in value]
-        return value
+    return _digest(_canonical(aggregate))
 
-    text = json.dumps(canonical(aggregate), sort_keys=True, default=str, separators=(",", ":"))
+
+def state_fingerprint(aggregate: Aggregate) -> str:
+    """A short hash of only what computes an entity's state from its stored events: the initial
+    state and data, the states, and each event's name, version, stored names, from, to, apply and
+    upcasters. Descriptions, messages, schemas and commands are left out, so editing them keeps
+    every snapshot; a snapshot written under another state fingerprint is never trusted."""
+    events = {
+        e.name: {
+            "version": e.version,
+            "formerly": sorted(e.formerly),
+            "from": sorted(aggregate.source_states(e)),
+            "to": e.dest,
+            "apply": _canonical(e.apply),
+            "upcast": [{"version": u.version, "data": _canonical(u.data), "drop": sorted(u.drop)} for u in e.upcasts],
+        }
+        for e in aggregate.events.values()
+    }
+    states = {name: s.final for name, s in aggregate.states.items()}
+    return _digest(
+        {
+            "initial": aggregate.initial,
+            "initial_data": _canonical(aggregate.initial_data),
+            "states": states,
+            "events": events,
+        }
+    )
+
+
+def _canonical(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _canonical(getattr(value, f.name)) for f in dataclasses.fields(value) if f.name != "file"}
+    if isinstance(value, Mapping):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    return value
+
+
+def _digest(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -164,6 +216,7 @@ def build(raw: Mapping[str, Any], file: str) -> Aggregate:
     events = {}
     for ename, declared in raw["events"].items():
         spec = declared or {}  # `shipped:` with nothing after it declares an event with no body (null)
+        where = pointer("events", ename)
         events[ename] = Event(
             name=ename,
             description=spec.get("description", ""),
@@ -172,6 +225,15 @@ def build(raw: Mapping[str, Any], file: str) -> Aggregate:
             dest=spec.get("to"),
             apply=spec.get("apply", {}),
             where=pointer("events", ename),
+            version=spec.get("version", 1),
+            formerly=tuple(spec.get("formerly", ())),
+            upcasts=tuple(
+                Upcast(
+                    u["version"], u.get("schema"), u.get("data", {}), tuple(u.get("drop", ())), f"{where}/upcast/{i}"
+                )
+                for i, u in enumerate(spec.get("upcast", ()))
+            ),
+            retired=bool(spec.get("retired", False)),
         )
     return Aggregate(
         name=name,
