@@ -108,3 +108,9 @@ def kv_subject(bucket: str, key: str) -> str:
 def answers_bucket(bucket: str) -> str:
     """The KV bucket that keeps the answers to command ids (durable idempotency)."""
     return f"{bucket}_ids"
+
+
+def catalog_bucket(bucket: str) -> str:
+    """The KV bucket of what the stream may hold (event types x versions, states) and of the
+    definitions that have served the aggregate (runtime/catalog.py)."""
+    return f"{bucket}_catalog"
