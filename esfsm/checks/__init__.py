@@ -12,6 +12,7 @@ One module per thing checked:
 - ``emits``: what commands emit and events apply, and whether a command can be accepted;
 - ``json_schemas``: the JSON Schemas a definition writes, and its initial data;
 - ``names``: NATS names, alone and across all definitions;
+- ``evolution``: versioned events: upcast steps, former names, retired events;
 - ``driver``: runs them all and sorts what they find.
 """
 

@@ -1,9 +1,10 @@
-"""CEL expressions (authorize, rules, emit conditions and data, apply): syntax, names and cost."""
+"""CEL expressions (authorize, rules, emit conditions and data, apply, upcast data): syntax, names and cost."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from esfsm import model as m
@@ -22,27 +23,50 @@ from esfsm.expressions import (
 )
 from esfsm.findings import Finding, did_you_mean, one_of
 
+UPCAST_VARIABLES = frozenset({"event", "type", "key"})
+"""What an upcast step's `data` may read: the stored data at that version, the name it was stored
+under and the entity key. No `now`, no state: reading an event must give the same data every time."""
 
-def _expressions(agg: m.Aggregate) -> Iterator[tuple[str, str, frozenset[str], m.Command | None, m.Event | None]]:
-    """(pointer, source, allowed variables, command, event) for every CEL expression."""
+
+@dataclass(frozen=True)
+class Place:
+    """One CEL expression of a definition, and what it may read."""
+
+    ptr: str
+    source: str
+    allowed: frozenset[str]
+    command: m.Command | None = None
+    event_schema: Any = None  # what `event` holds there (None: not known, or no event)
+    event_root: str = ""  # the pointer of that schema
+    event_owner: str = ""  # "event 'x'" (at version N) as messages name it
+
+
+def _expressions(agg: m.Aggregate) -> Iterator[Place]:
+    """Every CEL expression of the definition, with the variables it may read."""
     for r in agg.authorize:
-        yield f"{r.where}/rule", r.source, DECIDE_VARIABLES, None, None
+        yield Place(f"{r.where}/rule", r.source, DECIDE_VARIABLES)
     for command in agg.commands.values():
         for r in command.rules:
-            yield f"{r.where}/rule", r.source, DECIDE_VARIABLES, command, None
+            yield Place(f"{r.where}/rule", r.source, DECIDE_VARIABLES, command)
         for emit in command.emits:
             if emit.condition is not None:
-                yield f"{emit.where}/if", emit.condition, DECIDE_VARIABLES, command, None
+                yield Place(f"{emit.where}/if", emit.condition, DECIDE_VARIABLES, command)
             for ptr, source in template_expressions(emit.data, f"{emit.where}/data"):
-                yield ptr, source, DECIDE_VARIABLES, command, None
+                yield Place(ptr, source, DECIDE_VARIABLES, command)
     for event in agg.events.values():
         for ptr, source in template_expressions(event.apply, f"{event.where}/apply"):
-            yield ptr, source, APPLY_VARIABLES, None, event
+            owner = f"event {event.name!r}"
+            yield Place(ptr, source, APPLY_VARIABLES, None, event.schema, f"{event.where}/schema", owner)
+        for step in event.upcasts:
+            owner = f"event {event.name!r} at version {step.version}"
+            for ptr, source in template_expressions(step.data, f"{step.where}/data"):
+                yield Place(ptr, source, UPCAST_VARIABLES, None, step.schema, f"{step.where}/schema", owner)
 
 
 def cel_expressions(ctx: Context) -> Iterator[Finding]:
     agg = ctx.aggregate
-    for ptr, source, allowed, command, event in _expressions(agg):
+    for place in _expressions(agg):
+        ptr, source, allowed, command = place.ptr, place.source, place.allowed, place.command
         if not source.strip():
             yield ctx.error(
                 ptr,
@@ -62,12 +86,13 @@ def cel_expressions(ctx: Context) -> Iterator[Finding]:
                 "cel-unknown-function",
             )
         for name in sorted(free_variables(source) - allowed):
-            if name == "now" and allowed is APPLY_VARIABLES:
+            if name == "now" and allowed in (APPLY_VARIABLES, UPCAST_VARIABLES):
+                where = "apply" if allowed is APPLY_VARIABLES else "upcast"
                 yield ctx.error(
                     ptr,
-                    "'now' cannot be used in 'apply': replaying events must give the same data "
+                    f"'now' cannot be used in '{where}': replaying events must give the same data "
                     "every time; put the time in the event data instead",
-                    "now-in-apply",
+                    f"now-in-{where}",
                 )
             else:
                 yield ctx.error(
@@ -79,7 +104,7 @@ def cel_expressions(ctx: Context) -> Iterator[Finding]:
         schemas = {
             "cmd": command.schema if command else None,
             "data": agg.data_schema,
-            "event": event.schema if event else None,
+            "event": place.event_schema,
         }
         extra = {"data": set(agg.initial_data)}
         for var, field in field_references(source):
@@ -92,7 +117,7 @@ def cel_expressions(ctx: Context) -> Iterator[Finding]:
             what = {
                 "cmd": f"command {command.name!r}" if command else "",
                 "data": "the aggregate's data",
-                "event": f"event {event.name!r}" if event else "",
+                "event": place.event_owner,
             }[var]
             yield ctx.error(
                 ptr,
@@ -121,13 +146,14 @@ def bounded_comprehensions(ctx: Context) -> Iterator[Finding]:
     list: a comprehension must iterate over a list whose schema bounds it, and never nest."""
     agg = ctx.aggregate
     unbounded: dict[str, tuple[str, list[str]]] = {}  # schema pointer -> (list path, expressions)
-    for ptr, source, _allowed, command, event in _expressions(agg):
+    for place in _expressions(agg):
+        ptr, source, command = place.ptr, place.source, place.command
         if not source.strip() or syntax_error(source):
             continue
         roots = {
             "cmd": (command.schema if command else None, f"{command.where}/schema" if command else ""),
             "data": (agg.data_schema, "/data"),
-            "event": (event.schema if event else None, f"{event.where}/schema" if event else ""),
+            "event": (place.event_schema, place.event_root),
         }
         for c in comprehensions(source):
             if c.nested:

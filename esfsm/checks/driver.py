@@ -10,13 +10,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from esfsm import model as m
-from esfsm.checks import cel, emits, json_schemas, names, states
+from esfsm.checks import cel, emits, evolution, json_schemas, names, states
 from esfsm.checks.context import Context, Rule
 from esfsm.checks.dsl import schema_findings
 from esfsm.findings import Finding, has_errors
 from esfsm.loader import Document
 
-RULES: tuple[Rule, ...] = (*states.RULES, *cel.RULES, *emits.RULES, *json_schemas.RULES, *names.RULES)
+RULES: tuple[Rule, ...] = (
+    *states.RULES,
+    *cel.RULES,
+    *emits.RULES,
+    *json_schemas.RULES,
+    *names.RULES,
+    *evolution.RULES,
+)
 
 
 @dataclass

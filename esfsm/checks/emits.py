@@ -39,9 +39,10 @@ def emit_data_fields(ctx: Context) -> Iterator[Finding]:
 
 
 def template_shapes(ctx: Context) -> Iterator[Finding]:
-    """Event data and 'apply' must give a mapping: write one, or one CEL expression that gives a map."""
+    """Event data, 'apply' and upcast 'data' must give a mapping: write one, or one CEL expression that gives a map."""
     places = [(f"{e.where}/data", e.data) for c in ctx.aggregate.commands.values() for e in c.emits]
     places += [(f"{e.where}/apply", e.apply) for e in ctx.aggregate.events.values()]
+    places += [(f"{u.where}/data", u.data) for e in ctx.aggregate.events.values() for u in e.upcasts]
     for ptr, template in places:
         if ptr in ctx.doc.positions and not isinstance(template, (Mapping, str)):
             yield ctx.error(

@@ -83,7 +83,7 @@ def unreachable_states(ctx: Context) -> Iterator[Finding]:
 def unused_events(ctx: Context) -> Iterator[Finding]:
     emitted = {e.event for c in ctx.aggregate.commands.values() for e in c.emits}
     for event in ctx.aggregate.events.values():
-        if event.name not in emitted:
+        if event.name not in emitted and not event.retired:  # a retired event only replays
             yield ctx.warning(event.where, f"event {event.name!r} is emitted by no command", "unused-event")
 
 
