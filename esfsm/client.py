@@ -21,14 +21,16 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from cloudevents.core.base import BaseCloudEvent
 from nats.aio.client import Client as NatsClient
 from nats.errors import MaxPayloadError, NoRespondersError, TimeoutError
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError, ServiceUnavailableError
 
 from esfsm import contract, reading
 from esfsm.command_path import check_key
+from esfsm.compiler import CompiledAggregate
 from esfsm.engine import require_text, wire_headers
-from esfsm.errors import EsfsmError
+from esfsm.errors import EsfsmError, ReplayError, UnreadableEvent
 from esfsm.findings import did_you_mean, one_of
 from esfsm.runtime.connection import (
     DEFAULT_STORE,
@@ -240,3 +242,34 @@ class Client:
             event["seq"] = stored.seq
             events.append(event)
         return events
+
+
+def read_forms(compiled: CompiledAggregate, key: str, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each of an entity's stored events (Client.history's documents, oldest first) as compiled's
+    definition reads it: {"type", "eventversion", "data"} after upcasting, through the one read
+    path (reading.py), so what history shows is what the runtime folds. An event the definition
+    cannot read gets {"error": why} instead; one it reads but cannot apply where the entity then
+    is gets its read form and the error, and the entity stays where it was."""
+    state = compiled.initial_state(key)
+    forms: list[dict[str, Any]] = []
+    for document in events:
+        stored = {k: v for k, v in document.items() if k != "seq"}  # seq is the stream's, not the event's
+        try:
+            event, state = reading.apply(compiled, state, stored)
+        except UnreadableEvent as err:
+            forms.append({"error": str(err)})
+            continue
+        except ReplayError as err:
+            try:
+                event = reading.read(compiled, state, stored)  # an upcaster that failed raises again here
+            except ReplayError:
+                forms.append({"error": str(err)})
+                continue
+            forms.append({**_read_form(event), "error": str(err)})
+            continue
+        forms.append(_read_form(event))
+    return forms
+
+
+def _read_form(event: BaseCloudEvent) -> dict[str, Any]:
+    return {"type": event.get_type(), "eventversion": reading.stored_version(event), "data": event.get_data()}

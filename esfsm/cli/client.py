@@ -15,17 +15,20 @@ from esfsm.cli.common import (
     PATHS,
     Integer,
     Number,
+    check_definitions,
     connect_options,
     connection_options,
+    described,
     require_valid,
     resolve_aggregate,
     run_async,
 )
-from esfsm.contract import COMMAND_ID_HEADER, KEY_HEADER, VERSION_EXTENSION
+from esfsm.contract import COMMAND_ID_HEADER, EVENT_VERSION_EXTENSION, KEY_HEADER, VERSION_EXTENSION
 from esfsm.values import HEADER_NAME
 
 if TYPE_CHECKING:
     from esfsm.client import Client
+    from esfsm.compiler import CompiledAggregate
 
 T = TypeVar("T")
 
@@ -184,39 +187,95 @@ def state(aggregate: str, key: str, servers: tuple[str, ...], store_dir: Path, *
 @click.argument("aggregate")
 @click.argument("key")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option(
+    "--definitions",
+    "definitions",
+    multiple=True,
+    type=click.Path(exists=True, path_type=Path),
+    metavar="PATHS",
+    help="Definition files or folders (repeatable): also show each event as AGGREGATE's definition "
+    "there reads it (its upcast type, version and data).",
+)
 @connection_options
-def history(aggregate: str, key: str, fmt: str, servers: tuple[str, ...], store_dir: Path, **kwargs: Any) -> None:
-    """Print the events of one entity, oldest first: a table (seq, version, type,
-    time, data), or with --format json the CloudEvents, each with its stream `seq`.
+def history(
+    aggregate: str,
+    key: str,
+    fmt: str,
+    definitions: tuple[Path, ...],
+    servers: tuple[str, ...],
+    store_dir: Path,
+    **kwargs: Any,
+) -> None:
+    """Print the events of one entity, oldest first, as stored: a table (seq,
+    version, type, event version, time, data), or with --format json the
+    CloudEvents, each with its stream `seq`.
+
+    `version` is the entity's version after the event; `type` and `event
+    version` (the `eventversion` extension) are what the event was stored
+    under: an event stored before events carried versions is version 1 (and
+    is given `eventversion: 1` in JSON). With --definitions, each event also
+    as that definition reads it, after upcasting (the columns `read as` and
+    `read data`; in JSON a `read` object with `type`, `eventversion` and
+    `data`), or why it cannot be read (`error`).
 
     Exits 1 when the entity has no event yet.
     """
+    compiled = _definition(aggregate, definitions) if definitions else None
     events = ask(servers, store_dir, kwargs, lambda client: client.history(aggregate, key))
     if not events:
         raise click.ClickException(f"entity {key!r} of aggregate {aggregate!r} has no event yet")
+    from esfsm import reading
+
+    for event in events:
+        event.setdefault(EVENT_VERSION_EXTENSION, reading.stored_version(event))
+    if compiled is not None:
+        from esfsm.client import read_forms
+
+        for event, form in zip(events, read_forms(compiled, key, events), strict=True):
+            event["read"] = form
     if fmt == "json":
         click.echo(json.dumps(events, indent=2))
         return
+    _print_history(f"{aggregate} {key}: {len(events)} event(s)", events, compiled is not None)
+
+
+def _definition(aggregate: str, paths: tuple[Path, ...]) -> CompiledAggregate:
+    """AGGREGATE's compiled definition under paths (refused, with the findings, when they have errors)."""
+    project = require_valid(check_definitions(paths), paths, "the definitions have errors")
+    if aggregate not in project.aggregates:
+        from esfsm.engine import unknown_aggregate
+
+        unknown = unknown_aggregate(aggregate, project.aggregates).message
+        raise click.ClickException(f"{unknown} (the definitions under {described(paths)})")
+    return project.aggregates[aggregate]
+
+
+def _print_history(title: str, events: list[dict[str, Any]], read: bool) -> None:
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title=Text(f"{aggregate} {key}: {len(events)} event(s)"))
-    for column in ("seq", "version", "type", "time", "data"):
-        table.add_column(column, no_wrap=column != "data")
+    def text(value: Any) -> str:
+        return json.dumps(value, sort_keys=True, ensure_ascii=False)
+
+    table = Table(title=Text(title))
+    columns = ["seq", "version", "type", "event version", "time", "data"]
+    for column in columns + (["read as", "read data"] if read else []):
+        table.add_column(column, no_wrap="data" not in column)
     for event in events:  # Text: stored data is shown as it is, never read as Rich markup
-        table.add_row(
-            *(
-                Text(cell)
-                for cell in (
-                    str(event["seq"]),
-                    str(event.get(VERSION_EXTENSION, "")),
-                    str(event.get("type", "")),
-                    str(event.get("time", "")),
-                    json.dumps(event.get("data"), sort_keys=True, ensure_ascii=False),
-                )
-            )
-        )
+        cells = [
+            str(event["seq"]),
+            str(event.get(VERSION_EXTENSION, "")),
+            str(event.get("type", "")),
+            str(event.get(EVENT_VERSION_EXTENSION, "")),
+            str(event.get("time", "")),
+            text(event.get("data")),
+        ]
+        if read:
+            form = event["read"]
+            shown = f"{form['type']} v{form['eventversion']}" if "type" in form else "(cannot read)"
+            cells += [shown, text(form["data"]) if "data" in form else form["error"]]
+        table.add_row(*(Text(cell) for cell in cells))
     console = Console()
     if not console.is_terminal:  # piped: as wide as the table needs, not cut at 80 columns
         console = Console(width=100_000)
