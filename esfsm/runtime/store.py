@@ -106,8 +106,8 @@ class AggregateStore:
                 "or check --js-domain"
             ) from None
 
-    async def _ensure(self) -> None:
-        config = StreamConfig(
+    def stream_config(self) -> StreamConfig:
+        return StreamConfig(
             name=self.names.stream,
             subjects=[contract.stream_subjects(self.names.events)],
             storage=StorageType.FILE,
@@ -116,6 +116,9 @@ class AggregateStore:
             allow_direct=True,
             allow_atomic=True,
         )
+
+    async def _ensure(self) -> None:
+        config = self.stream_config()
         try:
             await self.js.stream_info(self.names.stream)
             await self.js.update_stream(config)
