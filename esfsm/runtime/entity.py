@@ -2,7 +2,9 @@
 the replies of its recent commands that carried a command id.
 
 The KV value is this record as JSON — the seed's ``AggregateState``
-(``version``, ``key``, ``data``) plus ``state``, ``seq`` and ``commands``.
+(``version``, ``key``, ``data``) plus ``state``, ``seq``, ``commands`` and
+``fp``, the state fingerprint of the definition that computed it: a snapshot
+under another (or none: written before snapshots carried one) is not trusted.
 Folding stored events into it is deterministic, so any process (or the
 snapshot writer) rebuilding it from the stream gets the same record.
 """
@@ -42,6 +44,7 @@ class Entity:
     state: EntityState
     seq: int = 0  # stream sequence of the last event folded in (0: none)
     commands: OrderedDict[str, dict[str, Any]] = field(default_factory=OrderedDict)
+    fp: str | None = None  # the state fingerprint its snapshot was written under (read back only)
 
     def remember(self, command_id: str, reply: dict[str, Any]) -> None:
         self.commands[command_id] = reply
@@ -49,10 +52,11 @@ class Entity:
         while len(self.commands) > RECENT_COMMANDS:
             self.commands.popitem(last=False)
 
-    def to_json(self, limit: int | None = None) -> bytes:
+    def to_json(self, limit: int | None = None, fp: str | None = None) -> bytes:
         """The KV value. With limit (bytes), the oldest remembered replies are left out until
         it fits: they only answer retries, and a snapshot over the server's max_payload could
-        never be written. SnapshotTooLarge when the state alone does not fit."""
+        never be written. SnapshotTooLarge when the state alone does not fit. fp: the state
+        fingerprint of the definition that computed it (esfsm.model.state_fingerprint)."""
         record = {
             "version": self.state.version,
             "key": self.state.key,
@@ -61,6 +65,8 @@ class Entity:
             "seq": self.seq,
             "commands": self.commands,
         }
+        if fp is not None:
+            record["fp"] = fp
         value = orjson.dumps(record)
         if limit is None or len(value) <= limit:
             return value
@@ -76,7 +82,7 @@ class Entity:
     def from_json(cls, raw: bytes) -> Entity:
         value = orjson.loads(raw)
         state = EntityState(value["key"], value["state"], value.get("data") or {}, int(value["version"]))
-        return cls(state, int(value.get("seq", 0)), OrderedDict(value.get("commands") or {}))
+        return cls(state, int(value.get("seq", 0)), OrderedDict(value.get("commands") or {}), value.get("fp"))
 
 
 def accepted_reply(version: int, state: str, events: list[dict[str, Any]]) -> dict[str, Any]:
@@ -90,6 +96,8 @@ def fold(compiled: CompiledAggregate, entity: Entity, seq: int, raw: bytes) -> B
     command_id = event.get_extension(COMMAND_ID_EXTENSION)
     if command_id:
         reply = entity.commands.get(command_id)
+        if reply is not None and reply["version"] >= entity.state.version:
+            return event  # remembered from a snapshot past this point (a replay keeps its answers as given)
         as_dict = event_to_dict(event)
         if reply is None or reply["version"] != entity.state.version - 1:
             reply = accepted_reply(entity.state.version, entity.state.state, [as_dict])

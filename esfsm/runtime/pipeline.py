@@ -33,8 +33,8 @@ from nats.errors import TimeoutError as NatsTimeoutError
 
 from esfsm.command_path import Outcome, Prepared, prepare, state_too_large, step
 from esfsm.compiler import CompiledAggregate
-from esfsm.contract import COMMAND_ID_HEADER, TEST_NOW_HEADER
-from esfsm.errors import EsfsmError
+from esfsm.contract import COMMAND_ID_HEADER, EVENT_VERSION_EXTENSION, TEST_NOW_HEADER
+from esfsm.errors import EsfsmError, UnreadableEvent
 from esfsm.events import event_to_dict
 from esfsm.runtime.entity import Entity, accepted_reply
 from esfsm.runtime.jetstream import (
@@ -89,6 +89,7 @@ class Pipeline:
         self.test_clock = test_clock  # only `esfsm test --nats`: the clock comes from x-esfsm-test-now
         self.inflight = 0  # commands holding their entity's turn outside a task of their own
         self.fast_served = 0  # commands decided and stored without a task
+        self._unreadable: set[tuple[str, int]] = set()  # (event type, version) already logged as unreadable
 
     # -- the steps, shared by both paths --------------------------------------------
 
@@ -145,9 +146,32 @@ class Pipeline:
         except StoreError as err:
             slot.entity = None
             return rejection(INTERNAL, f"storage failure, nothing was stored: {err}")
+        except UnreadableEvent as err:  # written by a newer definition (a rolling upgrade), or by none
+            slot.entity = None
+            return self._unreadable_reply(err)
         except EsfsmError as err:  # the stored history cannot be replayed
             slot.entity = None
             return rejection(INTERNAL, str(err))
+
+    def _unreadable_reply(self, err: UnreadableEvent) -> Reply:
+        """A 503: another runtime, with a newer definition, may serve this entity; logged once
+        per event type and version."""
+        if (err.event_type, err.version) not in self._unreadable:
+            self._unreadable.add((err.event_type, err.version))
+            log.warning(
+                "aggregate %s: an entity holds event %r version %d, which this definition cannot read (%s); "
+                "its commands are answered 503 here (expected during a rolling upgrade: a runtime with the "
+                "newer definition serves them)",
+                self.compiled.name,
+                err.event_type,
+                err.version,
+                err.reason,
+            )
+        return rejection(
+            UNAVAILABLE,
+            f"this runtime cannot serve entity {err.key!r}: its event {err.event_type!r} version {err.version} "
+            f"cannot be read by this definition ({err.reason}); nothing was stored",
+        )
 
     async def _earlier(self, entity: Entity, prepared: Prepared) -> Reply | None:
         command_id = prepared.command_id
@@ -180,6 +204,9 @@ class Pipeline:
             too_big = self._oversize(key, decision, outgoing)
             if too_big:
                 return too_big
+            await self.store.catalog.note(
+                ((doc["type"], doc.get(EVENT_VERSION_EXTENSION, 1)) for doc in documents), decision.state.state
+            )  # before the append: the catalog says what may be stored
             try:
                 seq = await self.store.append(key, entity.seq, outgoing)
             except ConflictError:
@@ -285,6 +312,10 @@ class Pipeline:
         if not outcome.stores or not isinstance(decision, Accepted) or len(decision.events) != 1:
             return False  # an answer to confirm first, or a batch: the task path takes steps
         document = event_to_dict(decision.events[0])
+        if not self.store.catalog.knows(
+            document["type"], document.get(EVENT_VERSION_EXTENSION, 1), decision.state.state
+        ):
+            return False  # its first append here: the task path notes it in the catalog first
         outgoing = Outgoing(self.store.subject(prepared.key, document["type"]), orjson.dumps(document), document["id"])
         if self._oversize(prepared.key, decision, [outgoing]):
             return False  # the task path rejects it

@@ -6,7 +6,12 @@ brought up to the batch's last sequence with a compare-and-set write — from
 the warm entity in memory when it is at least that recent, otherwise by
 folding the stream from the snapshot on. Writes are coalesced per entity per
 batch and safe to repeat, so a crash between append and snapshot is repaired
-here (and by the catch-up every load does). Only the events whose snapshot is
+here (and by the catch-up every load does). A snapshot computed by another
+definition is rewritten when an event of its entity comes, or as soon as a load
+has met it (`refresh`); one written under a newer definition is left to the
+runtimes serving it, and an entity holding events this definition cannot read
+is skipped (both logged once; the events are handed back for a newer runtime to
+take). Only the events whose snapshot is
 written are acknowledged (explicit acks: a batch another process holds is never
 acknowledged by this one); the others are redelivered.
 
@@ -26,16 +31,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import orjson
 from cachetools import LRUCache
 
-from esfsm.errors import EsfsmError
+from esfsm.errors import EsfsmError, UnreadableEvent
 from esfsm.runtime.entity import Entity, SnapshotTooLarge
 from esfsm.runtime.jetstream import StoreError
 from esfsm.runtime.partition import Partition
-from esfsm.runtime.store import AggregateStore
+from esfsm.runtime.store import AggregateStore, NewerDefinition
 from esfsm.runtime.wire import wire
 
 log = logging.getLogger("esfsm.projector")
@@ -89,6 +94,9 @@ class Projector:
         self._asked = 0  # events still to come on the open pull request
         self._ended = asyncio.Event()  # the open pull request is over
         self._trouble = False  # ... and it ended with an error status (JetStream down, consumer missing)
+        self._stale: set[str] = set()  # keys whose snapshot another definition computed, met by a load
+        self._told: set[tuple[str, int]] = set()  # (type or fingerprint, version) already logged as not ours
+        store.on_foreign = self.refresh
 
     def key_of(self, subject: str) -> str | None:
         if not subject.startswith(self.prefix):
@@ -187,11 +195,18 @@ class Projector:
                 self.handed_over += len(items[start : start + HAND_OVER])
         return mine
 
+    def refresh(self, key: str) -> None:
+        """Rewrite key's snapshot under this definition (a load found another's) with the next cycle."""
+        self._stale.add(key)
+
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         probe = orjson.dumps({"batch": 1, "expires": int(EXPIRES * 1e9)})
         sweep = orjson.dumps({"batch": SWEEP, "no_wait": True})
         while not self._stopping.is_set():
+            if self._stale:
+                stale, self._stale = self._stale, set()
+                await self.project([], stale)
             if not self._batch:  # idle: wait for the first event
                 await self._request(probe, 1, EXPIRES + 1.0)
                 if self._trouble:
@@ -222,9 +237,9 @@ class Projector:
             except TimeoutError:
                 pass
 
-    async def project(self, batch: list[tuple[str | None, int | None, str]]) -> None:
+    async def project(self, batch: list[tuple[str | None, int | None, str]], stale: Iterable[str] = ()) -> None:
         batch = self._hand_over(batch)
-        newest: dict[str, int] = {}
+        newest: dict[str, int] = dict.fromkeys(stale, 0)
         for key, seq, _ in batch:
             if key is not None and seq is not None:
                 newest[key] = max(newest.get(key, 0), seq)
@@ -253,6 +268,9 @@ class Projector:
                 except SnapshotTooLarge as err:  # retrying cannot help; the entity's next event tries again
                     log.error("%s", err)
                     return True
+                except (UnreadableEvent, NewerDefinition) as err:  # a newer runtime's: handed back to it
+                    self._not_ours(err)
+                    return False
                 except (StoreError, EsfsmError) as err:
                     log.error("snapshot of %s %r failed: %s", self.store.compiled.name, key, err)
                     return False
@@ -267,6 +285,18 @@ class Projector:
             results = [writes.create_task(write(key, newest[key])) for key in slow]
         failed = {key for key, ok in zip(slow, results, strict=True) if not ok.result()}
         self.wire.publish_many([(reply, NAK if key in failed else ACK) for key, _, reply in batch])
+
+    def _not_ours(self, err: UnreadableEvent | NewerDefinition) -> None:
+        """Log once per event type and version (or newer definition) what this writer leaves alone."""
+        what = (err.event_type, err.version) if isinstance(err, UnreadableEvent) else (err.fp, 0)
+        if what in self._told:
+            return
+        self._told.add(what)
+        log.warning(
+            "snapshots of %s: %s; this runtime leaves such entities' snapshots to a runtime with a newer definition",
+            self.store.compiled.name,
+            err,
+        )
 
     def _written(self, key: str, revision: int) -> None:
         self._revisions[key] = revision

@@ -9,8 +9,8 @@ from nats.js.errors import BadRequestError, KeyWrongLastSequenceError
 
 from esfsm import contract
 from esfsm.errors import EsfsmError, ReplayError
+from esfsm.runtime.catalog import subject_pages
 from esfsm.runtime.entity import Entity, SnapshotTooLarge
-from esfsm.runtime.jetstream import api_failure, api_request
 from esfsm.runtime.store import AggregateStore
 
 log = logging.getLogger("esfsm.rebuild")
@@ -30,40 +30,26 @@ class RebuildFailed(EsfsmError):
         )
 
 
-async def _subjects_page(store: AggregateStore, offset: int) -> tuple[dict[str, int], int, int]:
-    """The stream's subjects with events from offset on, sorted, at most the server's page
-    (100,000; nats-py's stream_info asks for the first page only): (subject → count, total,
-    the offset the page starts at)."""
-    subject = f"{store.api}.STREAM.INFO.{store.names.stream}"
-    body = {"subjects_filter": contract.stream_subjects(store.names.events), "offset": offset}
-    timeout = max(store.timeout, 30.0)  # a page of 100,000 subjects takes the server a while
-    reply = await api_request(store.nc, subject, body, timeout, subject)
-    error = reply.get("error")
-    if error:
-        raise api_failure(error, subject)
-    subjects = (reply.get("state") or {}).get("subjects") or {}
-    return subjects, int(reply.get("total") or 0), int(reply.get("offset") or 0)
-
-
 async def entity_keys(store: AggregateStore) -> list[str]:
     """Every entity key with at least one event in the stream (all pages of the stream info)."""
     keys: set[str] = set()
-    offset = 0
-    while True:
-        subjects, total, start = await _subjects_page(store, offset)
-        keys.update(contract.key_of_subject(store.names.events, subject) or "" for subject in subjects)
-        offset = start + len(subjects)
-        if not subjects or offset >= total:
-            break
+    events = store.names.events
+    async for page in subject_pages(store.nc, store.api, store.names.stream, contract.stream_subjects(events)):
+        keys.update(contract.key_of_subject(events, subject) or "" for subject in page)
     return sorted(key for key in keys if key)
 
 
 async def rebuild(store: AggregateStore, progress: Callable[[str], None] = lambda key: None) -> int:
-    """Fold each entity's whole history and write it as its snapshot; returns the count.
+    """Fold each entity's whole history and write it as its snapshot, under this definition's
+    state fingerprint; returns the count.
 
-    An entity whose events cannot be replayed (ReplayError) keeps its snapshot and the others
-    are still rebuilt; at the end RebuildFailed names each of them."""
+    First this definition is registered again in the catalog, as the newest: running runtimes
+    of another definition then leave the snapshots it writes alone (the way back from a
+    rolling upgrade). An entity whose events cannot be replayed (ReplayError) keeps its
+    snapshot and the others are still rebuilt; at the end RebuildFailed names each of them."""
     await store.ensure()
+    await store.catalog.bootstrap()
+    await store.catalog.register(again=True)
     keys = await entity_keys(store)
     failures: list[ReplayError] = []
     for key in keys:

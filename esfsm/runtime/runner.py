@@ -33,6 +33,7 @@ from esfsm.compiler import CompiledAggregate
 from esfsm.contract import all_commands, info_subject
 from esfsm.errors import EsfsmError
 from esfsm.model import fingerprint
+from esfsm.runtime import startup
 from esfsm.runtime.answers import DEFAULT_WINDOW
 from esfsm.runtime.connection import DEFAULT_STORE, ConnectOptions, connect, gather_answers, resolve_servers
 from esfsm.runtime.logs import configure_logging, info, setup_logging
@@ -94,10 +95,13 @@ class Runtime:
 
     async def prepare(self) -> None:
         """Streams, buckets and consumers in place; with a partition, listening for the
-        commands other workers pass on (and answering their pings)."""
-        for compiled in self.aggregates:
+        commands other workers pass on (and answering their pings). First, before anything is
+        written, every definition is checked against what its stream holds (startup.py)."""
+        checked = [await startup.check(self.nc, compiled, self.domain) for compiled in self.aggregates]
+        for compiled, found in zip(self.aggregates, checked, strict=True):
             store = AggregateStore(self.nc, compiled, domain=self.domain, command_window=self.command_window)
             await store.ensure()
+            await startup.registered(store.catalog, found)
             service = AggregateService(self.nc, compiled, store, self.test_clock, self.partition, self.cache_entities)
             await service.listen_passed()
             self.services[compiled.name] = service

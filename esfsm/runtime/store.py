@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, Sequence
+from collections import OrderedDict
+from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import aclosing
 
 import nats.errors
@@ -23,7 +24,9 @@ from nats.js.kv import KeyValue
 
 from esfsm import contract
 from esfsm.compiler import CompiledAggregate
+from esfsm.errors import EsfsmError
 from esfsm.runtime.answers import DEFAULT_WINDOW, Answers
+from esfsm.runtime.catalog import Catalog
 from esfsm.runtime.entity import Entity, fold
 from esfsm.runtime.jetstream import (
     MSG_ID,
@@ -51,6 +54,18 @@ WRITTEN = 100_000  # keys whose last snapshot write this process remembers
 WRITE_WINDOW = 128  # snapshot writes in flight at once (write_over)
 
 
+class NewerDefinition(EsfsmError):
+    """The snapshot was written under a definition registered after this one's (a rolling
+    upgrade): this process never overwrites it, and leaves its refresh to a newer runtime."""
+
+    def __init__(self, key: str, fp: str) -> None:
+        self.fp = fp
+        super().__init__(
+            f"the snapshot of {key!r} was written under a newer definition (state fingerprint {fp}); "
+            "left to the runtimes serving it"
+        )
+
+
 class AggregateStore:
     """Events in stream `<stream>` on `<events>.<key>.<type>`; snapshots in bucket `<bucket>`."""
 
@@ -69,6 +84,10 @@ class AggregateStore:
         self.names = compiled.model.nats
         self.timeout = timeout
         self.kv: KeyValue | None = None
+        self.fp = compiled.state_fingerprint  # what every snapshot this process writes says it was computed by
+        self.catalog = Catalog(nc, compiled, timeout, domain)
+        # told of each snapshot a load found computed by another definition (the projector rewrites it)
+        self.on_foreign: Callable[[str], None] = lambda key: None
         self.answers = Answers(
             self.js,
             self.names.bucket,
@@ -152,6 +171,7 @@ class AggregateStore:
             ),
         )
         await self.answers.ensure()
+        await self.catalog.ensure()
 
     # -- events --------------------------------------------------------------
 
@@ -221,11 +241,23 @@ class AggregateStore:
             return None, entry.revision or 0
         return Entity.from_json(entry.value), entry.revision or 0
 
+    def base(self, key: str, snapshot: Entity | None) -> Entity:
+        """Where a fold of key's events starts: its snapshot when this definition wrote it,
+        otherwise the initial state (with the snapshot's remembered answers: they stay true)."""
+        if snapshot is not None and snapshot.fp == self.fp:
+            return snapshot
+        commands = snapshot.commands if snapshot is not None else None
+        return Entity(self.compiled.initial_state(key), commands=commands or OrderedDict())
+
     async def load(self, key: str) -> Entity:
-        """The entity as of now: its snapshot, caught up from the stream (repairs a lagging snapshot)."""
-        entity, _ = await self.snapshot(key)
-        if entity is None:
-            entity = Entity(self.compiled.initial_state(key))
+        """The entity as of now: its snapshot, caught up from the stream (repairs a lagging
+        snapshot). A snapshot another definition computed (or one from before snapshots named
+        theirs) is not trusted: the entity is replayed from its events, and on_foreign(key)
+        asks the snapshot writer to rewrite it."""
+        snapshot, _ = await self.snapshot(key)
+        entity = self.base(key, snapshot)
+        if snapshot is not None and entity is not snapshot:
+            self.on_foreign(key)
         return await self.catch_up(entity)
 
     async def save_snapshot(self, entity: Entity, revision: int) -> int:
@@ -234,7 +266,7 @@ class AggregateStore:
         Raises KeyWrongLastSequenceError when another writer got there first.
         """
         assert self.kv is not None
-        key, seq, value = entity.state.key, entity.seq, entity.to_json(self.snapshot_limit)  # before any await
+        key, seq, value = entity.state.key, entity.seq, entity.to_json(self.snapshot_limit, self.fp)  # before any await
         if revision:
             written = await kv_update(self.nc, self.kv_subject(key), value, revision, self.timeout)
         else:
@@ -284,7 +316,7 @@ class AggregateStore:
             key, seq = entity.state.key, entity.seq
             subject = self.kv_subject(key)
             try:
-                value = entity.to_json(self.snapshot_limit)
+                value = entity.to_json(self.snapshot_limit, self.fp)
                 sent.append((key, subject, seq, mux.send(subject, value, self.timeout, kv_update_headers(revision))))
             except Exception as err:  # noqa: BLE001 - disconnected, say: nothing went out; reported per entity
                 sent.append((key, subject, seq, err))
@@ -309,6 +341,10 @@ class AggregateStore:
         written (0 if it already was). Safe to run anywhere, any number of times; never
         moves a snapshot backwards. Raises StoreError when it could not (the caller retries).
 
+        A snapshot another definition computed is stale whatever its sequence, and rewritten
+        from the events; but one written under a definition registered after ours is never
+        overwritten (NewerDefinition when it lags: a newer runtime brings it up to date).
+
         With revision_hint (the revision this process wrote last) and a warm entity at least
         as recent as what it wrote then, it first tries a single compare-and-set write,
         without reading the snapshot."""
@@ -322,12 +358,20 @@ class AggregateStore:
             if attempt:
                 await asyncio.sleep(0.05 * attempt)  # a raced write, or a replica that lags: let it settle
             snapshot, revision = await self.snapshot(key)
-            if snapshot is not None and snapshot.seq >= newer_than:
+            ours = snapshot is None or snapshot.fp == self.fp
+            if not ours:
+                assert snapshot is not None
+                if snapshot.fp is not None and await self.catalog.newer(snapshot.fp):
+                    if snapshot.seq >= newer_than:
+                        return 0
+                    raise NewerDefinition(key, snapshot.fp)
+            elif snapshot is not None and snapshot.seq >= newer_than:
                 return 0
-            if cached is not None and cached.seq >= newer_than and (snapshot is None or cached.seq > snapshot.seq):
+            behind = snapshot is None or not ours or (cached is not None and cached.seq > snapshot.seq)
+            if cached is not None and cached.seq >= newer_than and behind:
                 entity = cached
             else:
-                entity = await self.catch_up(snapshot or Entity(self.compiled.initial_state(key)))
+                entity = await self.catch_up(self.base(key, snapshot))
                 if entity.seq < newer_than:  # read from a replica that has not got it yet
                     cached = None
                     continue
