@@ -10,7 +10,8 @@ from pathlib import Path
 import click
 
 from esfsm.cli.common import PATHS, check_definitions, default_paths, described, print_findings
-from esfsm.findings import has_errors
+from esfsm.findings import Finding, has_errors
+from esfsm.project import Project
 
 
 @click.command()
@@ -23,7 +24,14 @@ from esfsm.findings import has_errors
     show_default=True,
     help="Output format: one line per finding, or one JSON document.",
 )
-def validate(paths: tuple[Path, ...], fmt: str) -> None:
+@click.option(
+    "--against",
+    metavar="REF",
+    help="Also check that the definitions can replay what REF may have stored: a folder or file of older "
+    "definitions, git:<rev> (PATHS at that revision, e.g. git:HEAD~1), or nats://host:port (what each "
+    "stream holds).",
+)
+def validate(paths: tuple[Path, ...], fmt: str, against: str | None) -> None:
     """Check definitions: YAML, the DSL schema, states, events, CEL and NATS names (alias: check).
 
     PATHS are definition files or folders (searched recursively for *.yaml
@@ -31,6 +39,24 @@ def validate(paths: tuple[Path, ...], fmt: str) -> None:
     Prints every finding as `file:line:col: severity: message [/json/pointer]`.
     Exits 0 when there is no error (warnings allowed), 1 otherwise, and 1
     when there is no definition to check.
+
+    \b
+    With --against REF, also the breaking-change check: could the definitions
+    replay every event the older ones REF names may have stored? REF is
+      DIR or FILE   older definitions (aggregates matched by name);
+      git:<rev>     PATHS as they were at a git revision (git:HEAD~1, git:v1.2,
+                    git:main), read with `git show` from the repository holding
+                    PATHS; findings in them are named <rev>:<path>;
+      nats://…      a live server: the event types, versions and states each
+                    aggregate's stream holds.
+    Errors: a stored event type or version nothing replays, a field a changed
+    apply or upcast step reads that stored events may lack, an event valid in
+    the older state machine but not where the new one has the entity, a state
+    removed with entities in it, a renamed stream, bucket or subject prefix, a
+    removed aggregate. Warnings: a removed command, a changed apply or initial
+    data/state (snapshots are refreshed), entities mapped to another state, a
+    stricter schema nothing reads. A finding about something removed points
+    into the older definition's file; anything else into the new one.
     """
     project = check_definitions(paths)
     if project.ok and not any(d.kind == "definition" for d in project.documents):
@@ -38,32 +64,45 @@ def validate(paths: tuple[Path, ...], fmt: str) -> None:
             f"no definitions under {described(default_paths(paths))} (definition files "
             "are *.yaml or *.yml, other than *.scenarios.yaml)"
         )
-    errors = sum(f.severity == "error" for f in project.findings)
-    warnings = len(project.findings) - errors
+    findings = project.findings
+    if against is not None:
+        findings = sorted(set(findings) | set(_against(project, against, default_paths(paths))))
+    ok = not has_errors(findings)
+    errors = sum(f.severity == "error" for f in findings)
+    warnings = len(findings) - errors
     if fmt == "json":
         click.echo(
             json.dumps(
                 {
-                    "valid": project.ok,
+                    "valid": ok,
                     "aggregates": sorted(project.aggregates),
+                    **({"against": against} if against is not None else {}),
                     "errors": errors,
                     "warnings": warnings,
-                    "findings": [f.as_dict() for f in project.findings],
+                    "findings": [f.as_dict() for f in findings],
                 },
                 indent=2,
             )
         )
     else:
-        print_findings(project.findings)
+        print_findings(findings)
         definitions = sum(d.kind == "definition" for d in project.documents)
-        if project.ok:
+        if ok:
             click.echo(
-                f"{definitions} definition(s) valid: {', '.join(sorted(project.aggregates)) or '(none)'}"
+                f"{definitions} definition(s) valid"
+                + (f" against {against}" if against is not None else "")
+                + f": {', '.join(sorted(project.aggregates)) or '(none)'}"
                 + (f" ({warnings} warning(s))" if warnings else "")
             )
         else:
             click.echo(f"{errors} error(s), {warnings} warning(s)", err=True)
-    sys.exit(0 if project.ok else 1)
+    sys.exit(0 if ok else 1)
+
+
+def _against(project: Project, ref: str, paths: list[Path]) -> list[Finding]:
+    from esfsm.cli.against import against_findings
+
+    return against_findings(project, ref, paths)
 
 
 def definitions_beside(paths: list[Path]) -> list[Path]:
