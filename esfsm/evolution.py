@@ -260,8 +260,12 @@ def _types(schema: Any) -> set[str] | None:
     kind = schema.get("type") if isinstance(schema, Mapping) else None
     if kind is None:
         return None
-    kinds = {str(k) for k in kind} if isinstance(kind, list) else {str(kind)}
-    return kinds | {"number"} if "integer" in kinds and "number" not in kinds else kinds
+    return {str(k) for k in kind} if isinstance(kind, list) else {str(kind)}
+
+
+def _widened(kinds: set[str]) -> set[str]:
+    """The JSON types a value of kinds may be read as (an integer is a number)."""
+    return kinds | {"integer"} if "number" in kinds else kinds
 
 
 def _property(schema: Any, field: str) -> Any:
@@ -291,7 +295,7 @@ def schema_changes(old: Definition, new: Definition) -> Iterator[Finding]:
                 )
         for field in sorted(declared_fields(target.schema) or ()):
             before, after = _types(_property(event.schema, field)), _types(_property(target.schema, field))
-            if before is None or after is None or before <= after:
+            if before is None or after is None or before <= _widened(after):
                 continue
             message = (
                 f"field {field!r} of event {target.name!r} changed type from {one_of(before)} to {one_of(after)} "
