@@ -106,9 +106,8 @@ def against_stream(new: Definition, contents: StreamContents) -> Iterator[Findin
         else:
             yield new.error(
                 "/aggregate",
-                f"the stream holds {problem}: replaying an entity holding one fails; define it again (with "
-                "`retired: true` if no command emits it any more), or list it under `formerly` of the event "
-                f"it became{did_you_mean(problem.event_type, new.model.events)}",
+                f"the stream holds {problem}; replaying an entity holding one fails: define it again (with "
+                "`retired: true` if no command emits it any more), or list it under `formerly` of the event it became",
                 "stored-unreadable",
             )
     states = sorted((contents.states or frozenset()) - set(new.model.states))

@@ -7,12 +7,20 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
 
+from nats_support import ephemeral_port, run, start_server
+
 from esfsm.cli import main
+from esfsm.project import check_paths
+from esfsm.runtime.connection import ConnectOptions, connect
+from esfsm.runtime.jetstream import Outgoing
+from esfsm.runtime.server import EmbeddedServer
+from esfsm.runtime.store import AggregateStore
 
 CORPUS = Path(__file__).resolve().parent / "evolution_corpus"
 BASE = (CORPUS / "narrow_from" / "before.yaml").read_text()
@@ -251,3 +259,79 @@ def test_help_explains_the_forms_of_ref() -> None:
     text = validate("--help").stdout
     for form in ("DIR or FILE", "git:<rev>", "git:HEAD~1", "nats://"):
         assert form in text
+
+
+# -- against a live server ----------------------------------------------------------------
+
+BANK = Path(__file__).resolve().parent.parent / "definitions" / "bankaccount.yaml"
+STORED = json.loads((Path(__file__).parent / "fixtures" / "stored" / "c75067f.json").read_text())
+HISTORY = STORED["bankaccount/acc-1"]["events"]  # opened, deposited, withdrawn, frozen, unfrozen: version 1
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[EmbeddedServer]:
+    server = start_server(tmp_path / "nats")
+    yield server
+    server.stop()
+
+
+def store_history(url: str, keys: list[str]) -> None:
+    """The fixture's bankaccount history, stored for each of keys as the runtime stores events."""
+    compiled = check_paths(BANK).aggregates["bankaccount"]
+
+    async def write() -> None:
+        nc = await connect([url], ConnectOptions(name="validate-against-test"))
+        try:
+            store = AggregateStore(nc, compiled)
+            await store.js.add_stream(store.stream_config())
+            for key in keys:
+                events = [dict(json.loads(line), subject=key, entitykey=key) for line in HISTORY]
+                for event in events:
+                    event["id"] = f"{key}-{event['id']}"
+                outgoing = [Outgoing(store.subject(key, e["type"]), json.dumps(e).encode(), e["id"]) for e in events]
+                await store.append(key, 0, outgoing)
+        finally:
+            await nc.close()
+
+    run(write())
+
+
+def test_against_a_server_names_the_stored_types_nothing_reads_with_their_counts(
+    server: EmbeddedServer, tmp_path: Path
+) -> None:
+    store_history(server.url, ["acc-1", "acc-2"])
+    without_frozen = (
+        BANK.read_text()
+        .replace("  frozen: {description: Holds its balance; no money moves until it is unfrozen.}\n", "")
+        .replace(
+            "  freeze:\n    emit: [{event: account_frozen}]\n  unfreeze:\n    emit: [{event: account_unfrozen}]\n", ""
+        )
+        .replace("  account_frozen: {from: open, to: frozen}\n  account_unfrozen: {from: frozen, to: open}\n", "")
+        .replace("account_closed: {from: [open, frozen], to: closed}", "account_closed: {from: open, to: closed}")
+    )
+    path = write(tmp_path / "v2", {"bankaccount.yaml": without_frozen}) / "bankaccount.yaml"
+    result = validate(str(path), "--against", server.url)
+    assert result.stdout.splitlines() == [
+        f"{path}:2:12: error: the stream holds {name!r} (version 1, 2 events stored): no event of this definition "
+        "has that name or lists it under `formerly`; replaying an entity holding one fails: define it again (with "
+        "`retired: true` if no command emits it any more), or list it under `formerly` of the event it became "
+        "[/aggregate]"
+        for name in ("account_frozen", "account_unfrozen")
+    ]
+    assert result.exit_code == 1
+    mapped = (
+        without_frozen
+        + "  account_frozen: {retired: true, from: open}\n  account_unfrozen: {retired: true, from: open}\n"
+    )
+    (tmp_path / "v2" / "bankaccount.yaml").write_text(mapped)
+    assert (
+        validate(str(path), "--against", server.url).stdout
+        == f"1 definition(s) valid against {server.url}: bankaccount\n"
+    )
+
+
+def test_against_a_server_that_does_not_answer_is_a_clear_error(tmp_path: Path) -> None:
+    url = f"nats://127.0.0.1:{ephemeral_port()}"
+    result = validate(str(BANK), "--against", url)
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"Error: --against {url}: cannot connect to {url}")

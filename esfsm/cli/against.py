@@ -10,19 +10,56 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from esfsm import model as m
 from esfsm.checks.dsl import schema_findings
 from esfsm.compiler import CompiledAggregate
-from esfsm.evolution import Definition, compare
+from esfsm.evolution import Definition, against_stream, compare
 from esfsm.findings import Finding
 from esfsm.loader import GENERATED_SUFFIXES, YAML_SUFFIXES, Document, load_paths, load_text
 from esfsm.project import Project
 
+if TYPE_CHECKING:
+    from esfsm.runtime.connection import ConnectOptions
+
 GIT_PREFIX = "git:"
 NATS_PREFIXES = ("nats://", "tls://", "ws://", "wss://")
+NATS_DEFAULT = "nats"  # --against nats: the server --server, $NATS_URL or `esfsm run`'s embedded one names
+
+
+def is_server(ref: str) -> bool:
+    return ref == NATS_DEFAULT or ref.lower().startswith(NATS_PREFIXES)
+
+
+def stream_findings(project: Project, servers: list[str], options: ConnectOptions, timeout: float) -> list[Finding]:
+    """What each aggregate's stream on the server holds that its definition cannot replay (the catalog
+    the runtime keeps: stored type x version, states); read-only."""
+    from esfsm.cli.common import run_async
+    from esfsm.runtime.catalog import stream_contents
+    from esfsm.runtime.connection import ConnectError, connect
+
+    async def read() -> list[Finding]:
+        nc = await connect(servers, options, max_reconnect_attempts=2)
+        try:
+            found: list[Finding] = []
+            for definition in newer(project):
+                contents = await stream_contents(nc, definition.compiled, timeout, options.js_domain)
+                found.extend(against_stream(definition, contents))
+            return found
+        finally:
+            await nc.close()
+
+    try:
+        return sorted(set(run_async(read())))
+    except ConnectError as err:
+        raise click.ClickException(f"--against {', '.join(servers)}: {err}") from None
+    except TimeoutError:
+        raise click.ClickException(
+            f"--against {', '.join(servers)}: the server did not answer in {timeout:g} s (is JetStream enabled?)"
+        ) from None
 
 
 def against_findings(project: Project, ref: str, paths: list[Path]) -> list[Finding]:

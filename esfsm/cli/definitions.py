@@ -6,10 +6,20 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
-from esfsm.cli.common import PATHS, check_definitions, default_paths, described, print_findings
+from esfsm.cli.common import (
+    PATHS,
+    Number,
+    check_definitions,
+    connect_options,
+    connection_options,
+    default_paths,
+    described,
+    print_findings,
+)
 from esfsm.findings import Finding, has_errors
 from esfsm.project import Project
 
@@ -29,9 +39,17 @@ from esfsm.project import Project
     metavar="REF",
     help="Also check that the definitions can replay what REF may have stored: a folder or file of older "
     "definitions, git:<rev> (PATHS at that revision, e.g. git:HEAD~1), or nats://host:port (what each "
-    "stream holds).",
+    "stream holds; `nats`: the server --server names).",
 )
-def validate(paths: tuple[Path, ...], fmt: str, against: str | None) -> None:
+@click.option(
+    "--timeout",
+    type=Number(min=0.1),
+    default=5.0,
+    show_default=True,
+    help="With --against nats://…: seconds to wait for each answer of the server.",
+)
+@connection_options
+def validate(paths: tuple[Path, ...], fmt: str, against: str | None, timeout: float, **nats: Any) -> None:
     """Check definitions: YAML, the DSL schema, states, events, CEL and NATS names (alias: check).
 
     PATHS are definition files or folders (searched recursively for *.yaml
@@ -48,7 +66,10 @@ def validate(paths: tuple[Path, ...], fmt: str, against: str | None) -> None:
                     git:main), read with `git show` from the repository holding
                     PATHS; findings in them are named <rev>:<path>;
       nats://…      a live server: the event types, versions and states each
-                    aggregate's stream holds.
+                    aggregate's stream holds (the catalog `esfsm run` keeps);
+                    `--against nats` takes the server from --server, $NATS_URL
+                    or the embedded server of `esfsm run`. The NATS options
+                    below (credentials, TLS) apply to it.
     Errors: a stored event type or version nothing replays, a field a changed
     apply or upcast step reads that stored events may lack, an event valid in
     the older state machine but not where the new one has the entity, a state
@@ -66,7 +87,7 @@ def validate(paths: tuple[Path, ...], fmt: str, against: str | None) -> None:
         )
     findings = project.findings
     if against is not None:
-        findings = sorted(set(findings) | set(_against(project, against, default_paths(paths))))
+        findings = sorted(set(findings) | set(_against(project, against, default_paths(paths), timeout, nats)))
     ok = not has_errors(findings)
     errors = sum(f.severity == "error" for f in findings)
     warnings = len(findings) - errors
@@ -99,10 +120,18 @@ def validate(paths: tuple[Path, ...], fmt: str, against: str | None) -> None:
     sys.exit(0 if ok else 1)
 
 
-def _against(project: Project, ref: str, paths: list[Path]) -> list[Finding]:
-    from esfsm.cli.against import against_findings
+def _against(project: Project, ref: str, paths: list[Path], timeout: float, nats: dict[str, Any]) -> list[Finding]:
+    from esfsm.cli import against as reference
 
-    return against_findings(project, ref, paths)
+    if not reference.is_server(ref):
+        return reference.against_findings(project, ref, paths)
+    from esfsm.runtime.connection import resolve_servers
+
+    servers = [ref] if ref != reference.NATS_DEFAULT else resolve_servers(nats["servers"], nats["store_dir"])
+    if not servers:
+        raise click.ClickException("--against nats: no NATS server: pass --server, set NATS_URL or start `esfsm run`")
+    options = connect_options(nats, "esfsm-validate")
+    return reference.stream_findings(project, servers, options, timeout)
 
 
 def definitions_beside(paths: list[Path]) -> list[Path]:
