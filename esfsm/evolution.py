@@ -224,30 +224,35 @@ def read_fields(old: Definition, new: Definition) -> Iterator[Finding]:
         target = new.model.events[reader.name]
         if reader.version == event.version and target.apply == event.apply:
             continue  # the same data through the same apply: replay cannot change
-        present = _required(event.schema) | {f for _, f in _reads(event.apply, "")}
-        steps = {u.version: u for u in target.upcasts}
-        for version in range(event.version, target.version):
-            step = steps.get(version)
-            if step is None:
-                return  # reported by the checker
-            yield from _missing(new, event, present, step.data, f"{step.where}/data", "this upcast step")
-            if isinstance(step.data, str):
-                break  # the data is whatever the expression gives
-            present = (present | set(step.data)) - set(step.drop)
-        else:
-            yield from _missing(new, event, present, target.apply, f"{target.where}/apply", "this apply")
+        yield from _read_fields(new, event, target)
+
+
+def _read_fields(new: Definition, event: m.Event, target: m.Event) -> Iterator[Finding]:
+    """read_fields for the events of one older event type, read as target through its upcast steps."""
+    present = _required(event.schema) | {f for _, f in _reads(event.apply, "")}
+    steps = {u.version: u for u in target.upcasts}
+    for version in range(event.version, target.version):
+        step = steps.get(version)
+        if step is None:
+            return  # reported by the checker
+        fix = f"read only fields that events {event.name!r} of version {version} have"
+        yield from _missing(new, event, present, step.data, f"{step.where}/data", "this upcast step", fix)
+        if isinstance(step.data, str):
+            return  # the data is whatever the expression gives
+        present = (present | set(step.data)) - set(step.drop)
+    fix = "raise the event's 'version' and add an upcast step that sets it"
+    yield from _missing(new, event, present, target.apply, f"{target.where}/apply", "this apply", fix)
 
 
 def _missing(
-    new: Definition, event: m.Event, present: set[str], template: Any, where: str, what: str
+    new: Definition, event: m.Event, present: set[str], template: Any, where: str, what: str, fix: str
 ) -> Iterator[Finding]:
     for ptr, field in _reads(template, where):
         if field not in present:
             yield new.error(
                 ptr,
                 f"event.{field}: events {event.name!r} stored by the older definition (version {event.version}) "
-                f"may lack field {field!r}, which {what} reads, so replaying them fails; raise the event's "
-                f"'version' and add an upcast step that sets {field!r}",
+                f"may lack field {field!r}, which {what} reads, so replaying them fails; {fix}",
                 "stored-field-missing",
             )
 

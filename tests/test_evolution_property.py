@@ -65,10 +65,13 @@ EFFECTS: dict[str, Effect] = {
     "remove_event_type": same,
     "remove_state_mapped_out": lambda s: ("open" if s[0] == "frozen" else s[0], s[1]),
     "remove_state_not_mapped": lambda s: ("open" if s[0] == "frozen" else s[0], s[1]),
+    "redirect_to": lambda s: ("open" if s[0] == "frozen" else s[0], s[1]),
+    "rename_and_reshape": same,
     "rename_with_formerly": same,
     "rename_without_formerly": same,
     "reshape_field_with_upcast": same,
     "retire_keeping_apply": same,
+    "upcast_reads_missing_field": _with(lambda s: {"currency": "EUR"} if s[1]["balance"] > 0 else {}),
     "version_lowered": lambda s: (s[0], {k: v for k, v in s[1].items() if k != "currency"}),
 }
 
