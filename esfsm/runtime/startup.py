@@ -65,8 +65,8 @@ async def check(nc: Client, compiled: CompiledAggregate, domain: str | None = No
     if not problems:
         return Checked(existed=True)
     registered = await catalog.definitions()
-    ours = registered.get(compiled.state_fingerprint, (0, {}))[0]  # 0: not registered yet, all are newer
-    newer = [record for fp, (revision, record) in registered.items() if ours == 0 or revision > ours]
+    ours = registered.get(compiled.state_fingerprint, (0, {}))[0]  # 0: never registered, so it will be the newest
+    newer = [record for revision, record in registered.values() if 0 < ours < revision]
     uncovered = [p for p in problems if not any(all(reads(r, p.event_type, v) for v in p.versions) for r in newer)]
     if uncovered:
         raise DefinitionRefused(compiled, uncovered)
