@@ -214,44 +214,61 @@ def _required(schema: Any) -> set[str]:
 
 
 def read_fields(old: Definition, new: Definition) -> Iterator[Finding]:
-    """A field the new definition reads (an upcast step, or a changed apply) of events stored at the older
-    definition's version: error when those events may lack it (the older schema does not require it, no
-    upcast step sets it, and the older apply did not read it already)."""
+    """A field the new definition reads (a changed upcast step or apply) of events stored at some version
+    the older definition reads: error when those events may lack it (that version's schema does not
+    require it, no upcast step before sets it, and the older definition did not read it already)."""
     for event in old.model.events.values():
         reader = new.compiled.readers.get(event.name)
         if reader is None or reader.version < event.version:
             continue  # reported by stored_types
         target = new.model.events[reader.name]
-        if reader.version == event.version and target.apply == event.apply:
-            continue  # the same data through the same apply: replay cannot change
-        yield from _read_fields(new, event, target)
+        old_steps = {u.version: u for u in event.upcasts}
+        new_steps = {u.version: u for u in target.upcasts}
+        for version in range(event.version, 0, -1):
+            if reader.version == event.version and _chain(old_steps, version, event) == _chain(
+                new_steps, version, target
+            ):
+                continue  # the same data through the same steps and apply: replay cannot change
+            if version == event.version:
+                present = _required(event.schema) | {f for _, f in _reads(event.apply, "")}
+            else:
+                known = old_steps.get(version) or new_steps.get(version)
+                if known is None or known.schema is None:
+                    continue  # what events of that version hold is not known
+                present = _required(known.schema) | {f for _, f in _reads(known.data, "")}
+            yield from _read_fields(new, event, target, version, present)
 
 
-def _read_fields(new: Definition, event: m.Event, target: m.Event) -> Iterator[Finding]:
-    """read_fields for the events of one older event type, read as target through its upcast steps."""
-    present = _required(event.schema) | {f for _, f in _reads(event.apply, "")}
+def _chain(steps: Mapping[int, m.Upcast], version: int, event: m.Event) -> list[Any]:
+    """What reads an event stored at version: the steps from it on, then the apply."""
+    chain: list[Any] = [(u.data, u.drop) for v, u in sorted(steps.items()) if v >= version]
+    return [*chain, event.apply]
+
+
+def _read_fields(new: Definition, event: m.Event, target: m.Event, stored: int, present: set[str]) -> Iterator[Finding]:
+    """read_fields for events of one older type stored at version `stored`, read as target."""
     steps = {u.version: u for u in target.upcasts}
-    for version in range(event.version, target.version):
+    for version in range(stored, target.version):
         step = steps.get(version)
         if step is None:
             return  # reported by the checker
         fix = f"read only fields that events {event.name!r} of version {version} have"
-        yield from _missing(new, event, present, step.data, f"{step.where}/data", "this upcast step", fix)
+        yield from _missing(new, event, stored, present, step.data, f"{step.where}/data", "this upcast step", fix)
         if isinstance(step.data, str):
             return  # the data is whatever the expression gives
         present = (present | set(step.data)) - set(step.drop)
     fix = "raise the event's 'version' and add an upcast step that sets it"
-    yield from _missing(new, event, present, target.apply, f"{target.where}/apply", "this apply", fix)
+    yield from _missing(new, event, stored, present, target.apply, f"{target.where}/apply", "this apply", fix)
 
 
 def _missing(
-    new: Definition, event: m.Event, present: set[str], template: Any, where: str, what: str, fix: str
+    new: Definition, event: m.Event, stored: int, present: set[str], template: Any, where: str, what: str, fix: str
 ) -> Iterator[Finding]:
     for ptr, field in _reads(template, where):
         if field not in present:
             yield new.error(
                 ptr,
-                f"event.{field}: events {event.name!r} stored by the older definition (version {event.version}) "
+                f"event.{field}: events {event.name!r} stored by the older definition (version {stored}) "
                 f"may lack field {field!r}, which {what} reads, so replaying them fails; {fix}",
                 "stored-field-missing",
             )
@@ -328,6 +345,15 @@ def state_changes(old: Definition, new: Definition) -> Iterator[Finding]:
                 "apply computes from their events",
                 "apply-changed",
             )
+        before_steps = {u.version: (u.data, u.drop) for u in (before.upcasts if before is not None else ())}
+        for step in event.upcasts:
+            if before_steps.get(step.version, (step.data, step.drop)) != (step.data, step.drop):
+                yield new.warning(
+                    step.where,
+                    f"the upcast step for version {step.version} of event {event.name!r} changed: {refresh}, so "
+                    f"stored events of version {step.version} are read through the new step",
+                    "upcast-changed",
+                )
     if dict(old.model.initial_data) != dict(new.model.initial_data):
         yield new.warning(
             new.written("/initial_data", "/aggregate"),

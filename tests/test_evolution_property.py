@@ -57,6 +57,7 @@ EFFECTS: dict[str, Effect] = {
     # every deposit stored before is read as a deposit in EUR (balance > 0: there was one; amounts are >= 1)
     "add_field_with_default": _with(lambda s: {"currency": "EUR"} if s[1]["balance"] > 0 else {}),
     "add_field_without_upcast": _with(lambda s: {"currency": "EUR"} if s[1]["balance"] > 0 else {}),
+    "change_old_upcast": same,
     "change_stream_name": same,
     "fix_apply": _with(lambda s: {"balance": 0} if s[0] == "closed" else {}),
     "narrow_from": same,
@@ -111,25 +112,32 @@ def _value(schema: Any) -> st.SearchStrategy[Any]:
     return st.just(None)
 
 
+def _stored_forms(event: m.Event) -> list[tuple[str, int, Any]]:
+    """(name, version, schema of its data) an event may be stored as: any name it may be stored under, at
+    its version, or at an older one whose upcast step gives that version's schema."""
+    versions = [(event.version, event.schema)]
+    versions += [(u.version, u.schema) for u in event.upcasts if u.schema is not None]
+    return [(name, version, schema) for name in event.stored_names for version, schema in versions]
+
+
 @st.composite
 def histories(draw: st.DrawFn, before: CompiledAggregate) -> list[Any]:
-    """A history `before` replays: each event valid in the state the previous ones left, its data drawn
-    from its schema, stored under any name it may be stored under, at its version."""
+    """A history `before` replays: each event valid in the state the previous ones left, stored under any
+    name and version it may be stored as, its data drawn from that version's schema."""
     state = before.initial_state(KEY)
     events: list[Any] = []
     for _ in range(draw(st.integers(0, MAX_EVENTS))):
         valid = [
-            (event, name)
+            form
             for event in before.model.events.values()
             if before.next_state(state.state, event.name) is not None
-            for name in event.stored_names
+            for form in _stored_forms(event)
         ]
         if not valid:
             break
-        event, name = draw(st.sampled_from(valid))
-        data = draw(_value(event.schema))
+        name, version, schema = draw(st.sampled_from(valid))
         number = state.version + 1
-        stored = new_event(before.name, name, KEY, number, data, NOW, f"event-{number}", None, event.version)
+        stored = new_event(before.name, name, KEY, number, draw(_value(schema)), NOW, f"event-{number}", None, version)
         _, state = reading.apply(before, state, stored)
         events.append(stored)
     return events
