@@ -90,8 +90,9 @@ async def registered(catalog: Catalog, checked: Checked) -> None:
     newer = sorted(fp for fp, revision in others.items() if revision > catalog.revision)
     if newer:
         log.warning(
-            "aggregate %s: definition %s is registered after this one (state fingerprint %s): snapshots written "
-            "under it are never overwritten here, and each entity is replayed from its events when loaded",
+            "aggregate %s: a definition registered after this one serves it too (state fingerprint %s; ours %s): "
+            "snapshots written under it are never overwritten here, and each entity is replayed from its events "
+            "when loaded",
             name,
             ", ".join(newer),
             catalog.compiled.state_fingerprint,
