@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
 
 from nats.js.errors import BadRequestError, KeyWrongLastSequenceError
@@ -14,6 +16,7 @@ from esfsm.runtime.entity import Entity, SnapshotTooLarge
 from esfsm.runtime.store import AggregateStore
 
 log = logging.getLogger("esfsm.rebuild")
+CONCURRENCY = 64  # entities rebuilt at once
 
 
 class RebuildFailed(EsfsmError):
@@ -39,7 +42,9 @@ async def entity_keys(store: AggregateStore) -> list[str]:
     return sorted(key for key in keys if key)
 
 
-async def rebuild(store: AggregateStore, progress: Callable[[str], None] = lambda key: None) -> int:
+async def rebuild(
+    store: AggregateStore, progress: Callable[[str], None] = lambda key: None, keys: list[str] | None = None
+) -> int:
     """Fold each entity's whole history and write it as its snapshot, under this definition's
     state fingerprint; returns the count.
 
@@ -50,25 +55,37 @@ async def rebuild(store: AggregateStore, progress: Callable[[str], None] = lambd
     await store.ensure()
     await store.catalog.bootstrap()
     await store.catalog.register(again=True)
-    keys = await entity_keys(store)
+    keys = await entity_keys(store) if keys is None else keys  # keys: only these (tests of many keys)
     failures: list[ReplayError] = []
-    for key in keys:
-        for _ in range(10):
-            _, revision = await store.snapshot(key)
-            try:
-                entity = await store.catch_up(Entity(store.compiled.initial_state(key)))
-            except ReplayError as err:  # named once, in RebuildFailed at the end
-                failures.append(err)
-                break
-            try:
-                await store.save_snapshot(entity, revision)
-                break
-            except SnapshotTooLarge as err:  # the others are still rebuilt
-                log.error("%s", err)
-                break
-            except (KeyWrongLastSequenceError, BadRequestError):
-                continue
-        progress(key)
+    for start in range(0, len(keys), CONCURRENCY):  # in windows: one entity at a time waits on each round trip
+        window = keys[start : start + CONCURRENCY]
+        for key, failure in zip(
+            window, await asyncio.gather(*(_rebuild_one(store, key) for key in window)), strict=True
+        ):
+            if failure is not None:
+                failures.append(failure)
+            progress(key)
     if failures:
         raise RebuildFailed(len(keys) - len(failures), failures)
     return len(keys)
+
+
+async def _rebuild_one(store: AggregateStore, key: str) -> ReplayError | None:
+    """Replay key from its first event (keeping the answers its snapshot remembers) and write it;
+    the ReplayError when its events cannot be replayed."""
+    for _ in range(10):
+        snapshot, revision = await store.snapshot(key)
+        commands = snapshot.commands if snapshot is not None else OrderedDict()
+        try:
+            entity = await store.catch_up(Entity(store.compiled.initial_state(key), commands=commands))
+        except ReplayError as err:  # named once, in RebuildFailed at the end
+            return err
+        try:
+            await store.save_snapshot(entity, revision)
+            return None
+        except SnapshotTooLarge as err:  # the others are still rebuilt
+            log.error("%s", err)
+            return None
+        except (KeyWrongLastSequenceError, BadRequestError):
+            continue
+    return None
