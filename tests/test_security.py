@@ -421,10 +421,11 @@ def test_tls_options_against_a_plaintext_server_are_refused_before_any_credentia
 RUNTIME_PERMISSIONS = """{
   publish: {allow: [
     "bank.events.>",
-    "$KV.AGG_bankaccount.>", "$KV.AGG_bankaccount_ids.>",
+    "$KV.AGG_bankaccount.>", "$KV.AGG_bankaccount_ids.>", "$KV.AGG_bankaccount_catalog.>",
     "$JS.API.STREAM.INFO.BANK_EVENTS", "$JS.API.STREAM.CREATE.BANK_EVENTS", "$JS.API.STREAM.UPDATE.BANK_EVENTS",
     "$JS.API.STREAM.INFO.KV_AGG_bankaccount", "$JS.API.STREAM.CREATE.KV_AGG_bankaccount",
     "$JS.API.STREAM.INFO.KV_AGG_bankaccount_ids", "$JS.API.STREAM.CREATE.KV_AGG_bankaccount_ids",
+    "$JS.API.STREAM.INFO.KV_AGG_bankaccount_catalog", "$JS.API.STREAM.CREATE.KV_AGG_bankaccount_catalog",
     "$JS.API.CONSUMER.DURABLE.CREATE.BANK_EVENTS.AGG_bankaccount",
     "$JS.API.CONSUMER.CREATE.BANK_EVENTS.AGG_bankaccount.>",
     "$JS.API.CONSUMER.MSG.NEXT.BANK_EVENTS.AGG_bankaccount",
@@ -432,6 +433,7 @@ RUNTIME_PERMISSIONS = """{
     "$JS.API.DIRECT.GET.BANK_EVENTS",
     "$JS.API.DIRECT.GET.KV_AGG_bankaccount.$KV.AGG_bankaccount.>",
     "$JS.API.DIRECT.GET.KV_AGG_bankaccount_ids.$KV.AGG_bankaccount_ids.>",
+    "$JS.API.DIRECT.GET.KV_AGG_bankaccount_catalog.$KV.AGG_bankaccount_catalog.>",
     "$SRV.INFO.aggregate-bankaccount"
   ]}
   subscribe: {allow: ["bank.cmds.>", "$SRV.*", "$SRV.*.aggregate-bankaccount", "$SRV.*.aggregate-bankaccount.*",

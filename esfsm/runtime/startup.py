@@ -23,8 +23,8 @@ from nats.js.errors import NotFoundError
 
 from esfsm.compiler import CompiledAggregate
 from esfsm.errors import EsfsmError
-from esfsm.runtime.catalog import Catalog, reads, stream_contents
-from esfsm.stored import Unread, unread
+from esfsm.runtime.catalog import Catalog, reads
+from esfsm.stored import StreamContents, Unread, unread
 
 log = logging.getLogger("esfsm.run")
 
@@ -61,9 +61,13 @@ async def check(nc: Client, compiled: CompiledAggregate, domain: str | None = No
         await catalog.js.stream_info(compiled.model.nats.stream)
     except NotFoundError:
         return Checked(existed=False)
-    problems = unread(compiled, await stream_contents(nc, compiled, 5.0, domain))
-    if not problems:
+    versions, states = await catalog.contents()
+    contents = StreamContents({t: frozenset(v) for t, v in versions.items()}, states=states)
+    if not unread(compiled, contents):
         return Checked(existed=True)
+    # only what cannot be read is counted (an ephemeral consumer each; without the permission, no count)
+    counts = {problem.event_type: await catalog.count(problem.event_type) for problem in unread(compiled, contents)}
+    problems = unread(compiled, StreamContents(contents.versions, counts, states))
     registered = await catalog.definitions()
     ours = registered.get(compiled.state_fingerprint, (0, {}))[0]  # 0: never registered, so it will be the newest
     newer = [record for revision, record in registered.values() if 0 < ours < revision]
