@@ -175,8 +175,8 @@ class Catalog:
         assert self.kv is not None, "Catalog.ensure first"
         try:
             return await self.kv.create(key, value)
-        except BadRequestError:  # it exists (KeyWrongLastSequenceError is one): noted before
-            return 0
+        except (BadRequestError, KeyNotFoundError):  # it exists (KeyWrongLastSequenceError is one); or
+            return 0  # it does, and nats-py's check of a tombstone asked a replica that has not got it yet
 
     async def bootstrap(self) -> bool:
         """Once per catalog: note every type the stream's subjects hold as version 1, and every
