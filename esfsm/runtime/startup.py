@@ -24,6 +24,7 @@ from nats.js.errors import NotFoundError
 from esfsm.compiler import CompiledAggregate
 from esfsm.errors import EsfsmError
 from esfsm.runtime.catalog import Catalog, reads
+from esfsm.runtime.store import NO_JETSTREAM, no_jetstream
 from esfsm.stored import StreamContents, Unread, unread
 
 log = logging.getLogger("esfsm.run")
@@ -61,6 +62,8 @@ async def check(nc: Client, compiled: CompiledAggregate, domain: str | None = No
         await catalog.js.stream_info(compiled.model.nats.stream)
     except NotFoundError:
         return Checked(existed=False)
+    except NO_JETSTREAM as err:
+        raise no_jetstream(catalog.api, err) from None
     versions, states = await catalog.contents()
     contents = StreamContents({t: frozenset(v) for t, v in versions.items()}, states=states)
     if not unread(compiled, contents):

@@ -54,6 +54,18 @@ WRITTEN = 100_000  # keys whose last snapshot write this process remembers
 WRITE_WINDOW = 128  # snapshot writes in flight at once (write_over)
 
 
+NO_JETSTREAM = (ServiceUnavailableError, nats.errors.NoRespondersError, nats.errors.TimeoutError)
+
+
+def no_jetstream(api: str, err: BaseException) -> StoreError:
+    """What to tell the operator when JetStream does not answer (one of NO_JETSTREAM)."""
+    domain = f" in domain {api.split('.')[1]!r}" if api != "$JS.API" else ""
+    return StoreError(
+        f"JetStream{domain} does not answer on this NATS server ({type(err).__name__}): "
+        "start nats-server with -js (or a `jetstream {}` block in its configuration), or check --js-domain"
+    )
+
+
 class NewerDefinition(EsfsmError):
     """The snapshot was written under a definition registered after this one's (a rolling
     upgrade): this process never overwrites it, and leaves its refresh to a newer runtime."""
@@ -117,13 +129,8 @@ class AggregateStore:
         saying so when the server has no JetStream (or it does not answer)."""
         try:
             await self._ensure()
-        except (ServiceUnavailableError, nats.errors.NoRespondersError, nats.errors.TimeoutError) as err:
-            domain = f" in domain {self.api.split('.')[1]!r}" if self.api != "$JS.API" else ""
-            raise StoreError(
-                f"JetStream{domain} does not answer on this NATS server ({type(err).__name__}): "
-                "start nats-server with -js (or a `jetstream {}` block in its configuration), "
-                "or check --js-domain"
-            ) from None
+        except NO_JETSTREAM as err:
+            raise no_jetstream(self.api, err) from None
 
     def stream_config(self) -> StreamConfig:
         return StreamConfig(
