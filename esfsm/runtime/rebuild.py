@@ -1,22 +1,33 @@
-"""Replay an aggregate's stream into its KV bucket (`esfsm rebuild`)."""
+"""Replay an aggregate's stream into its KV bucket (`esfsm rebuild`).
+
+The whole stream is read once, in order (batch direct gets over `<events>.>`),
+and folded per entity in memory; the snapshots are written in windows of
+compare-and-set writes over the revisions read *before* the events, so a
+snapshot a runtime wrote meanwhile (which may be newer) makes that write fail
+and the entity is then rebuilt on its own, as a runtime's snapshot writer
+would. One entity at a time cost ~6 ms on a stream of 100,000 entities (each
+read filters by `<events>.<key>.>` among all the stream's subjects); one pass
+costs a fraction of that. It holds every entity in memory while it runs.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
+from contextlib import aclosing
 
 from nats.js.errors import BadRequestError, KeyWrongLastSequenceError
 
 from esfsm import contract
 from esfsm.errors import EsfsmError, ReplayError
 from esfsm.runtime.catalog import subject_pages
-from esfsm.runtime.entity import Entity, SnapshotTooLarge
+from esfsm.runtime.entity import Entity, SnapshotTooLarge, fold
+from esfsm.runtime.jetstream import read_subject
 from esfsm.runtime.store import AggregateStore
 
 log = logging.getLogger("esfsm.rebuild")
-CONCURRENCY = 64  # entities rebuilt at once
+WRITE_BATCH = 4096  # snapshots handed to write_over at a time (it keeps its own window in flight)
 
 
 class RebuildFailed(EsfsmError):
@@ -42,9 +53,7 @@ async def entity_keys(store: AggregateStore) -> list[str]:
     return sorted(key for key in keys if key)
 
 
-async def rebuild(
-    store: AggregateStore, progress: Callable[[str], None] = lambda key: None, keys: list[str] | None = None
-) -> int:
+async def rebuild(store: AggregateStore, progress: Callable[[str], None] = lambda key: None) -> int:
     """Fold each entity's whole history and write it as its snapshot, under this definition's
     state fingerprint; returns the count.
 
@@ -55,19 +64,63 @@ async def rebuild(
     await store.ensure()
     await store.catalog.bootstrap()
     await store.catalog.register(again=True)
-    keys = await entity_keys(store) if keys is None else keys  # keys: only these (tests of many keys)
-    failures: list[ReplayError] = []
-    for start in range(0, len(keys), CONCURRENCY):  # in windows: one entity at a time waits on each round trip
-        window = keys[start : start + CONCURRENCY]
-        for key, failure in zip(
-            window, await asyncio.gather(*(_rebuild_one(store, key) for key in window)), strict=True
-        ):
-            if failure is not None:
-                failures.append(failure)
+    return await _rebuild_all(store, progress)
+
+
+async def _snapshots(store: AggregateStore) -> dict[str, tuple[int, Entity | None]]:
+    """Every key of the bucket: (its revision, its snapshot; None when deleted or unreadable)."""
+    bucket = store.names.bucket
+    prefix = f"$KV.{bucket}."
+    found: dict[str, tuple[int, Entity | None]] = {}
+    stored = read_subject(store.nc, contract.kv_stream(bucket), f"{prefix}>", 0, store.timeout, store.api)
+    async with aclosing(stored) as messages:
+        async for message in messages:
+            entity = None
+            if message.body and message.headers.get("KV-Operation") not in ("DEL", "PURGE"):
+                try:
+                    entity = Entity.from_json(message.body)
+                except (ValueError, KeyError, TypeError):
+                    entity = None
+            found[message.subject[len(prefix) :]] = (message.seq, entity)
+    return found
+
+
+async def _rebuild_all(store: AggregateStore, progress: Callable[[str], None]) -> int:
+    snapshots = await _snapshots(store)  # first: a snapshot written after this makes our write fail
+    events = store.names.events
+    entities: dict[str, Entity] = {}
+    failed: dict[str, ReplayError] = {}
+    stored = read_subject(store.nc, store.names.stream, contract.stream_subjects(events), 0, store.timeout, store.api)
+    async with aclosing(stored) as messages:
+        async for message in messages:
+            key = contract.key_of_subject(events, message.subject)
+            if not key or key in failed:
+                continue
+            entity = entities.get(key)
+            if entity is None:
+                old = snapshots.get(key, (0, None))[1]
+                commands = old.commands if old is not None else OrderedDict()
+                entity = entities[key] = Entity(store.compiled.initial_state(key), commands=commands)
+            try:
+                fold(store.compiled, entity, message.seq, message.body)
+            except ReplayError as err:  # named once, in RebuildFailed at the end
+                failed[key] = err
+                del entities[key]
+    writes = [(entity, snapshots.get(key, (0, None))[0]) for key, entity in sorted(entities.items())]
+    for start in range(0, len(writes), WRITE_BATCH):
+        window = writes[start : start + WRITE_BATCH]
+        for (entity, _), outcome in zip(window, await store.write_over(window), strict=True):
+            key = entity.state.key
+            if isinstance(outcome, BaseException):  # raced with a runtime's write, too large, ...: on its own
+                error = await _rebuild_one(store, key)
+                if error is not None:
+                    failed[key] = error
             progress(key)
-    if failures:
-        raise RebuildFailed(len(keys) - len(failures), failures)
-    return len(keys)
+    for key in sorted(failed):
+        progress(key)
+    if failed:
+        raise RebuildFailed(len(entities.keys() - failed.keys()), [failed[key] for key in sorted(failed)])
+    return len(entities)
 
 
 async def _rebuild_one(store: AggregateStore, key: str) -> ReplayError | None:
