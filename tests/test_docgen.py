@@ -503,3 +503,30 @@ def test_generated_asyncapi_documents_are_never_read_as_definitions(tmp_path: Pa
     assert len(list(defs.rglob("*.asyncapi.yaml"))) == 6
     validated = CliRunner().invoke(main, ["validate", str(tmp_path)])
     assert (validated.exit_code, validated.output) == (0, "3 definition(s) valid: bankaccount, order, ticket\n")
+
+
+def test_an_event_shows_its_version_former_names_retired_flag_and_upcast_steps(
+    asyncapi_validator: Draft7Validator,
+) -> None:
+    """tests/fixtures/upcast/ledger.yaml: ledger_opened at version 2 (an upcast step), credited
+    formerly money_added (a step that drops a field), ledger_frozen retired."""
+    files = render_docs(load_project([ROOT / "tests" / "fixtures" / "upcast"]).aggregates.values())
+    page = files["ledger.md"]
+    assert "| [`ledger_frozen`](#event-ledger_frozen) | 1 (retired) |" in page
+    assert "| [`ledger_opened`](#event-ledger_opened) | 2 |" in page
+    assert "- Version: 2 (the `eventversion` extension; an event without it is version 1)" in page
+    assert "- Formerly: `money_added` (stored events of those types" in page
+    assert "- Retired: no command emits it any more; the events already stored still replay" in page
+    assert "| 1 → 2 | `currency`: `'EUR'` | — |" in page
+    assert "| 1 → 2 | `cents`: `event.amount * 100` | `amount` |" in page
+    document = _asyncapi(files, "ledger")
+    assert not _errors(asyncapi_validator, document)
+    operations = document["operations"]
+    assert operations["event.credited"]["x-esfsm-version"] == 2
+    assert operations["event.credited"]["x-esfsm-formerly"] == ["money_added"]
+    assert "Formerly `money_added`" in operations["event.credited"]["description"]
+    assert operations["event.ledger_frozen"]["x-esfsm-retired"] is True
+    assert operations["event.ledger_frozen"]["description"].startswith("Retired: no command emits it")
+    assert "x-esfsm-retired" not in operations["event.credited"]
+    version = document["components"]["schemas"]["event.ledger_opened.cloudevent"]["properties"]["eventversion"]
+    assert (version["minimum"], version["maximum"]) == (1, 2)

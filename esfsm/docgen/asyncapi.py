@@ -28,6 +28,7 @@ from esfsm.contract import (
     ENTITY_KEY_EXTENSION,
     ERROR_CODE_HEADER,
     ERROR_HEADER,
+    EVENT_VERSION_EXTENSION,
     EXPECTED_VERSION_HEADER,
     KEY_HEADER,
     VERSION_EXTENSION,
@@ -211,12 +212,28 @@ def _cloudevent(compiled: CompiledAggregate, event: str) -> dict[str, Any]:
                 "minimum": 1,
                 "description": "Extension: the entity's version after this event (1 for the first).",
             },
+            EVENT_VERSION_EXTENSION: {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": compiled.model.events[event].version,
+                "description": (
+                    f"Extension: the version of the event's data; this definition publishes version "
+                    f"{compiled.model.events[event].version}. Events stored by older definitions carry the version "
+                    "they were written with (absent: 1) and are read through the definition's upcast steps."
+                ),
+            },
             COMMAND_ID_EXTENSION: _command_id(
                 f"Extension, only when the command carried {COMMAND_ID_HEADER}: that id."
             ),
             "data": _ref("components", "schemas", f"event.{event}.data"),
         },
     }
+
+
+def _emitted(compiled: CompiledAggregate, event: str) -> str:
+    if compiled.model.events[event].retired:
+        return "Retired: no command emits it any more, the events already stored still replay"
+    return "Emitted by " + (", ".join(f"`{c}`" for c in emitters(compiled, event)) or "no command")
 
 
 def _accepted(compiled: CompiledAggregate, command: str) -> dict[str, Any]:
@@ -367,14 +384,22 @@ def asyncapi_document(compiled: CompiledAggregate) -> dict[str, Any]:
             "channel": _ref("channels", f"event.{name}"),
             "title": f"Publish {name}",
             **({"summary": event.description} if event.description else {}),
-            "description": "Emitted by "
-            + ", ".join(f"`{c}`" for c in emitters(compiled, name))
+            "description": _emitted(compiled, name)
             + "; "
             + ", ".join(f"`{s}` → `{event.dest or s}`" for s in sources)
-            + ".",
+            + "."
+            + (
+                f" Formerly {', '.join(f'`{n}`' for n in event.formerly)}: stored events of those types, on their "
+                "own subjects, are read as this one."
+                if event.formerly
+                else ""
+            ),
             "messages": [_ref("channels", f"event.{name}", "messages", "event")],
             "x-esfsm-from": in_state_order(compiled, sources),
             "x-esfsm-to": event.dest,
+            "x-esfsm-version": event.version,
+            **({"x-esfsm-formerly": list(event.formerly)} if event.formerly else {}),
+            **({"x-esfsm-retired": True} if event.retired else {}),
         }
 
     schemas["state"] = _state_value(compiled)

@@ -19,6 +19,7 @@ from esfsm.docgen.facts import (
     emitters,
     resulting_states,
 )
+from esfsm.model import Event
 
 DEFAULT_SCHEMA = {"type": "object"}
 
@@ -378,10 +379,11 @@ def _events(compiled: CompiledAggregate) -> list[str]:
 
     lines = ["## Events", ""]
     lines += table(
-        ["event", "transitions", "emitted by", "description"],
+        ["event", "version", "transitions", "emitted by", "description"],
         [
             [
                 f"[{code(name)}]({event_anchor(name)})",
+                str(event.version) + (" (retired)" if event.retired else ""),
                 moves(name),
                 ", ".join(f"[{code(c)}]({command_anchor(c)})" for c in emitters(compiled, name)) or "—",
                 event.description,
@@ -398,6 +400,8 @@ def _events(compiled: CompiledAggregate) -> list[str]:
                 f"- Subject: {code(event_subject(model.nats.events, '<key>', name))}, type {code(name)}, "
                 f"source {code(f'esfsm/{model.name}')}"
             ),
+            f"- Version: {event.version} (the `eventversion` extension; an event without it is version 1)",
+            *_evolution(event),
             f"- Transitions: {moves(name)}"
             + (" (`from` omitted: any non-final state)" if "*" in event.sources else ""),
             f"- Emitted by: {', '.join(f'[{code(c)}]({command_anchor(c)})' for c in emitters(compiled, name)) or '—'}",
@@ -405,6 +409,7 @@ def _events(compiled: CompiledAggregate) -> list[str]:
             "#### Data",
             "",
             *schema_section(event.schema, "Any JSON object (`{}` when the emit gives no data)."),
+            *_upcasts(event),
             "#### Apply",
             "",
         ]
@@ -424,6 +429,35 @@ def _events(compiled: CompiledAggregate) -> list[str]:
                 *fenced("", str(event.apply).rstrip("\n")),
             ]
     return lines
+
+
+def _evolution(event: Event) -> list[str]:
+    """The lines that say how stored events of other names reach this one, and whether it is retired."""
+    lines = []
+    if event.formerly:
+        names = ", ".join(code(n) for n in event.formerly)
+        lines.append(f"- Formerly: {names} (stored events of those types, on their own subjects, are read as this one)")
+    if event.retired:
+        lines.append("- Retired: no command emits it any more; the events already stored still replay")
+    return lines
+
+
+def _upcasts(event: Event) -> list[str]:
+    """How stored events of older versions become the current one, step by step."""
+    if not event.upcasts:
+        return []
+    lines = ["#### Upcast", "", "Stored events of older versions are read through these steps, in order.", ""]
+    rows = []
+    for step in event.upcasts:
+        if isinstance(step.data, Mapping):
+            data = ", ".join(
+                f"{code(k)}: {code(v) if isinstance(v, str) else code(_json(v))}" for k, v in step.data.items()
+            )
+        else:
+            data = f"the whole data: {code(str(step.data))}"
+        drop = ", ".join(code(f) for f in step.drop)
+        rows.append([f"{step.version} → {step.version + 1}", data or "unchanged", drop or "—"])
+    return lines + table(["version", "data set", "fields dropped"], rows)
 
 
 def aggregate_page(compiled: CompiledAggregate) -> str:
