@@ -341,6 +341,12 @@ class AggregateStore:
             results.append(written)
         return results
 
+    @staticmethod
+    def _beyond(cached: Entity, snapshot: Entity | None, ours: bool) -> bool:
+        """Whether cached may replace snapshot without moving it backwards: newer, or (for one
+        another definition computed) as recent."""
+        return snapshot is None or cached.seq > snapshot.seq or (not ours and cached.seq >= snapshot.seq)
+
     async def write_snapshot(
         self, key: str, newer_than: int, cached: Entity | None = None, tries: int = 5, revision_hint: int = 0
     ) -> int:
@@ -374,8 +380,7 @@ class AggregateStore:
                     raise NewerDefinition(key, snapshot.fp)
             elif snapshot is not None and snapshot.seq >= newer_than:
                 return 0
-            behind = snapshot is None or not ours or (cached is not None and cached.seq > snapshot.seq)
-            if cached is not None and cached.seq >= newer_than and behind:
+            if cached is not None and cached.seq >= newer_than and self._beyond(cached, snapshot, ours):
                 entity = cached
             else:
                 entity = await self.catch_up(self.base(key, snapshot))
