@@ -194,7 +194,11 @@ class Catalog:
         for state in sorted(self.compiled.model.states):
             await self._create(state_key(state))
         await self._create(SCANNED, orjson.dumps({"types": len(types)}))
-        log.info("catalogued the %d event types stored in %s", len(types), self.names.stream)
+        if types:  # a stream written before the catalog existed
+            log.info(
+                "catalogued the event types stored before the catalog existed",
+                extra={"fields": {"aggregate": self.compiled.name, "stream": self.names.stream, "types": len(types)}},
+            )
         return True
 
     # -- definitions ------------------------------------------------------------

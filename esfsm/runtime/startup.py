@@ -97,17 +97,19 @@ async def registered(catalog: Catalog, checked: Checked) -> None:
     newer = sorted(fp for fp, revision in others.items() if revision > catalog.revision)
     if newer:
         log.warning(
-            "aggregate %s: a definition registered after this one serves it too (state fingerprint %s; ours %s): "
-            "snapshots written under it are never overwritten here, and each entity is replayed from its events "
-            "when loaded",
+            "aggregate %s: a definition was registered after this one (state fingerprint %s; ours %s): snapshots "
+            "written under it are never overwritten here, and such entities are replayed from their events when "
+            "loaded. Expected during a rolling upgrade; after a rollback, `esfsm rebuild %s` makes this definition "
+            "the newest and refreshes every snapshot",
             name,
             ", ".join(newer),
             catalog.compiled.state_fingerprint,
+            name,
         )
     elif others or (created and checked.existed):
         log.info(
-            "aggregate %s: snapshots written under another definition are replayed from their events when an entity "
-            "is next loaded and rewritten by the snapshot writer; `esfsm rebuild %s` refreshes them all now",
+            "snapshots written under another definition are replayed from their events when an entity is next "
+            "loaded and rewritten by the snapshot writer; `esfsm rebuild %s` refreshes them all now",
             name,
-            name,
+            extra={"fields": {"aggregate": name, "state_fingerprint": catalog.compiled.state_fingerprint}},
         )
