@@ -6,12 +6,31 @@ of the hostile suites are in hostile_support.py.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 
 import click
 from click.testing import CliRunner, Result
 
 from esfsm.cli import main
+
+ENV_WITHOUT_SERVER = {k: v for k, v in os.environ.items() if k != "NATS_URL"}  # the CLI finds no server by itself
+
+
+def esfsm_process(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """The esfsm command as a real process in cwd (NATS_URL unset), its output as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "esfsm", *args],
+        cwd=cwd,
+        env=ENV_WITHOUT_SERVER,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def invoke(command: click.Command, *args: str, env: dict[str, str | None] | None = None) -> Result:

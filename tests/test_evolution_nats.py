@@ -7,7 +7,6 @@ the KV snapshot (rewritten under v2's state fingerprint). Then the walk-through 
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from typing import Any
 import orjson
 import pytest
 
+from helpers import ENV_WITHOUT_SERVER, esfsm_process
 from nats_support import ROOT, RuntimeProcess, run, start_server
 
 from esfsm import reading
@@ -27,7 +27,7 @@ from esfsm.compiler import CompiledAggregate
 from esfsm.project import load_project
 from esfsm.values import EntityState
 
-ENV = {k: v for k, v in os.environ.items() if k != "NATS_URL"}
+ENV = ENV_WITHOUT_SERVER
 
 Step = tuple[str, str, dict[str, Any]]  # command, key, payload
 
@@ -384,15 +384,7 @@ def without_frozen(covered: bool) -> str:
 
 
 def esfsm(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "esfsm", *args],
-        cwd=ROOT,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    return esfsm_process(*args, cwd=ROOT, timeout=timeout)
 
 
 @pytest.fixture

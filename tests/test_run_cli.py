@@ -16,22 +16,15 @@ from pathlib import Path
 import pytest
 
 from conftest import DEFINITIONS
+from helpers import ENV_WITHOUT_SERVER, esfsm_process
 
 from esfsm.runtime.server import stop_process
 
-ENV = {k: v for k, v in os.environ.items() if k != "NATS_URL"}
+ENV = ENV_WITHOUT_SERVER
 
 
 def esfsm(cwd: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "esfsm", *args],
-        cwd=cwd,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    return esfsm_process(*args, cwd=cwd, timeout=timeout)
 
 
 @pytest.fixture
