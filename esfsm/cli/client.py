@@ -290,11 +290,16 @@ def _print_history(title: str, events: list[dict[str, Any]], read: bool) -> None
 @PATHS
 @connection_options
 def rebuild(aggregate: str, paths: tuple[Path, ...], servers: tuple[str, ...], store_dir: Path, **kwargs: Any) -> None:
-    """Replay AGGREGATE's event stream into its KV bucket, entity by entity.
+    """Replay AGGREGATE's event stream into its KV bucket: every snapshot rewritten.
 
-    PATHS hold the definitions (default ./definitions): the state is folded
-    with the same compiled aggregate the runtime runs. AGGREGATE is the
-    aggregate's name, or its definition file.
+    PATHS hold the definitions (default ./definitions): each entity's events
+    are upcast and folded with the same compiled aggregate the runtime runs,
+    so snapshots written under an older definition are refreshed now instead
+    of when each entity is next loaded. The definition is registered as the
+    newest (after a rollback, this is what makes the older one current
+    again). An entity whose events cannot be replayed is named, the others are
+    still rewritten, and the exit status is 1. AGGREGATE is the aggregate's
+    name, or its definition file.
     """
     from nats.js.errors import NotFoundError
     from rich.progress import Progress
